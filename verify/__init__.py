@@ -1,0 +1,21 @@
+"""Verification of prefix-attention kernels against an exact float64 reference.
+
+Public entry points: :func:`load_case` (read, validate and materialize a JSON case),
+:mod:`verify.targets` (the registry of kernels under test) and :mod:`verify.compare`
+(the one tolerance policy).
+"""
+
+from verify.case import CaseError, CaseSpec, Request, parse_case, read_case
+from verify.materialize import MaterializedCase, RequestView, load_case, materialize
+
+__all__ = [
+    "CaseError",
+    "CaseSpec",
+    "MaterializedCase",
+    "Request",
+    "RequestView",
+    "load_case",
+    "materialize",
+    "parse_case",
+    "read_case",
+]

@@ -1,0 +1,266 @@
+"""The JSON case: one batch of prefix-attention work, validated field by field.
+
+A case is the unit every part of the suite exchanges (golden files, fuzz
+reproducers, CLI input). Validation happens here, once, so that a bad case fails
+with one line naming the field instead of a traceback from deep inside torch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+DTYPES = ("bfloat16", "float16", "float32")
+VALUE_PROFILES = ("normal", "peaky", "near_ties", "outliers")
+POISONS = ("finite", "nan")
+
+
+class CaseError(ValueError):
+    """An invalid case; the message is one line that starts with the field path."""
+
+
+def _fail(path: str, message: str) -> CaseError:
+    return CaseError(f"{path}: {message}")
+
+
+@dataclass(frozen=True)
+class Request:
+    """One sequence: ``context_len`` cached keys, ``query_len`` new tokens, image ranges.
+
+    Ranges are inclusive ``(start, end)`` pairs in absolute positions of the full
+    sequence (cached prefix included); an end may reach past ``seq_len``.
+    """
+
+    context_len: int
+    query_len: int
+    ranges: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def seq_len(self) -> int:
+        return self.context_len + self.query_len
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """A validated case (DESIGN.md section 5). Build it with :func:`parse_case`."""
+
+    requests: tuple[Request, ...]
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: str
+    page_size: int | None = None
+    sliding_window: int | None = None
+    clamp_ranges_to_window: bool = False
+    softcap: float | None = None
+    softmax_scale: float | None = None
+    seed: int = 0
+    head_dim_v: int | None = None
+    allow_overlapping_ranges: bool = False
+    value_profile: str = "normal"
+    poison: str = "finite"
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def resolved_scale(self) -> float:
+        return self.softmax_scale if self.softmax_scale is not None else self.head_dim**-0.5
+
+    @property
+    def value_dim(self) -> int:
+        return self.head_dim_v if self.head_dim_v is not None else self.head_dim
+
+    @property
+    def total_q(self) -> int:
+        return sum(r.query_len for r in self.requests)
+
+    @property
+    def total_k(self) -> int:
+        return sum(r.seq_len for r in self.requests)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON form; optional keys at their defaults are left out."""
+        out: dict[str, Any] = {
+            "requests": [
+                {"context_len": r.context_len, "query_len": r.query_len,
+                 "ranges": [list(rg) for rg in r.ranges]}
+                for r in self.requests
+            ]
+        }
+        for f in fields(self):
+            if f.name in ("requests", "extra"):
+                continue
+            value = getattr(self, f.name)
+            if f.name in _ALWAYS_WRITTEN or value != f.default:
+                out[f.name] = value
+        out.update(self.extra)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=None, separators=(", ", ": "))
+
+    def with_changes(self, **changes: Any) -> CaseSpec:
+        """A copy with some fields replaced, validated again."""
+        return parse_case({**self.to_dict(), **changes})
+
+
+_ALWAYS_WRITTEN = frozenset({
+    "num_heads", "num_kv_heads", "head_dim", "dtype", "page_size", "sliding_window",
+    "clamp_ranges_to_window", "softcap", "softmax_scale", "seed",
+})
+_KNOWN_KEYS = frozenset(f.name for f in fields(CaseSpec)) - {"extra"}
+# Free-form annotations a reproducer may carry; they never change the computation.
+_ANNOTATION_KEYS = frozenset({"note", "diagnosis", "expect", "bug_class", "target"})
+
+
+def _int(data: Mapping[str, Any], key: str, path: str, *, minimum: int,
+         default: int | None = None, required: bool = True) -> int | None:
+    if key not in data or data[key] is None:
+        if required and default is None:
+            raise _fail(f"{path}{key}", "is required")
+        return default
+    value = data[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(f"{path}{key}", f"must be an integer, got {value!r}")
+    if value < minimum:
+        raise _fail(f"{path}{key}", f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(data: Mapping[str, Any], key: str, *, positive: bool) -> float | None:
+    value = data.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(key, f"must be a finite number or null, got {value!r}")
+    if positive and value <= 0:
+        raise _fail(key, f"must be > 0, got {value}")
+    return float(value)
+
+
+def _bool(data: Mapping[str, Any], key: str) -> bool:
+    value = data.get(key, False)
+    if not isinstance(value, bool):
+        raise _fail(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...], default: str) -> str:
+    value = data.get(key, default)
+    if value not in choices:
+        raise _fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
+    return value
+
+
+def _parse_ranges(raw: Any, path: str, allow_overlap: bool) -> tuple[tuple[int, int], ...]:
+    if not isinstance(raw, (list, tuple)):
+        raise _fail(path, f"must be a list of [start, end] pairs, got {raw!r}")
+    ranges = []
+    for k, pair in enumerate(raw):
+        where = f"{path}[{k}]"
+        if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+                or any(isinstance(x, bool) or not isinstance(x, int) for x in pair)):
+            raise _fail(where, f"must be an [start, end] pair of integers, got {pair!r}")
+        s, e = pair
+        if s < 0:
+            raise _fail(where, f"start {s} is negative")
+        if s > e:
+            raise _fail(where, f"start {s} > end {e} (ends are inclusive)")
+        ranges.append((s, e))
+    if not allow_overlap:
+        order = sorted(range(len(ranges)), key=lambda k: ranges[k])
+        for a, b in zip(order, order[1:]):
+            if ranges[b][0] <= ranges[a][1]:
+                raise _fail(f"{path}[{b}]", f"{list(ranges[b])} overlaps {list(ranges[a])}; "
+                            "set allow_overlapping_ranges to take their union")
+    return tuple(ranges)
+
+
+def parse_case(data: Mapping[str, Any] | CaseSpec) -> CaseSpec:
+    """Validate a JSON-like mapping into a :class:`CaseSpec` (raises :class:`CaseError`)."""
+    if isinstance(data, CaseSpec):
+        return data
+    if not isinstance(data, Mapping):
+        raise CaseError(f"case: must be a JSON object, got {type(data).__name__}")
+    unknown = sorted(set(data) - _KNOWN_KEYS - _ANNOTATION_KEYS)
+    if unknown:
+        raise _fail(unknown[0], f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})")
+    allow_overlap = _bool(data, "allow_overlapping_ranges")
+
+    raw_requests = data.get("requests")
+    if not isinstance(raw_requests, (list, tuple)) or not raw_requests:
+        raise _fail("requests", "must be a non-empty list")
+    requests = []
+    for r, raw in enumerate(raw_requests):
+        path = f"requests[{r}]."
+        if not isinstance(raw, Mapping):
+            raise _fail(f"requests[{r}]", "must be an object")
+        extra_keys = sorted(set(raw) - {"context_len", "query_len", "ranges"})
+        if extra_keys:
+            raise _fail(f"{path}{extra_keys[0]}", "unknown key (known: context_len, query_len, ranges)")
+        requests.append(Request(
+            context_len=_int(raw, "context_len", path, minimum=0, default=0, required=False),
+            query_len=_int(raw, "query_len", path, minimum=0),
+            ranges=_parse_ranges(raw.get("ranges", []), f"{path}ranges", allow_overlap),
+        ))
+
+    num_heads = _int(data, "num_heads", "", minimum=1)
+    num_kv_heads = _int(data, "num_kv_heads", "", minimum=1, default=num_heads, required=False)
+    if num_heads % num_kv_heads:
+        raise _fail("num_kv_heads", f"{num_kv_heads} does not divide num_heads {num_heads}")
+    head_dim = _int(data, "head_dim", "", minimum=1)
+    head_dim_v = _int(data, "head_dim_v", "", minimum=1, required=False)
+    dtype = data.get("dtype")
+    if dtype not in DTYPES:
+        raise _fail("dtype", f"must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    window = _int(data, "sliding_window", "", minimum=1, required=False)
+    clamp = _bool(data, "clamp_ranges_to_window")
+    if clamp and window is None:
+        raise _fail("clamp_ranges_to_window", "needs a sliding_window")
+    seed = data.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise _fail("seed", f"must be a non-negative integer, got {seed!r}")
+
+    return CaseSpec(
+        requests=tuple(requests),
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        head_dim=head_dim,
+        dtype=dtype,
+        page_size=_int(data, "page_size", "", minimum=1, required=False),
+        sliding_window=window,
+        clamp_ranges_to_window=clamp,
+        softcap=_float(data, "softcap", positive=True),
+        softmax_scale=_float(data, "softmax_scale", positive=True),
+        seed=seed,
+        head_dim_v=head_dim_v,
+        allow_overlapping_ranges=allow_overlap,
+        value_profile=_choice(data, "value_profile", VALUE_PROFILES, "normal"),
+        poison=_choice(data, "poison", POISONS, "finite"),
+        extra={k: data[k] for k in _ANNOTATION_KEYS if k in data},
+    )
+
+
+def read_case(source: str | Path | Mapping[str, Any] | CaseSpec) -> CaseSpec:
+    """A case from a JSON file path, a JSON string, a mapping or a spec."""
+    if isinstance(source, (CaseSpec, Mapping)):
+        return parse_case(source)
+    text = str(source)
+    if not text.lstrip().startswith("{"):
+        path = Path(text)
+        if not path.is_file():
+            raise CaseError(f"case: no such file {text!r}")
+        text = path.read_text()
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CaseError(f"case: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+    return parse_case(data)
+
+
+def without_annotations(spec: CaseSpec) -> CaseSpec:
+    """The spec without reproducer annotations (for comparing computations)."""
+    return replace(spec, extra={})

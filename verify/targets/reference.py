@@ -1,0 +1,18 @@
+"""The float64 reference as a target: the suite's self-check and a timing baseline."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from references import reference_attention
+from verify.materialize import MaterializedCase
+from verify.targets.base import Target
+
+
+class ReferenceTarget(Target):
+    def __init__(self) -> None:
+        super().__init__("reference", "float64 exact-mask reference, rounded to the case dtype")
+
+    def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
+        out, lse = reference_attention(case)
+        return out.to(case.dtype), lse.float()
