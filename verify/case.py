@@ -7,6 +7,7 @@ with one line naming the field instead of a traceback from deep inside torch.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -172,7 +173,7 @@ def _parse_ranges(raw: Any, path: str, allow_overlap: bool) -> tuple[tuple[int, 
         ranges.append((s, e))
     if not allow_overlap:
         order = sorted(range(len(ranges)), key=lambda k: ranges[k])
-        for a, b in zip(order, order[1:]):
+        for a, b in itertools.pairwise(order):
             if ranges[b][0] <= ranges[a][1]:
                 raise _fail(f"{path}[{b}]", f"{list(ranges[b])} overlaps {list(ranges[a])}; "
                             "set allow_overlapping_ranges to take their union")
@@ -200,7 +201,8 @@ def parse_case(data: Mapping[str, Any] | CaseSpec) -> CaseSpec:
             raise _fail(f"requests[{r}]", "must be an object")
         extra_keys = sorted(set(raw) - {"context_len", "query_len", "ranges"})
         if extra_keys:
-            raise _fail(f"{path}{extra_keys[0]}", "unknown key (known: context_len, query_len, ranges)")
+            raise _fail(f"{path}{extra_keys[0]}",
+                        "unknown key (known: context_len, query_len, ranges)")
         requests.append(Request(
             context_len=_int(raw, "context_len", path, minimum=0, default=0, required=False),
             query_len=_int(raw, "query_len", path, minimum=0),

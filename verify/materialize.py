@@ -137,7 +137,7 @@ def _paged(spec: CaseSpec, k: Tensor, v: Tensor, generator: torch.Generator
     k_cache = torch.full((num_pages, ps, *k.shape[1:]), poison, dtype=k.dtype)
     v_cache = torch.full((num_pages, ps, *v.shape[1:]), poison, dtype=v.dtype)
     taken = k_start = 0
-    for b, (r, n_pages) in enumerate(zip(spec.requests, pages_per_request)):
+    for b, (r, n_pages) in enumerate(zip(spec.requests, pages_per_request, strict=True)):
         pages = permutation[taken:taken + n_pages]
         taken += n_pages
         page_table[b, :n_pages] = pages.to(torch.int32)
