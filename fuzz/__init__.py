@@ -1,0 +1,1 @@
+"""Property-based exploration of prefix-attention kernels: strategies, runs, reproducers."""

@@ -1,0 +1,35 @@
+"""Hypothesis profiles and the GPU marker's skip logic.
+
+Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (the default under ``CI``: derandomized,
+no database, no deadline, a fixed example budget), ``dev`` (the default
+elsewhere: random, a few more examples), ``nightly`` (long exploration) and
+``gpu`` (the lent H100/H200, larger shapes, fewer examples).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, Phase, settings
+
+_COMMON = {"deadline": None, "print_blob": True,
+           "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
+settings.register_profile("ci", derandomize=True, database=None, max_examples=25, **_COMMON)
+settings.register_profile("dev", max_examples=40, **_COMMON)
+settings.register_profile("nightly", max_examples=2000,
+                          phases=list(Phase), **_COMMON)
+settings.register_profile("gpu", derandomize=True, database=None, max_examples=60, **_COMMON)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip ``gpu`` tests with the reason that applies on this machine."""
+    from verify.gpu import gpu_unavailable_reason
+
+    reason = gpu_unavailable_reason()
+    if reason is None:
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason=reason))

@@ -1,0 +1,248 @@
+"""Planted faults: correct dense attention with one real-world bug each (BUGS.md).
+
+Every check that guards a kernel must be shown to fail on a planted fault. The
+faults here are targets (``fault:<name>``), so the same machinery that judges a
+real kernel (policy, strategies, fuzz runner, shrinking, golden replay) is
+shown to catch them. Each overrides exactly one step of a plain float32 engine:
+where a query sits, which keys are read, the mask, the KV head, or the LSE.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from verify.case import CaseSpec
+from verify.mask import query_range_bounds, visible_keys
+from verify.materialize import MaterializedCase, RequestView
+from verify.targets.base import Target
+
+# Query-tile height of the "key loop stops at the causal tile" fault.
+FAULT_TILE = 16
+
+Positions = Callable[[MaterializedCase, RequestView], Tensor]
+Keys = Callable[[MaterializedCase, RequestView], tuple[Tensor, Tensor]]
+Mask = Callable[[MaterializedCase, RequestView, Tensor, Tensor], Tensor]
+
+
+def absolute_positions(case: MaterializedCase, view: RequestView) -> Tensor:
+    return torch.arange(view.context_len, view.seq_len, device=case.device)
+
+
+def packed_keys(case: MaterializedCase, view: RequestView) -> tuple[Tensor, Tensor]:
+    return case.k[view.k_slice], case.v[view.k_slice]
+
+
+def exact_mask(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+    start, end = query_range_bounds(q_pos, view.ranges)
+    return visible_keys(q_pos, k_pos, start, end, view.seq_len, case.sliding_window,
+                        case.clamp_ranges_to_window)
+
+
+def grouped_heads(num_heads: int, num_kv_heads: int) -> Tensor:
+    return torch.arange(num_heads) // (num_heads // num_kv_heads)
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One bug: the step it replaces, and the BUGS.md class it belongs to."""
+
+    name: str
+    bug_class: int
+    description: str
+    positions: Positions = absolute_positions
+    keys: Keys = packed_keys
+    mask: Mask = exact_mask
+    kv_heads: Callable[[int, int], Tensor] = grouped_heads
+    lse_scale: float = 1.0
+    needs_paged: bool = False
+
+
+def _chunk_local(case: MaterializedCase, view: RequestView) -> Tensor:
+    return torch.arange(view.query_len, device=case.device)
+
+
+def _batch_offset(case: MaterializedCase, view: RequestView) -> Tensor:
+    return torch.arange(view.query_len, device=case.device) + case.max_seqlen_k - case.max_seqlen_q
+
+
+def _causal_tile_loop(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
+                      ) -> Tensor:
+    tile_end = view.context_len + ((q_pos - view.context_len) // FAULT_TILE + 1) * FAULT_TILE
+    return exact_mask(case, view, q_pos, k_pos) & (k_pos[None, :] < tile_end[:, None])
+
+
+def _exclusive_end(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
+                   ) -> Tensor:
+    shrunk = tuple((s, e - 1) for s, e in view.ranges if e > s)
+    return exact_mask(case, _with_ranges(view, shrunk), q_pos, k_pos)
+
+
+def _merged_groups(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
+                   ) -> Tensor:
+    mask = exact_mask(case, view, q_pos, k_pos)
+    if not view.ranges:
+        return mask
+    in_any = torch.zeros_like(q_pos, dtype=torch.bool)
+    key_in_any = torch.zeros_like(k_pos, dtype=torch.bool)
+    for s, e in view.ranges:
+        in_any |= (q_pos >= s) & (q_pos <= e)
+        key_in_any |= (k_pos >= s) & (k_pos <= e)
+    return mask | (in_any[:, None] & key_in_any[None, :] & (k_pos[None, :] < view.seq_len))
+
+
+def _window_on_ranges(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
+                      ) -> Tensor:
+    mask = exact_mask(case, view, q_pos, k_pos)
+    if case.sliding_window is None:
+        return mask
+    return mask & ((q_pos[:, None] - k_pos[None, :]) < case.sliding_window)
+
+
+def _long_range_dropped(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
+                        ) -> Tensor:
+    window = case.sliding_window
+    if window is None or not case.clamp_ranges_to_window:
+        return exact_mask(case, view, q_pos, k_pos)
+    kept = tuple((s, e) for s, e in view.ranges if e - s + 1 <= window)
+    return exact_mask(case, _with_ranges(view, kept), q_pos, k_pos)
+
+
+def _aux_rows_chunk_local(case: MaterializedCase, view: RequestView, q_pos: Tensor,
+                          k_pos: Tensor) -> Tensor:
+    """query_ranges read at the chunk-local row, i.e. another request's rows."""
+    rows = torch.arange(view.query_len, device=case.device).clamp_max(case.q.shape[0] - 1)
+    start, end = case.query_ranges[rows, 0].long(), case.query_ranges[rows, 1].long()
+    return visible_keys(q_pos, k_pos, start, end, view.seq_len, case.sliding_window,
+                        case.clamp_ranges_to_window)
+
+
+def _keys_at_query_offsets(case: MaterializedCase, view: RequestView) -> tuple[Tensor, Tensor]:
+    """Keys sliced with cu_seqlens_q where cu_seqlens_k belongs."""
+    start = int(case.cu_seqlens_q[view.index])
+    stop = min(start + view.seq_len, case.k.shape[0])
+    start = stop - view.seq_len
+    return case.k[start:stop], case.v[start:stop]
+
+
+def _paged_keys(whole_pages: bool, flat_index: bool, page_shift: int) -> Keys:
+    """Gather one request's keys from the paged cache, with an optional mistake."""
+
+    def gather(case: MaterializedCase, view: RequestView) -> tuple[Tensor, Tensor]:
+        ps = case.page_size
+        count = -(-view.seq_len // ps) * ps if whole_pages else view.seq_len
+        j = torch.arange(count, device=case.device)
+        column = ((j + page_shift) // ps).clamp_max(case.page_table.shape[1] - 1)
+        pages = case.page_table[view.index, column].long()
+        flat_k = case.k_cache.flatten(0, 1)
+        flat_v = case.v_cache.flatten(0, 1)
+        # The bug: a page index used as a token offset into the flattened pool.
+        index = pages + j % ps if flat_index else pages * ps + j % ps
+        index = index.clamp_max(flat_k.shape[0] - 1)
+        return flat_k[index], flat_v[index]
+
+    return gather
+
+
+def _unbounded_mask(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
+                    ) -> Tensor:
+    """The exact mask, but keys past seq_len (the rest of the last page) count as visible."""
+    inside = exact_mask(case, view, q_pos, k_pos.clamp_max(view.seq_len - 1))
+    return inside | (k_pos[None, :] >= view.seq_len)
+
+
+def _with_ranges(view: RequestView, ranges: tuple[tuple[int, int], ...]) -> RequestView:
+    return RequestView(view.index, view.context_len, view.query_len, view.seq_len, view.q_start,
+                       view.k_start, ranges)
+
+
+FAULTS: dict[str, Fault] = {f.name: f for f in [
+    Fault("chunk_local_position", 1,
+          "query position taken inside the chunk (i), not absolute (context_len + i)",
+          positions=_chunk_local),
+    Fault("causal_tile_key_loop", 2,
+          f"key loop stops at the query tile's causal limit ({FAULT_TILE}-row tiles): "
+          "a range's future keys are dropped", mask=_causal_tile_loop),
+    Fault("exclusive_range_end", 3, "range end treated as exclusive", mask=_exclusive_end),
+    Fault("merged_image_groups", 3,
+          "all image ranges of a request merged into one group: image 1 sees image 2",
+          mask=_merged_groups),
+    Fault("window_clamps_ranges", 3,
+          "sliding window applied to the range term although clamp_ranges_to_window is off",
+          mask=_window_on_ranges),
+    Fault("long_range_dropped", 3,
+          "with clamp_ranges_to_window, a range longer than the window is dropped, not clamped",
+          mask=_long_range_dropped),
+    Fault("batch_max_seqlen", 4,
+          "absolute position from the batch's max seqlen_k - max seqlen_q, not the request's",
+          positions=_batch_offset),
+    Fault("key_offsets_from_cu_seqlens_q", 4, "keys sliced with cu_seqlens_q offsets",
+          keys=_keys_at_query_offsets),
+    Fault("attends_past_seqused", 5,
+          "reads and attends every slot of the last page, past seqused_k (poison)",
+          keys=_paged_keys(whole_pages=True, flat_index=False, page_shift=0),
+          mask=_unbounded_mask, needs_paged=True),
+    Fault("page_index_as_token_offset", 5,
+          "page number used as a token offset into the page pool (page vs token granularity)",
+          keys=_paged_keys(whole_pages=False, flat_index=True, page_shift=0), needs_paged=True),
+    Fault("page_table_off_by_one", 5,
+          "page table read one key ahead: the last key of each page comes from the next entry",
+          keys=_paged_keys(whole_pages=False, flat_index=False, page_shift=1), needs_paged=True),
+    Fault("gqa_head_modulo", 6, "query head h reads kv head h % num_kv_heads",
+          kv_heads=lambda h, hkv: torch.arange(h) % hkv),
+    Fault("lse_base2", 7, "LSE reported in log base 2 (as FA kernels keep it internally)",
+          lse_scale=1 / math.log(2)),
+    Fault("aux_rows_chunk_local", 8,
+          "query_ranges aux tensor indexed by the chunk-local row: reads other requests' rows",
+          mask=_aux_rows_chunk_local),
+]}
+
+
+class FaultyTarget(Target):
+    """Plain float32 attention with the one mistake of ``fault``."""
+
+    def __init__(self, fault: Fault) -> None:
+        super().__init__(f"fault:{fault.name}", f"planted fault (bug class {fault.bug_class}): "
+                         f"{fault.description}")
+        self.fault = fault
+
+    def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
+        if self.fault.needs_paged and spec.page_size is None:
+            return "unsupported: reads the paged cache; the case has page_size null"
+        return super().unsupported_reason(spec, device)
+
+    def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
+        f = self.fault
+        out = torch.zeros(case.q.shape[0], case.num_heads, case.head_dim_v, dtype=case.dtype,
+                          device=case.device)
+        lse = torch.full((case.num_heads, case.q.shape[0]), -math.inf, device=case.device)
+        heads = f.kv_heads(case.num_heads, case.num_kv_heads).to(case.device)
+        for view in case.requests():
+            if not view.query_len:
+                continue
+            q_pos = f.positions(case, view)
+            k, v = f.keys(case, view)
+            k_pos = torch.arange(k.shape[0], device=case.device)
+            mask = f.mask(case, view, q_pos, k_pos)
+            scores = torch.einsum("qhd,khd->hqk", case.q[view.q_slice].float(),
+                                  k.float()[:, heads]) * case.softmax_scale
+            if case.softcap is not None:
+                scores = case.softcap * torch.tanh(scores / case.softcap)
+            scores = scores.masked_fill(~mask, -math.inf)
+            row_lse = torch.logsumexp(scores, dim=-1)
+            probs = torch.exp(scores - row_lse[..., None]).nan_to_num(0.0)
+            out[view.q_slice] = torch.einsum("hqk,khd->qhd", probs, v.float()[:, heads]).to(
+                case.dtype)
+            lse[:, view.q_slice] = row_lse * f.lse_scale
+        return out, lse
+
+
+def fault_target(name: str) -> FaultyTarget:
+    """The planted fault called ``name`` as a target."""
+    if name not in FAULTS:
+        raise KeyError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+    return FaultyTarget(FAULTS[name])
