@@ -24,10 +24,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip ``gpu`` tests with the reason that applies on this machine."""
-    from verify.gpu import gpu_unavailable_reason
+    """Skip ``gpu`` tests with the reason that applies on this machine.
 
-    reason = gpu_unavailable_reason()
+    The marker needs an SM90+ CUDA device; tests of FA4 also skip, with their own
+    reason, when flash-attn-4 is missing (``verify.gpu.fa4_unavailable_reason``).
+    """
+    from verify.gpu import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
     if reason is None:
         return
     for item in items:

@@ -19,8 +19,8 @@ def cuda_unavailable_reason() -> str | None:
     return None
 
 
-def gpu_unavailable_reason() -> str | None:
-    """Why the GPU tier (an SM90+ device and flash-attn-4) cannot run here, or None."""
+def fa4_unavailable_reason() -> str | None:
+    """Why FlashAttention-4 (an SM90+ device and flash-attn-4) cannot run here, or None."""
     reason = cuda_unavailable_reason()
     if reason is None and importlib.util.find_spec("flash_attn") is None:
         reason = "flash-attn-4 not installed (pip install flash-attn-4)"
