@@ -1,0 +1,142 @@
+"""The case model: JSON round trip, one-line validation errors, the materialized contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from hypothesis import given
+
+from fuzz.strategies import ADVERSARIAL_CASES, case_dicts, cases
+from verify import CaseError, load_case, parse_case, read_case
+from verify.materialize import FINITE_POISON, materialize
+
+VALID = {"requests": [{"context_len": 0, "query_len": 37, "ranges": [[3, 20]]}],
+         "num_heads": 4, "num_kv_heads": 2, "head_dim": 128, "dtype": "bfloat16",
+         "page_size": 16, "sliding_window": None, "clamp_ranges_to_window": False,
+         "softcap": None, "softmax_scale": None, "seed": 0}
+
+
+@given(case_dicts())
+def test_json_round_trip(data: dict) -> None:
+    spec = parse_case(data)
+    assert read_case(spec.to_json()) == spec
+    assert parse_case(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+def test_design_example_parses_and_writes_back_identically() -> None:
+    assert parse_case(VALID).to_dict() == VALID
+
+
+def _with(**changes: object) -> dict:
+    return {**VALID, **changes}
+
+
+def _request(**changes: object) -> dict:
+    return _with(requests=[{"context_len": 0, "query_len": 37, "ranges": [[3, 20]], **changes}])
+
+
+@pytest.mark.parametrize(("data", "field", "says"), [
+    (_request(context_len=-1), "requests[0].context_len", ">= 0"),
+    (_request(query_len=-3), "requests[0].query_len", ">= 0"),
+    (_request(query_len=2.5), "requests[0].query_len", "integer"),
+    (_request(ranges=[[20, 3]]), "requests[0].ranges[0]", "start 20 > end 3"),
+    (_request(ranges=[[-1, 3]]), "requests[0].ranges[0]", "negative"),
+    (_request(ranges=[[0, 5], [5, 9]]), "requests[0].ranges[1]", "overlaps"),
+    (_request(ranges=[[1, 2, 3]]), "requests[0].ranges[0]", "pair"),
+    (_request(ranges="3-20"), "requests[0].ranges", "list"),
+    (_request(images=[]), "requests[0].images", "unknown key"),
+    (_with(requests=[]), "requests", "non-empty"),
+    (_with(num_heads=6, num_kv_heads=4), "num_kv_heads", "does not divide"),
+    (_with(num_heads=0), "num_heads", ">= 1"),
+    (_with(dtype="float8"), "dtype", "one of"),
+    (_with(page_size=0), "page_size", ">= 1"),
+    (_with(sliding_window=0), "sliding_window", ">= 1"),
+    (_with(clamp_ranges_to_window=True), "clamp_ranges_to_window", "needs a sliding_window"),
+    (_with(softcap=-1.0), "softcap", "> 0"),
+    (_with(softmax_scale=float("inf")), "softmax_scale", "finite"),
+    (_with(seed=-1), "seed", "non-negative"),
+    (_with(value_profile="wild"), "value_profile", "one of"),
+    (_with(poison="zero"), "poison", "one of"),
+    (_with(head_dims=128), "head_dims", "unknown key"),
+    (_with(allow_overlapping_ranges="yes"), "allow_overlapping_ranges", "true or false"),
+])
+def test_invalid_case_is_one_line_naming_the_field(data: dict, field: str, says: str) -> None:
+    with pytest.raises(CaseError) as info:
+        parse_case(data)
+    message = str(info.value)
+    assert message.startswith(f"{field}: ") and says in message and "\n" not in message
+
+
+def test_overlap_allowed_when_the_case_says_so() -> None:
+    spec = parse_case(_request(ranges=[[0, 5], [5, 9]]) | {"allow_overlapping_ranges": True})
+    assert spec.requests[0].ranges == ((0, 5), (5, 9))
+
+
+@pytest.mark.parametrize("source", ["{not json", "/no/such/case.json"])
+def test_unreadable_source_is_a_case_error(source: str) -> None:
+    with pytest.raises(CaseError, match=r"^case: "):
+        read_case(source)
+
+
+def test_read_case_from_file(tmp_path) -> None:
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps(VALID))
+    assert load_case(path).spec == parse_case(VALID)
+
+
+@given(cases())
+def test_materialized_contract(spec) -> None:
+    case = materialize(spec)
+    total_q, total_k = spec.total_q, spec.total_k
+    h, hkv, d = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    assert case.q.shape == (total_q, h, d) and case.q.dtype == case.dtype
+    assert case.k.shape == (total_k, hkv, d) and case.v.shape == (total_k, hkv, spec.value_dim)
+    assert case.cu_seqlens_q.tolist() == [0, *torch.tensor(
+        [r.query_len for r in spec.requests]).cumsum(0).tolist()]
+    assert case.seqused_k.tolist() == [r.seq_len for r in spec.requests]
+    assert case.query_ranges.shape == (total_q, 2) and case.query_ranges.dtype == torch.int32
+    assert case.seq_ranges.shape[:1] == (len(spec.requests),)
+    for t in (case.cu_seqlens_q, case.cu_seqlens_k, case.seqused_k, case.context_lens,
+              case.query_lens, case.seq_ranges):
+        assert t.dtype == torch.int32
+    if spec.page_size is None:
+        assert case.k_cache is None and case.page_table is None
+    else:
+        _assert_paged_cache_holds_packed_keys(case)
+
+
+def _assert_paged_cache_holds_packed_keys(case) -> None:
+    """Every owned slot holds the packed key; every other slot holds poison."""
+    ps = case.page_size
+    owned = torch.zeros(case.k_cache.shape[:2], dtype=torch.bool)
+    for view in case.requests():
+        j = torch.arange(view.seq_len)
+        pages = case.page_table[view.index, j // ps].long()
+        assert torch.equal(case.k_cache[pages, j % ps], case.k[view.k_slice])
+        assert torch.equal(case.v_cache[pages, j % ps], case.v[view.k_slice])
+        owned[pages, j % ps] = True
+    spare = case.k_cache[~owned].float()
+    if case.spec.poison == "nan":
+        assert bool(spare.isnan().all())
+    else:
+        assert bool((spare == FINITE_POISON).all())
+    assert not owned.all(), "a paged layout always has poisoned slots"
+
+
+def test_materialization_is_deterministic_and_seeded() -> None:
+    spec = ADVERSARIAL_CASES[0]
+    a, b = materialize(spec), materialize(spec)
+    assert torch.equal(a.q, b.q) and torch.equal(a.k_cache, b.k_cache)
+    assert torch.equal(a.page_table, b.page_table)
+    assert not torch.equal(a.q, materialize(spec.with_changes(seed=spec.seed + 1)).q)
+
+
+def test_query_ranges_mark_the_range_holding_each_query() -> None:
+    case = load_case(_with(requests=[
+        {"context_len": 4, "query_len": 6, "ranges": [[2, 5], [8, 8]]}]))
+    assert case.query_ranges.tolist() == [[2, 5], [2, 5], [-1, -1], [-1, -1], [8, 8], [-1, -1]]
+    overlapping = load_case(_with(allow_overlapping_ranges=True, requests=[
+        {"query_len": 4, "ranges": [[0, 1], [1, 3]]}]))
+    assert overlapping.query_ranges.tolist() == [[0, 1], [0, 3], [1, 3], [1, 3]]
