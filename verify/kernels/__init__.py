@@ -1,0 +1,1 @@
+"""Kernels under verification, each checked against the float64 references."""

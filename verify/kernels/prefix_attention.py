@@ -1,0 +1,461 @@
+"""Exact single-pass Triton kernel for prefix attention over a paged KV cache.
+
+Query position ``p`` sees key ``j`` when ``j`` is causal (optionally inside a sliding window)
+or when ``p`` and ``j`` share an image range. Both terms contain ``j == p``, so every query
+row sees one contiguous interval of keys ``[lo, hi]``. That makes the mask two comparisons
+per score and lets a query tile visit only the key tiles between the smallest ``lo`` and the
+largest ``hi`` of its rows; key tiles inside every row's interval run with no mask at all.
+Everything that varies per batch (lengths, ranges, page tables, page size) is runtime data,
+so a new batch never recompiles the kernel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = tl.constexpr(1.4426950408889634)
+_LN2 = tl.constexpr(0.6931471805599453)
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """Tile shape and launch knobs; the only compile-time choices besides dtype and flags."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+def default_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
+    """H100 tiles that compile for sm90 with all three loops pipelined and no register spills.
+
+    fp32 runs exact FMA dots (for checking, not speed), which only fit in small tiles.
+    """
+    if dtype == torch.float32:
+        return KernelConfig(block_m=32, block_n=32, num_warps=4, num_stages=2)
+    if head_dim <= 128:
+        return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
+    return KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2)
+
+
+@triton.jit
+def _tanh(x):
+    # tl has no tanh that both the interpreter and triton 3.6 accept. The exp2 form
+    # (1 - t) / (1 + t) cancels for small |x| (relative error ~ u / |x|: 38 ulp of the
+    # LSE at softcap 30), so below 0.3 the odd Taylor series to x^9 is used (its
+    # truncation is under half an ulp there).
+    ax = tl.abs(x)
+    t = tl.exp2(ax * (-2.0 * _LOG2E))
+    large = (1.0 - t) / (1.0 + t)
+    x2 = x * x
+    small = x * (1.0 + x2 * (-1.0 / 3 + x2 * (2.0 / 15 + x2 * (-17.0 / 315 + x2 * (62.0 / 2835)))))
+    return tl.where(ax < 0.3, small, tl.where(x < 0, -large, large))
+
+
+@triton.jit
+def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
+    if UPCAST_DOT:
+        # The interpreter multiplies bf16 as raw uint16 bits; fp32 products of bf16 are exact.
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT_PRECISION)
+    else:
+        out = tl.dot(a, b, input_precision=DOT_PRECISION)
+    return out
+
+
+@triton.jit
+def _attend_tiles(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_head_ptr,
+    v_head_ptr,
+    page_row_ptr,
+    stride_kp,
+    stride_ks,
+    stride_vp,
+    stride_vs,
+    page_size,
+    seq_len,
+    row_lo,
+    row_hi,
+    tile_begin,
+    tile_end,
+    sm_scale,
+    softcap,
+    offs_d,
+    d_ok,
+    BLOCK_N: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    MASKED: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    """Online-softmax update over key tiles [tile_begin, tile_end); MASKED applies [lo, hi]."""
+    # Count from 0: triton's pipeliner left loops whose lower bound came out of another loop
+    # (the ranges loop) unpipelined on sm90.
+    for i in range(0, tile_end - tile_begin):
+        offs_n = (tile_begin + i) * BLOCK_N + tl.arange(0, BLOCK_N)
+        if MASKED:
+            # Keys past seq_len may sit in poisoned pages or slots: never load them.
+            kv_ok = offs_n < seq_len
+        else:
+            kv_ok = tl.full([BLOCK_N], True, tl.int1)
+        page = tl.load(page_row_ptr + offs_n // page_size, mask=kv_ok, other=0).to(tl.int64)
+        slot = offs_n % page_size
+        load_ok = kv_ok[:, None] & d_ok[None, :]
+        k = tl.load(
+            k_head_ptr + (page * stride_kp + slot * stride_ks)[:, None] + offs_d[None, :],
+            mask=load_ok,
+            other=0.0,
+        )
+        v = tl.load(
+            v_head_ptr + (page * stride_vp + slot * stride_vs)[:, None] + offs_d[None, :],
+            mask=load_ok,
+            other=0.0,
+        )
+        s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT)
+        if HAS_SOFTCAP:
+            s = softcap * _tanh(s * (sm_scale / softcap)) * _LOG2E
+        else:
+            s = s * (sm_scale * _LOG2E)
+        if MASKED:
+            visible = (offs_n[None, :] >= row_lo[:, None]) & (offs_n[None, :] <= row_hi[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASKED:
+            # A row may see nothing in this tile: keep exp2 away from (-inf) - (-inf).
+            m_ref = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_ref = m_new
+        alpha = tl.exp2(m_i - m_ref)
+        p = tl.exp2(s - m_ref[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+# Arguments that change from batch to batch must not be specialized (== 1, % 16), or a new
+# batch could compile a new kernel.
+@triton.jit(
+    do_not_specialize=["stride_lh", "stride_pt", "stride_rb", "max_ranges", "page_size", "window"]
+)
+def _prefix_attention_kernel(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    out_ptr,
+    lse_ptr,
+    page_table_ptr,
+    cu_seqlens_q_ptr,
+    seqused_k_ptr,
+    ranges_ptr,
+    stride_qt,
+    stride_qh,
+    stride_kp,
+    stride_ks,
+    stride_kh,
+    stride_vp,
+    stride_vs,
+    stride_vh,
+    stride_ot,
+    stride_oh,
+    stride_lh,
+    stride_pt,
+    stride_rb,
+    stride_rr,
+    max_ranges,
+    page_size,
+    heads_per_kv,
+    sm_scale,
+    window,
+    softcap,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    CLAMP_RANGES: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    UPCAST_DOT: tl.constexpr,
+):
+    tile_m = tl.program_id(0)
+    head = tl.program_id(1)
+    batch = tl.program_id(2)
+    q_begin = tl.load(cu_seqlens_q_ptr + batch)
+    q_len = tl.load(cu_seqlens_q_ptr + batch + 1) - q_begin
+    if tile_m * BLOCK_M >= q_len:
+        return
+    seq_len = tl.load(seqused_k_ptr + batch)
+    offs_m = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < q_len
+    pos = seq_len - q_len + offs_m
+
+    # Union of the ranges containing each row (padding (-1, -1) never contains a position).
+    span_lo = pos
+    span_hi = pos
+    range_row_ptr = ranges_ptr + batch * stride_rb
+    for r in range(0, max_ranges):
+        start = tl.load(range_row_ptr + r * stride_rr)
+        end = tl.load(range_row_ptr + r * stride_rr + 1)
+        inside = (start <= pos) & (pos <= end)
+        span_lo = tl.where(inside, tl.minimum(span_lo, start), span_lo)
+        span_hi = tl.where(inside, tl.maximum(span_hi, end), span_hi)
+
+    # Each row sees the interval [row_lo, row_hi]; rows past q_len see nothing.
+    row_hi = tl.minimum(span_hi, seq_len - 1)
+    if HAS_WINDOW:
+        row_lo = tl.maximum(pos - window + 1, 0)
+        if not CLAMP_RANGES:
+            row_lo = tl.minimum(row_lo, tl.maximum(span_lo, 0))
+    else:
+        row_lo = tl.zeros([BLOCK_M], tl.int32)
+    row_lo = tl.where(row_ok, row_lo, seq_len)
+    row_hi = tl.where(row_ok, row_hi, -1)
+
+    # Key tiles holding a key some row sees, and the sub-run every row sees in full.
+    tile_begin = tl.min(row_lo, 0) // BLOCK_N
+    tile_end = tl.max(row_hi, 0) // BLOCK_N + 1
+    full_begin = tl.cdiv(tl.max(tl.where(row_ok, row_lo, 0), 0), BLOCK_N)
+    full_end = (tl.min(tl.where(row_ok, row_hi, seq_len), 0) + 1) // BLOCK_N
+    no_full = full_begin >= full_end
+    full_begin = tl.where(no_full, tile_end, full_begin)
+    full_end = tl.where(no_full, tile_end, full_end)
+
+    offs_d = tl.arange(0, BLOCK_D)
+    if BLOCK_D == HEAD_DIM:
+        d_ok = tl.full([BLOCK_D], True, tl.int1)
+    else:
+        d_ok = offs_d < HEAD_DIM
+    q_rows = (q_begin + offs_m).to(tl.int64)
+    q = tl.load(
+        q_ptr + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+        mask=row_ok[:, None] & d_ok[None, :],
+        other=0.0,
+    )
+    kv_head = head // heads_per_kv
+    k_head_ptr = k_ptr + kv_head * stride_kh
+    v_head_ptr = v_ptr + kv_head * stride_vh
+    page_row_ptr = page_table_ptr + batch * stride_pt
+
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    # Masked tiles before the fully visible run, the run itself, masked tiles after it.
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
+        stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
+        tile_begin, full_begin, sm_scale, softcap, offs_d, d_ok,
+        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION, UPCAST_DOT,
+    )  # fmt: skip
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
+        stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
+        full_begin, full_end, sm_scale, softcap, offs_d, d_ok,
+        BLOCK_N, HAS_SOFTCAP, False, DOT_PRECISION, UPCAST_DOT,
+    )  # fmt: skip
+    acc, l_i, m_i = _attend_tiles(
+        acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
+        stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
+        full_end, tile_end, sm_scale, softcap, offs_d, d_ok,
+        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION, UPCAST_DOT,
+    )  # fmt: skip
+
+    has_keys = l_i > 0.0
+    l_safe = tl.where(has_keys, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(has_keys, (m_i + tl.log2(l_safe)) * _LN2, float("-inf"))
+    tl.store(
+        out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & d_ok[None, :],
+    )
+    tl.store(lse_ptr + head.to(tl.int64) * stride_lh + q_rows, lse, mask=row_ok)
+
+
+def _check_inputs(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seqused_k: torch.Tensor,
+    seq_ranges: torch.Tensor,
+    sliding_window: int | None,
+    softcap: float | None,
+) -> None:
+    """Reject malformed inputs with one-line errors before they become wrong numbers."""
+    if q.dim() != 3:
+        raise ValueError(f"q must be (total_q, H, D), got shape {tuple(q.shape)}")
+    if k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
+        raise ValueError(
+            f"k_cache and v_cache must share shape (num_pages, page_size, Hkv, D), "
+            f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+        )
+    heads, head_dim = q.shape[1], q.shape[2]
+    kv_heads = k_cache.shape[2]
+    if k_cache.shape[3] != head_dim:
+        raise ValueError(f"kv head dim {k_cache.shape[3]} != q head dim {head_dim}")
+    if head_dim % 16 or not 16 <= head_dim <= 256:
+        raise ValueError(f"head dim must be a multiple of 16 in [16, 256], got {head_dim}")
+    if kv_heads == 0 or heads % kv_heads:
+        raise ValueError(f"query heads {heads} must be a multiple of kv heads {kv_heads}")
+    if q.dtype not in _DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+        raise ValueError(
+            f"q, k_cache, v_cache must share one dtype of {_DTYPES}, "
+            f"got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+        )
+    if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache)):
+        raise ValueError("q, k_cache and v_cache must be contiguous in the head dim")
+    if seqused_k.dim() != 1:
+        raise ValueError(f"seqused_k must be (B,), got shape {tuple(seqused_k.shape)}")
+    batch = seqused_k.shape[0]
+    metadata = {
+        "page_table": (page_table, 2, (batch,)),
+        "cu_seqlens_q": (cu_seqlens_q, 1, (batch + 1,)),
+        "seqused_k": (seqused_k, 1, (batch,)),
+        "seq_ranges": (seq_ranges, 3, (batch,)),
+    }
+    for name, (tensor, ndim, lead) in metadata.items():
+        if tensor.dtype != torch.int32 or tensor.dim() != ndim or tuple(tensor.shape[:1]) != lead:
+            raise ValueError(
+                f"{name} must be int32 with {ndim} dims and leading size {lead[0]}, "
+                f"got {tensor.dtype} {tuple(tensor.shape)}"
+            )
+    if seq_ranges.shape[2] != 2:
+        raise ValueError(f"seq_ranges must be (B, max_ranges, 2), got {tuple(seq_ranges.shape)}")
+    tensors = (q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, seq_ranges)
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError("all tensors must be on one device")
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(f"sliding_window must be >= 1, got {sliding_window}")
+    if softcap is not None and softcap <= 0:
+        raise ValueError(f"softcap must be > 0, got {softcap}")
+
+
+def prefix_attention_paged(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    page_table: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    seqused_k: torch.Tensor,
+    seq_ranges: torch.Tensor,
+    softmax_scale: float,
+    sliding_window: int | None = None,
+    clamp_ranges_to_window: bool = False,
+    softcap: float | None = None,
+    *,
+    max_seqlen_q: int | None = None,
+    config: KernelConfig | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of packed varlen queries over a paged KV cache with causal-OR-range masking.
+
+    Returns ``out`` (total_q, H, D) in q's dtype and ``lse`` (H, total_q) float32, natural log.
+    Passing ``max_seqlen_q`` avoids reading cu_seqlens_q back to size the grid.
+    """
+    _check_inputs(
+        q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, seq_ranges,
+        sliding_window, softcap,
+    )  # fmt: skip
+    total_q, heads, head_dim = q.shape
+    batch = seqused_k.shape[0]
+    if max_seqlen_q is None:
+        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if batch else 0
+    if total_q == 0 or max_seqlen_q == 0:
+        lse = torch.full((heads, total_q), float("-inf"), dtype=torch.float32, device=q.device)
+        return torch.zeros_like(q), lse
+    out = torch.empty_like(q)
+    lse = torch.empty((heads, total_q), dtype=torch.float32, device=q.device)
+    if seq_ranges.shape[1] == 0:
+        seq_ranges = torch.full((batch, 1, 2), -1, dtype=torch.int32, device=q.device)
+    config = config or default_config(head_dim, q.dtype)
+    upcast_dot = q.dtype == torch.bfloat16 and q.device.type == "cpu"  # CPU means interpreter
+    grid = (triton.cdiv(max_seqlen_q, config.block_m), heads, batch)
+    _prefix_attention_kernel[grid](
+        q, k_cache, v_cache, out, lse, page_table, cu_seqlens_q, seqused_k, seq_ranges,
+        q.stride(0), q.stride(1),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+        out.stride(0), out.stride(1), lse.stride(0),
+        page_table.stride(0), seq_ranges.stride(0), seq_ranges.stride(1), seq_ranges.shape[1],
+        k_cache.shape[1], heads // k_cache.shape[2],
+        float(softmax_scale), sliding_window or 0, float(softcap or 0.0),
+        HEAD_DIM=head_dim,
+        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_M=config.block_m,
+        BLOCK_N=config.block_n,
+        HAS_WINDOW=sliding_window is not None,
+        CLAMP_RANGES=clamp_ranges_to_window,
+        HAS_SOFTCAP=softcap is not None,
+        DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast_dot else "tf32",
+        UPCAST_DOT=upcast_dot,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+    )  # fmt: skip
+    return out, lse
+
+
+class TileCounts(NamedTuple):
+    """KV tiles loaded for one request, summed over its query tiles."""
+
+    visited: int  # by this kernel
+    causal: int  # by a causal(-window) loop that ignores the ranges, up to the diagonal
+    dense: int  # by a loop over every key tile, as a mask_mod without block sparsity does
+
+
+def _row_interval(
+    pos: int,
+    seq_len: int,
+    ranges: Sequence[tuple[int, int]],
+    sliding_window: int | None,
+    clamp_ranges_to_window: bool,
+) -> tuple[int, int]:
+    """The [lo, hi] key interval query position ``pos`` sees, as the kernel computes it."""
+    span = [pos, pos]
+    for start, end in ranges:
+        if start <= pos <= end:
+            span = [min(span[0], start), max(span[1], end)]
+    hi = min(span[1], seq_len - 1)
+    if sliding_window is None:
+        return 0, hi
+    lo = max(pos - sliding_window + 1, 0)
+    if not clamp_ranges_to_window:
+        lo = min(lo, max(span[0], 0))
+    return lo, hi
+
+
+def kv_tiles_visited(
+    context_len: int,
+    query_len: int,
+    ranges: Sequence[tuple[int, int]],
+    block_m: int,
+    block_n: int,
+    sliding_window: int | None = None,
+    clamp_ranges_to_window: bool = False,
+) -> TileCounts:
+    """Mirror of the kernel's tile loop for one request, to report how much it skips."""
+    seq_len = context_len + query_len
+    visited = causal = dense = 0
+    for m0 in range(0, query_len, block_m):
+        positions = range(context_len + m0, context_len + min(m0 + block_m, query_len))
+        bounds = [
+            _row_interval(p, seq_len, ranges, sliding_window, clamp_ranges_to_window)
+            for p in positions
+        ]
+        first = min(lo for lo, _ in bounds) // block_n
+        visited += max(hi for _, hi in bounds) // block_n - first + 1
+        causal_lo = 0 if sliding_window is None else max(positions[0] - sliding_window + 1, 0)
+        causal += positions[-1] // block_n - causal_lo // block_n + 1
+        dense += triton.cdiv(seq_len, block_n)
+    return TileCounts(visited, causal, dense)
