@@ -19,6 +19,14 @@ _REGISTRY: dict[str, str] = {
     "reference": "verify.targets.reference:ReferenceTarget",
     "sdpa": "verify.targets.sdpa:SdpaTarget",
     "flex": "verify.targets.flex:FlexTarget",
+    "triton": "verify.targets.triton:TritonTarget",
+    "fa4": "verify.targets.fa4:FA4Target",
+    "two_call_reference": "verify.targets.two_call:two_call_reference",
+    "two_call_sdpa": "verify.targets.two_call:two_call_sdpa",
+    "two_call_fa4": "verify.targets.two_call:two_call_fa4",
+    "replace_reference": "verify.targets.two_call:replace_reference",
+    "replace_sdpa": "verify.targets.two_call:replace_sdpa",
+    "replace_fa4": "verify.targets.two_call:replace_fa4",
 }
 _INSTANCES: dict[str, Target] = {}
 
