@@ -51,7 +51,7 @@ def test_reference_matches_dense_formulation(spec: CaseSpec) -> None:
     torch.testing.assert_close(lse, want_lse, rtol=1e-12, atol=1e-12)
 
 
-@given(cases(CPU_SPACE.narrowed(max_seq_len=40)), st.integers(1, 9))
+@given(cases(CPU_SPACE.narrowed(max_seq_len=24)), st.integers(2, 9))
 def test_blocks_do_not_change_the_result(spec: CaseSpec, block: int) -> None:
     case = materialize(spec)
     out, lse = reference_attention(case)
