@@ -9,9 +9,11 @@ CPU gate; the fuzz runner and the GPU tier widen them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
+from hypothesis import example
 from hypothesis import strategies as st
 
 from verify.case import POISONS, VALUE_PROFILES, CaseSpec, parse_case
@@ -171,3 +173,13 @@ ADVERSARIAL_CASES: tuple[CaseSpec, ...] = (
     _case([{"query_len": 29, "ranges": [[3, 20]]}], dtype="float16", head_dim=256,
           value_profile="near_ties", poison="nan", page_size=1),
 )
+
+
+Test = TypeVar("Test", bound=Callable[..., None])
+
+
+def with_adversarial_examples(test: Test) -> Test:
+    """Run a ``@given(spec=...)`` test on every case of ADVERSARIAL_CASES first."""
+    for spec in ADVERSARIAL_CASES:
+        test = example(spec=spec)(test)
+    return test

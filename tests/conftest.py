@@ -11,7 +11,18 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from hypothesis import HealthCheck, Phase, settings
+
+import verify  # noqa: F401  (sets TRITON_INTERPRET=1 without CUDA, before anything imports triton)
+
+# Each xdist worker already has a core: the tests run many small tensor ops, where a
+# per-worker thread pool only oversubscribes the machine.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
+# --stats-file PATH: per-target verdicts and error ratios, merged across xdist workers.
+pytest_plugins = ["fuzz.pytest_stats"]
 
 _COMMON = {"deadline": None, "print_blob": True,
            "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import given
 
-from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
+from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
 from references import reference_attention
 from verify import CaseSpec, materialize
 from verify.mask import causal_only, mask_differs_from_causal
@@ -14,12 +14,6 @@ from verify.runner import PASS, SKIP, TruthCache, evaluate
 from verify.targets import available_targets, get_target
 
 CPU_TARGETS = ["reference", "sdpa", "flex"]
-
-
-def with_adversarial_examples(test):
-    for spec in ADVERSARIAL_CASES:
-        test = example(spec)(test)
-    return test
 
 
 @pytest.mark.parametrize("name", CPU_TARGETS)
