@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
 from collections.abc import Callable
 
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
-
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 from torch import Tensor
 
+# Importing verify (first, before triton) runs Triton under the interpreter without CUDA.
 from verify.kernels.merge_states import merge_attn_states_torch, merge_attn_states_triton
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
