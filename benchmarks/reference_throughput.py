@@ -21,16 +21,11 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.layouts import HEAD_DIM, HEADS, TOKENS, prefill
 from references import reference_attention
 from references.reference import FAST_BLOCK, _fast
-from verify.case import parse_case
 from verify.mask import request_mask
 from verify.materialize import materialize
-
-REQUESTS, TOKENS, HEADS, KV_HEADS, HEAD_DIM = 8, 4096, 16, 8, 128
-# Two images per request: 256 and 1024 tokens, at different offsets per request.
-RANGES = [[[64 + 97 * r, 64 + 97 * r + 255], [1500 + 131 * r, 1500 + 131 * r + 1023]]
-          for r in range(REQUESTS)]
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -71,9 +66,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         sys.exit("needs a CUDA device")
 
-    spec = parse_case({"requests": [{"query_len": TOKENS, "ranges": r} for r in RANGES],
-                       "num_heads": HEADS, "num_kv_heads": KV_HEADS, "head_dim": HEAD_DIM,
-                       "dtype": "bfloat16", "seed": 0})
+    spec = prefill()
     case = materialize(spec, "cuda")
     pairs = sum(int(request_mask(spec, r, device="cuda").sum()) for r in spec.requests)
     useful_tflop = 4 * HEAD_DIM * pairs * HEADS / 1e12

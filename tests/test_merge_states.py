@@ -92,7 +92,8 @@ def mismatch(name: str, got: Tensor, want: Tensor, rtol: float, scale: float = 1
     """``[]`` when ``got`` matches ``want`` (NaN and inf positions exactly), else one problem."""
     try:
         torch.testing.assert_close(
-            got.detach().cpu().double(), want.double(), rtol=rtol, atol=rtol * scale, equal_nan=True
+            got.detach().cpu().double(), want.detach().cpu().double(),
+            rtol=rtol, atol=rtol * scale, equal_nan=True,
         )
     except AssertionError as e:
         return [f"{name}: {' '.join(str(e).split())[:300]}"]

@@ -76,8 +76,11 @@ def test_what_a_decomposition_cannot_do_skips_with_the_reason(name: str, spec: C
     assert words in outcome.reason
 
 
-def test_fa4_engine_without_a_dense_window_declines_clamped_ranges() -> None:
-    reason = get_target("two_call_fa4").unsupported_reason(ADVERSARIAL_CASES[8], "cuda")
+def test_engine_without_a_dense_window_declines_clamped_ranges() -> None:
+    spec = ADVERSARIAL_CASES[8]  # sliding window with clamp_ranges_to_window
+    assert TwoCallTarget(REFERENCE_ENGINE).unsupported_reason(spec, "cpu") is None
+    unwindowed = TwoCallTarget(replace(REFERENCE_ENGINE, dense_window=False))
+    reason = unwindowed.unsupported_reason(spec, "cpu")
     assert reason is not None and "clamp_ranges_to_window" in reason
 
 

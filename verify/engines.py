@@ -149,5 +149,5 @@ FA4_ENGINE = Engine(
     _imported("verify.targets.fa4", "fa4_dense"),
     Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset(DTYPES) - {"float32"},
                  head_dims=frozenset({64, 128, 256}), head_dim_v_differs=False),
-    fa4_unavailable_reason, dense_window=False)
+    fa4_unavailable_reason)
 ENGINES: dict[str, Engine] = {e.name: e for e in (REFERENCE_ENGINE, SDPA_ENGINE, FA4_ENGINE)}

@@ -1,0 +1,34 @@
+"""The batches the benchmarks time, shared so that every figure refers to the same layout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from verify import CaseSpec, parse_case
+
+REQUESTS, TOKENS, HEADS, KV_HEADS, HEAD_DIM = 8, 4096, 16, 8, 128
+# Two images per request: 256 and 1024 tokens, at different offsets per request.
+RANGES = [[[64 + 97 * r, 64 + 97 * r + 255], [1500 + 131 * r, 1500 + 131 * r + 1023]]
+          for r in range(REQUESTS)]
+# Decode-heavy: many one-token steps over long cached contexts that hold images, beside two
+# prefill chunks that start inside an image (chunked prefill of a VLM prompt).
+DECODES, DECODE_CONTEXT, CHUNK = 64, 4096, 1024
+
+
+def _spec(requests: list[dict[str, Any]], dtype: str, page_size: int | None) -> CaseSpec:
+    return parse_case({"requests": requests, "num_heads": HEADS, "num_kv_heads": KV_HEADS,
+                       "head_dim": HEAD_DIM, "dtype": dtype, "page_size": page_size, "seed": 0})
+
+
+def prefill(dtype: str = "bfloat16", page_size: int | None = None) -> CaseSpec:
+    """8 x 4096-token prompts, 16/8 heads, head_dim 128, images of 256 and 1024 tokens."""
+    return _spec([{"query_len": TOKENS, "ranges": r} for r in RANGES], dtype, page_size)
+
+
+def decode_heavy(dtype: str = "bfloat16", page_size: int | None = None) -> CaseSpec:
+    """64 decode steps over 2-4k cached tokens plus two 1024-token chunks inside images."""
+    decodes = [{"context_len": DECODE_CONTEXT // 2 + 31 * i, "query_len": 1,
+                "ranges": [[100 + i, 100 + i + 575]]} for i in range(DECODES)]
+    chunks = [{"context_len": 1024 * (i + 1), "query_len": CHUNK,
+               "ranges": [[1024 * (i + 1) - 300, 1024 * (i + 1) + 700]]} for i in range(2)]
+    return _spec(decodes + chunks, dtype, page_size)
