@@ -1,0 +1,70 @@
+"""Golden files: curated cases with the verdict each target must give on them.
+
+A golden file is a case JSON whose ``expect`` annotation maps target names to
+"pass" or "fail". The gate (tests/test_golden.py) and ``python -m fuzz golden``
+replay them; a target that is not registered, not available here or declines
+the case is skipped with the reason, so the GPU tier replays the same files for
+the targets only it can run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from verify.case import CaseError, CaseSpec
+from verify.materialize import MaterializedCase
+from verify.runner import SKIP, Outcome, TruthCache, evaluate
+from verify.targets import get_target
+
+GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
+VERDICTS = ("pass", "fail")
+
+
+def golden_files(directory: Path = GOLDEN_DIR) -> list[Path]:
+    return sorted(directory.glob("*.json"))
+
+
+def expectations(spec: CaseSpec) -> dict[str, str]:
+    """The ``expect`` annotation, validated: target name -> "pass" or "fail"."""
+    expect = spec.extra.get("expect", {})
+    if not isinstance(expect, Mapping) or not all(
+            isinstance(name, str) and verdict in VERDICTS for name, verdict in expect.items()):
+        raise CaseError(f"expect: must map target names to {' or '.join(VERDICTS)}, "
+                        f"got {expect!r}")
+    return dict(expect)
+
+
+@dataclass(frozen=True)
+class GoldenCheck:
+    """One expected verdict replayed: the outcome, or why the target was skipped."""
+
+    target: str
+    expected: str
+    outcome: Outcome | None
+    skip_reason: str | None = None
+
+    @property
+    def matches(self) -> bool:
+        """Whether the target gave the expected verdict (a skip neither matches nor not)."""
+        return self.outcome is not None and self.outcome.status == self.expected
+
+    def describe(self) -> str:
+        if self.skip_reason is not None:
+            return f"{self.target}: skipped ({self.skip_reason})"
+        mark = "as expected" if self.matches else f"EXPECTED {self.expected.upper()}"
+        return f"{self.outcome.summary()}\n  -> {mark}"
+
+
+def check_expectation(target: str, expected: str, case: MaterializedCase,
+                      truths: TruthCache) -> GoldenCheck:
+    """Replay ``case`` on ``target`` and compare with ``expected``."""
+    try:
+        runner = get_target(target)
+    except KeyError:
+        return GoldenCheck(target, expected, None, "not registered here")
+    outcome = evaluate(runner, case, truths)
+    if outcome.status == SKIP:
+        return GoldenCheck(target, expected, None, outcome.reason)
+    return GoldenCheck(target, expected, outcome)

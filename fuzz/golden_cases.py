@@ -1,0 +1,162 @@
+"""The curated golden cases, and what writes golden/ from them (``python -m fuzz golden
+--regenerate``).
+
+Two kinds: one small case per planted fault, built so that the fault fails while
+the exact engines pass, and the adversarial edge layouts of fuzz.strategies.
+Expectations come from intent, checked by running before anything is written:
+every registered target passes every case it accepts (each claims to be exact, or,
+for the two-call merge, to match its declared model; those that can run here are
+run, the others are left for the machine that has them), and the fault a case was
+built for fails. Every other planted fault that fails on a case is recorded as
+well, so the golden set also pins which layouts catch which bug.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fuzz.casefiles import case_json, describe_case
+from fuzz.strategies import ADVERSARIAL_CASES
+from verify.case import CaseSpec, parse_case
+from verify.faults import FAULTS
+from verify.materialize import materialize
+from verify.runner import FAIL, PASS, TruthCache, evaluate
+from verify.targets import Target, get_target, target_names
+
+_BASE = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "dtype": "bfloat16",
+         "page_size": None, "seed": 0}
+
+
+class GoldenError(RuntimeError):
+    """A curated case does not show what it was built to show."""
+
+
+@dataclass(frozen=True)
+class GoldenCase:
+    name: str  # the file stem
+    note: str
+    spec: CaseSpec
+    built_for: str | None = None  # the planted fault that must fail on it
+
+
+def _fault_case(fault: str, note: str, requests: list[dict[str, Any]], **fields: Any
+                ) -> GoldenCase:
+    spec = parse_case({"requests": requests, **_BASE, **fields})
+    return GoldenCase(f"fault-{fault}", note, spec, fault)
+
+
+FAULT_CASES: tuple[GoldenCase, ...] = (
+    _fault_case("chunk_local_position",
+                "a chunk with 12 cached keys that starts inside image [8, 15]: query positions "
+                "must be absolute (12 + i), not chunk-local (i)",
+                [{"context_len": 12, "query_len": 8, "ranges": [[8, 15]]}]),
+    _fault_case("causal_tile_key_loop",
+                "queries of the first 16-row tile inside image [4, 35] must see keys up to 35, "
+                "past the tile's causal limit",
+                [{"query_len": 40, "ranges": [[4, 35]]}]),
+    _fault_case("exclusive_range_end",
+                "image [3, 10]: its queries must see key 10 (ends are inclusive)",
+                [{"query_len": 16, "ranges": [[3, 10]]}]),
+    _fault_case("merged_image_groups",
+                "two images [2, 5] and [9, 14]: a query of the first must not see the second",
+                [{"query_len": 16, "ranges": [[2, 5], [9, 14]]}]),
+    _fault_case("window_clamps_ranges",
+                "window 4 without clamp_ranges_to_window: queries late in image [2, 20] still "
+                "see its first keys",
+                [{"query_len": 24, "ranges": [[2, 20]]}], sliding_window=4),
+    _fault_case("long_range_dropped",
+                "window 4 with clamp_ranges_to_window and image [2, 12] longer than the window: "
+                "the image must be clamped to the window, not dropped",
+                [{"query_len": 16, "ranges": [[2, 12]]}], sliding_window=4,
+                clamp_ranges_to_window=True),
+    _fault_case("batch_max_seqlen",
+                "a chunk (8 cached + 4 new) batched with a prefill of 6: the chunk's offset is "
+                "its own 8, not the batch's max seqlen_k - max seqlen_q = 6",
+                [{"context_len": 8, "query_len": 4, "ranges": [[6, 10]]},
+                 {"query_len": 6, "ranges": [[1, 3]]}]),
+    _fault_case("key_offsets_from_cu_seqlens_q",
+                "request 0 has 5 cached keys, so request 1's keys start at 8 in cu_seqlens_k "
+                "but at 3 in cu_seqlens_q",
+                [{"context_len": 5, "query_len": 3, "ranges": [[1, 6]]},
+                 {"query_len": 6, "ranges": [[2, 4]]}]),
+    _fault_case("attends_past_seqused",
+                "10 keys in a 16-slot page: the 6 poisoned slots past seqused_k must stay unseen",
+                [{"query_len": 10, "ranges": [[2, 6]]}], page_size=16),
+    _fault_case("page_index_as_token_offset",
+                "20 keys over two shuffled 16-slot pages: a page number is not a token offset",
+                [{"query_len": 20, "ranges": [[3, 17]]}], page_size=16),
+    _fault_case("page_table_off_by_one",
+                "20 keys over two shuffled 16-slot pages: key 15 is the last of page 0, not the "
+                "first of page 1",
+                [{"query_len": 20, "ranges": [[3, 17]]}], page_size=16),
+    _fault_case("gqa_head_modulo",
+                "4 query heads on 2 KV heads: head 1 reads KV head 0 (h // 2), not 1 (h % 2)",
+                [{"query_len": 12, "ranges": [[2, 7]]}]),
+    _fault_case("lse_base2",
+                "any case: the LSE must be a natural log",
+                [{"query_len": 12, "ranges": [[2, 7]]}]),
+    _fault_case("aux_rows_chunk_local",
+                "request 1's rows of query_ranges follow request 0's; read at the chunk-local "
+                "row they hand request 1 request 0's image [0, 7]",
+                [{"query_len": 8, "ranges": [[0, 7]]}, {"query_len": 8, "ranges": []}]),
+)
+
+
+def edge_cases() -> tuple[GoldenCase, ...]:
+    """The adversarial layouts every property test also runs, as golden cases."""
+    return tuple(GoldenCase(f"edge-{i:02d}",
+                            f"fuzz.strategies.ADVERSARIAL_CASES[{i}]: {describe_case(spec)}", spec)
+                 for i, spec in enumerate(ADVERSARIAL_CASES))
+
+
+def _declines(target: Target, spec: CaseSpec) -> bool:
+    """Whether ``target`` declines ``spec`` on every device it runs on."""
+    return all(target.unsupported_reason(spec, device) for device in target.capabilities.devices)
+
+
+def expected_verdicts(golden: GoldenCase, device: str) -> dict[str, str]:
+    """The ``expect`` annotation of a golden case, verified where it can run here."""
+    case = materialize(golden.spec, device)
+    truths = TruthCache()
+    expect: dict[str, str] = {}
+    for name in target_names():
+        target = get_target(name)
+        if _declines(target, golden.spec):
+            continue
+        expect[name] = PASS
+        if target.unavailable_reason() is None and device in target.capabilities.devices:
+            outcome = evaluate(target, case, truths)
+            if outcome.status != PASS:
+                raise GoldenError(f"{golden.name}: registered target {outcome.summary()}")
+    for fault in FAULTS:
+        if evaluate(get_target(f"fault:{fault}"), case, truths).status == FAIL:
+            expect[f"fault:{fault}"] = FAIL
+    if golden.built_for is not None and f"fault:{golden.built_for}" not in expect:
+        raise GoldenError(f"{golden.name}: fault:{golden.built_for} does not fail on it")
+    return expect
+
+
+def golden_data(golden: GoldenCase, device: str) -> dict[str, Any]:
+    """The JSON contents of a golden file."""
+    data = golden.spec.to_dict()
+    data["note"] = golden.note
+    if golden.built_for is not None:
+        data["bug_class"] = FAULTS[golden.built_for].bug_class
+    data["expect"] = expected_verdicts(golden, device)
+    return data
+
+
+def regenerate(directory: Path, device: str) -> list[Path]:
+    """Rewrite every golden file in ``directory`` and drop stale ones; returns the files."""
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for golden in (*FAULT_CASES, *edge_cases()):
+        path = directory / f"{golden.name}.json"
+        path.write_text(case_json(golden_data(golden, device)))
+        written.append(path)
+    for stale in {*directory.glob("fault-*.json"), *directory.glob("edge-*.json")} - {
+            *written}:
+        stale.unlink()
+    return written
