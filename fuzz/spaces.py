@@ -40,5 +40,6 @@ def space_for(capabilities: Capabilities, base: Space) -> Space:
         head_dims=_within(tuple(base.head_dims), capabilities.head_dims),
         window=base.window and capabilities.sliding_window,
         softcap=base.softcap and capabilities.softcap,
+        value_dims=base.value_dims and capabilities.head_dim_v_differs,
         overlapping_ranges=base.overlapping_ranges and capabilities.overlapping_ranges,
     )

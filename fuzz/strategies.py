@@ -22,6 +22,8 @@ PAGE_SIZES = (None, 1, 3, 7, 16, 64, 128)
 HEAD_DIMS = (64, 128, 256)
 GQA_RATIOS = (1, 2, 4)
 SOFTCAPS = (5.0, 30.0)
+# Explicit softmax scales: Gemma's query_pre_attn_scalar-style values, one cooler, one hotter.
+SOFTMAX_SCALES = (0.0625, 0.25, 0.5)
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,8 @@ class Space:
     page_sizes: Sequence[int | None] = PAGE_SIZES
     window: bool = True
     softcap: bool = True
+    value_dims: bool = True  # head_dim_v may differ from head_dim
+    scales: bool = True  # an explicit softmax_scale instead of 1/sqrt(head_dim)
     value_profiles: Sequence[str] = VALUE_PROFILES
     poisons: Sequence[str] = POISONS
     overlapping_ranges: bool = False
@@ -125,17 +129,24 @@ def case_dicts(draw: st.DrawFn, space: Space = CPU_SPACE) -> dict:
     if space.window and draw(st.booleans()):
         window = draw(st.integers(1, space.max_seq_len))
         clamp = draw(st.booleans())
+    head_dim = draw(st.sampled_from(list(space.head_dims)))
+    head_dim_v = None
+    if space.value_dims and draw(st.integers(0, 5)) == 5:  # shrinks toward equal dims
+        head_dim_v = draw(st.sampled_from([d for d in space.head_dims if d != head_dim]
+                                          or [head_dim // 2 or 1]))
     return {
         "requests": requests,
         "num_heads": num_kv_heads * draw(st.sampled_from(list(space.gqa_ratios))),
         "num_kv_heads": num_kv_heads,
-        "head_dim": draw(st.sampled_from(list(space.head_dims))),
+        "head_dim": head_dim,
+        "head_dim_v": head_dim_v,
         "dtype": draw(st.sampled_from(list(space.dtypes))),
         "page_size": draw(st.sampled_from(list(space.page_sizes))),
         "sliding_window": window,
         "clamp_ranges_to_window": clamp,
         "softcap": draw(st.sampled_from([None, *SOFTCAPS])) if space.softcap else None,
-        "softmax_scale": None,
+        "softmax_scale": draw(st.sampled_from([None, None, None, *SOFTMAX_SCALES]))
+        if space.scales else None,
         "seed": draw(st.integers(0, 2**16)),
         "value_profile": draw(st.sampled_from(list(space.value_profiles))),
         "poison": draw(st.sampled_from(list(space.poisons))),

@@ -64,8 +64,9 @@ def _build(name: str) -> Target:
         module_name, _, attr = factory.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
-        except ImportError as exc:
-            return _MissingTarget(name, f"{module_name} not importable: {exc}")
+        except Exception as exc:  # one broken target must not take the registry down
+            return _MissingTarget(name, f"{module_name} not importable: "
+                                  f"{type(exc).__name__}: {exc}")
     return factory()
 
 
@@ -76,8 +77,11 @@ def get_target(name: str) -> Target:
     if name in _REGISTRY:
         target = _build(name)
     elif name.startswith("fault:"):
-        from verify.faults import fault_target
+        from verify.faults import FAULTS, fault_target
 
+        if name.removeprefix("fault:") not in FAULTS:
+            raise UnknownTargetError(f"unknown fault {name!r}; known: "
+                                     + ", ".join(f"fault:{f}" for f in FAULTS))
         target = fault_target(name.removeprefix("fault:"))
     elif ":" in name:
         from verify.targets.external import ExternalTarget
