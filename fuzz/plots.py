@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from fuzz.stats import TargetStats
+from verify.compare import BASELINE_MULTIPLE
 
 # Ratios below this land in the first bin (a log axis has no zero).
 SMALLEST_RATIO = 1e-3
@@ -42,8 +43,11 @@ def plot_ratios(stats: Mapping[str, TargetStats], path: Path) -> None:
         ax.set_title(title, fontsize=9, loc="left")
         ax.set_xscale("log")
         ax.set_ylabel("cases")
+        # The policy fails a case at BASELINE_MULTIPLE x baseline (plus one output ULP).
+        ax.axvline(BASELINE_MULTIPLE, color="tab:red", linestyle="--", linewidth=1)
     axes[-1, 0].set_xlabel("error ratio: target error / low-precision baseline error "
-                           f"(below {SMALLEST_RATIO:g} in the first bin)")
+                           f"(below {SMALLEST_RATIO:g} in the first bin; red: the policy's "
+                           f"{BASELINE_MULTIPLE:g}x limit)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
