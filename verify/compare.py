@@ -147,18 +147,21 @@ class Verdict:
     out_error: float = 0.0
     baseline_error: float = 0.0
     allowed_error: float = 0.0
-    ratio: float = 0.0  # out_error / max(baseline_error, atol)
+    ratio: float = 0.0  # the larger of out_ratio and lse_ratio
+    out_ratio: float = 0.0  # out_error / max(baseline_error, atol)
     ulp_error: float = 0.0
     lse_error: float | None = None
     lse_allowed_error: float | None = None
+    lse_ratio: float | None = None  # lse_error / max(baseline lse error, lse atol)
     worst: Location | None = None
 
     def summary(self) -> str:
         head = "PASS" if self.passed else "FAIL"
         numbers = (f"max err {self.out_error:.3g} (allowed {self.allowed_error:.3g}, "
-                   f"ratio {self.ratio:.2f} x baseline, {self.ulp_error:.1f} ulp)")
+                   f"ratio {self.out_ratio:.2f} x baseline, {self.ulp_error:.1f} ulp)")
         if self.lse_error is not None:
-            numbers += f", lse err {self.lse_error:.3g} (allowed {self.lse_allowed_error:.3g})"
+            numbers += (f", lse err {self.lse_error:.3g} (allowed {self.lse_allowed_error:.3g}, "
+                        f"ratio {self.lse_ratio:.2f} x baseline)")
         lines = [f"{head}: {numbers}", *self.problems]
         if self.worst is not None and not self.passed:
             lines.append(f"worst: {self.worst}")
@@ -193,7 +196,7 @@ def check(case: MaterializedCase, out: Tensor, lse: Tensor | None, truth: Expect
             problems.append(f"out has {int(nonfinite.sum())} non-finite values")
         floor = ulp(torch.tensor(scale / 64), case.dtype)
         verdict.ulp_error = float((err / torch.maximum(ulp(truth.out, case.dtype), floor)).max())
-        verdict.ratio = verdict.out_error / max(truth.baseline_out_error, atol)
+        verdict.out_ratio = verdict.out_error / max(truth.baseline_out_error, atol)
         verdict.worst = _worst_out(case, got, truth.out, err)
         if verdict.out_error > verdict.allowed_error:
             problems.append(f"out error {verdict.out_error:.3g} exceeds "
@@ -201,6 +204,7 @@ def check(case: MaterializedCase, out: Tensor, lse: Tensor | None, truth: Expect
                             f"+ atol {atol:.3g}")
     if lse is not None:
         _check_lse(case, lse, truth, verdict)
+    verdict.ratio = max(verdict.out_ratio, verdict.lse_ratio or 0.0)
     verdict.passed = not problems
     return verdict
 
@@ -225,6 +229,7 @@ def _check_lse(case: MaterializedCase, lse: Tensor, truth: Expected, verdict: Ve
     lse_scale = torch.tensor(_max_abs(torch.where(empty, 0.0, truth.lse)))
     atol = max(ATOL_ULPS * float(ulp(lse_scale, torch.float32)), truth.score_rounding)
     verdict.lse_allowed_error = BASELINE_MULTIPLE * truth.baseline_lse_error + atol
+    verdict.lse_ratio = verdict.lse_error / max(truth.baseline_lse_error, atol)
     if verdict.lse_error > verdict.lse_allowed_error:
         verdict.problems.append(f"lse error {verdict.lse_error:.3g} exceeds "
                                 f"{BASELINE_MULTIPLE:g} x baseline {truth.baseline_lse_error:.3g} "
