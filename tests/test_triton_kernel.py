@@ -16,12 +16,15 @@ from verify.compare import check, expected
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton kernel cannot run")
 
+from verify.kernels import prefix_attention
 from verify.kernels.prefix_attention import (
+    SHORT_QUERY_LEN,
     KernelConfig,
     TileCounts,
     default_config,
     kv_tiles_visited,
     prefix_attention_paged,
+    split_requests,
 )
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -167,6 +170,86 @@ def test_tile_counts() -> None:
     assert kv_tiles_visited(0, 48, [(40, 47)], 16, 16, 4, True).visited == 5
 
 
+# Decode steps with context and images, a short multi-token request, and one chunk that
+# starts inside an image, in an order where a request's place in its group is not its index.
+SHORT_AND_LONG = {"requests": [{"context_len": 30, "query_len": 1, "ranges": [[25, 35]]},
+                               {"context_len": 17, "query_len": 1},
+                               {"context_len": 12, "query_len": 40, "ranges": [[6, 20]]},
+                               {"context_len": 6, "query_len": 1, "ranges": [[0, 6]]},
+                               {"context_len": 9, "query_len": 3, "ranges": [[8, 11]]}]}
+# Distinct tiles for the two groups, so each launch compiles its own variant.
+SHORT_SMALL = KernelConfig(block_m=16, block_n=32, num_warps=4, num_stages=1)
+LONG_SMALL = KernelConfig(block_m=32, block_n=16, num_warps=4, num_stages=1)
+
+
+def test_split_requests() -> None:
+    assert split_requests([1, 0, 40, 16, 17, 3], 16) == ([0, 3, 5], [2, 4])
+    assert split_requests([100, 20]) == ([], [0, 1])
+    assert split_requests([1, 1]) == ([0, 1], [])
+    assert split_requests([]) == ([], [])
+    assert SHORT_QUERY_LEN >= 1
+
+
+class _Launches:
+    """Stands in for the kernel: records each launch's grid and tiles, then runs it."""
+
+    def __init__(self, kernel) -> None:
+        self.kernel, self.seen = kernel, []
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            self.seen.append((grid, kwargs["BLOCK_M"], kwargs["BLOCK_N"]))
+            return self.kernel[grid](*args, **kwargs)
+
+        return launch
+
+
+def _launches(monkeypatch, case: MaterializedCase, **overrides) -> list[tuple]:
+    """The kernel's launches for ``case``, after checking the result against the reference."""
+    recorder = _Launches(prefix_attention._prefix_attention_kernel)
+    monkeypatch.setattr(prefix_attention, "_prefix_attention_kernel", recorder)
+    _assert_passes(case, *_run(case, **overrides))
+    return recorder.seen
+
+
+@pytest.mark.parametrize("lengths", ["read_back", "given", "max_given"])
+def test_short_and_long_requests_run_apart(monkeypatch, lengths: str) -> None:
+    """Short requests run in 16-row tiles, the chunk in its own launch; both are exact."""
+    case = _case(SHORT_AND_LONG, page_size=4)
+    query_lens = [r.query_len for r in case.spec.requests]
+    given = {"read_back": {}, "given": {"query_lens_host": query_lens},
+             "max_given": {"max_seqlen_q": max(query_lens)}}[lengths]
+    seen = _launches(monkeypatch, case, config=LONG_SMALL, short_config=SHORT_SMALL, **given)
+    heads = case.num_heads
+    assert seen == [((1, heads, 4), 16, 32), ((2, heads, 1), 32, 16)]
+
+
+def test_short_and_long_requests_with_window_and_softcap() -> None:
+    case = _case(SHORT_AND_LONG, dtype="bfloat16", sliding_window=9, softcap=30.0)
+    _assert_passes(case, *_run(case, config=LONG_SMALL, short_config=SHORT_SMALL))
+
+
+def test_given_config_applies_to_both_groups(monkeypatch) -> None:
+    seen = _launches(monkeypatch, _case(SHORT_AND_LONG), config=LONG_SMALL)
+    assert [tiles for _, *tiles in seen] == [[32, 16], [32, 16]]
+
+
+def test_prefill_batch_launches_once(monkeypatch) -> None:
+    """No short request: one launch over the whole batch, as before the split."""
+    case = _case(LAYOUTS["mixed_batch"])  # query lengths 33, 16 and 5
+    config = _config(case.head_dim, case.dtype)
+    seen = _launches(monkeypatch, case, short_query_len=4)
+    assert seen == [((-(-33 // config.block_m), case.num_heads, 3),
+                     config.block_m, config.block_n)]
+
+
+def test_decode_batch_launches_once_without_reading_back(monkeypatch) -> None:
+    """All requests short by ``max_seqlen_q``: one short launch over the whole batch."""
+    case = _case(LAYOUTS["decode"])
+    seen = _launches(monkeypatch, case, max_seqlen_q=1)
+    assert [grid for grid, *_ in seen] == [(1, case.num_heads, 3)]
+
+
 def test_rejects_bad_inputs() -> None:
     case = _case({"requests": [{"query_len": 4}]})
     with pytest.raises(ValueError, match="multiple of kv heads"):
@@ -176,3 +259,5 @@ def test_rejects_bad_inputs() -> None:
     strided_q = torch.zeros(*case.q.shape[:2], 2 * case.head_dim, device=DEVICE)[..., ::2]
     with pytest.raises(ValueError, match="contiguous"):
         _run(case, q=strided_q)
+    with pytest.raises(ValueError, match="query_lens_host"):
+        _run(case, query_lens_host=[4, 1])

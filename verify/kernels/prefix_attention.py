@@ -7,6 +7,12 @@ per score and lets a query tile visit only the key tiles between the smallest ``
 largest ``hi`` of its rows; key tiles inside every row's interval run with no mask at all.
 Everything that varies per batch (lengths, ranges, page tables, page size) is runtime data,
 so a new batch never recompiles the kernel.
+
+The launcher splits a batch into short requests (at most ``SHORT_QUERY_LEN`` query tokens:
+decode steps, speculative drafts) and the rest, and launches the same kernel once per
+non-empty group with that group's tile shape: a decode row in a 128-row query tile would
+waste 127/128 of the tile's MMA work. Each program reads its request from the group's
+``request_ids``; the grouping is runtime data, so only the two tile shapes are compiled.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import triton.language as tl
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Requests with at most this many query tokens run in 16-row query tiles (tl.dot's minimum).
+SHORT_QUERY_LEN = 16
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,33 @@ def default_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
     if head_dim <= 128:
         return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
     return KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2)
+
+
+def default_short_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
+    """Tiles for requests of at most ``SHORT_QUERY_LEN`` query tokens (decode steps).
+
+    16 query rows, the least tl.dot takes, and key tiles as wide as the default config's,
+    so that ``kv_tiles_visited`` counts the same tiles for either group. bf16/fp16 use one
+    warpgroup; fp32 (exact FMA dots) takes 8 warps to compile without spills. All compile
+    for sm90 (triton 3.8 + ptxas) with all three loops pipelined and no register spills.
+    """
+    if dtype == torch.float32:
+        return KernelConfig(block_m=16, block_n=32, num_warps=8, num_stages=2)
+    if head_dim <= 128:
+        return KernelConfig(block_m=16, block_n=64, num_warps=4, num_stages=3)
+    return KernelConfig(block_m=16, block_n=32, num_warps=4, num_stages=3)
+
+
+def split_requests(
+    query_lens: Sequence[int], short_len: int = SHORT_QUERY_LEN
+) -> tuple[list[int], list[int]]:
+    """Request indices with ``1..short_len`` query tokens, and those with more.
+
+    Requests with no query token are in neither group: they have no row to compute.
+    """
+    short = [b for b, n in enumerate(query_lens) if 0 < n <= short_len]
+    long = [b for b, n in enumerate(query_lens) if n > short_len]
+    return short, long
 
 
 @triton.jit
@@ -159,6 +194,7 @@ def _prefix_attention_kernel(
     cu_seqlens_q_ptr,
     seqused_k_ptr,
     ranges_ptr,
+    request_ids_ptr,
     stride_qt,
     stride_qh,
     stride_kp,
@@ -191,7 +227,9 @@ def _prefix_attention_kernel(
 ):
     tile_m = tl.program_id(0)
     head = tl.program_id(1)
-    batch = tl.program_id(2)
+    # The launch covers one group of requests: everything per request is indexed by the
+    # real request index, never by the position in the group.
+    batch = tl.load(request_ids_ptr + tl.program_id(2))
     q_begin = tl.load(cu_seqlens_q_ptr + batch)
     q_len = tl.load(cu_seqlens_q_ptr + batch + 1) - q_begin
     if tile_m * BLOCK_M >= q_len:
@@ -343,6 +381,23 @@ def _check_inputs(
         raise ValueError(f"softcap must be > 0, got {softcap}")
 
 
+def _group_ids(groups: Sequence[Sequence[int]], device: torch.device) -> list[torch.Tensor]:
+    """The groups' request indices on ``device`` in one host->device copy.
+
+    Each group starts at a multiple of 4 int32s, so every view is 16-byte aligned as a
+    fresh tensor is: Triton specializes pointers on alignment, and an unaligned view would
+    compile another kernel for some batch compositions.
+    """
+    flat: list[int] = []
+    starts = []
+    for ids in groups:
+        flat += [0] * (-len(flat) % 4)
+        starts.append(len(flat))
+        flat += ids
+    ids_dev = torch.tensor(flat, dtype=torch.int32).to(device, non_blocking=True)
+    return [ids_dev[s : s + len(ids)] for s, ids in zip(starts, groups, strict=True)]
+
+
 def prefix_attention_paged(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -358,11 +413,22 @@ def prefix_attention_paged(
     *,
     max_seqlen_q: int | None = None,
     config: KernelConfig | None = None,
+    short_config: KernelConfig | None = None,
+    query_lens_host: Sequence[int] | None = None,
+    short_query_len: int = SHORT_QUERY_LEN,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of packed varlen queries over a paged KV cache with causal-OR-range masking.
 
     Returns ``out`` (total_q, H, D) in q's dtype and ``lse`` (H, total_q) float32, natural log.
-    Passing ``max_seqlen_q`` avoids reading cu_seqlens_q back to size the grid.
+
+    Requests of at most ``short_query_len`` query tokens run in one launch with
+    ``short_config`` (default: :func:`default_short_config`), the others in one launch with
+    ``config`` (default: :func:`default_config`); ``config`` alone applies to both groups.
+    The split needs every request's query length on the host: pass ``query_lens_host``
+    (the lengths cu_seqlens_q encodes) to launch without waiting for the device; otherwise
+    cu_seqlens_q is read back once (one device->host copy, a stream sync on CUDA, whether or
+    not ``max_seqlen_q`` is given). ``max_seqlen_q`` is accepted for compatibility; when
+    it is at most ``short_query_len`` every request is short and nothing is read back.
     """
     _check_inputs(
         q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, seq_ranges,
@@ -370,39 +436,67 @@ def prefix_attention_paged(
     )  # fmt: skip
     total_q, heads, head_dim = q.shape
     batch = seqused_k.shape[0]
-    if max_seqlen_q is None:
-        max_seqlen_q = int((cu_seqlens_q[1:] - cu_seqlens_q[:-1]).max()) if batch else 0
-    if total_q == 0 or max_seqlen_q == 0:
+    if query_lens_host is not None:
+        query_lens = [int(n) for n in query_lens_host]
+        if len(query_lens) != batch or min(query_lens, default=0) < 0:
+            raise ValueError(
+                f"query_lens_host must hold {batch} lengths >= 0, got {len(query_lens)}"
+            )
+        groups = list(split_requests(query_lens, short_query_len))
+        group_max = [max((query_lens[b] for b in ids), default=0) for ids in groups]
+    elif batch and max_seqlen_q is not None and max_seqlen_q <= short_query_len:
+        # Every request is short (or empty): one short launch over the whole batch.
+        groups, group_max = [list(range(batch)), []], [max_seqlen_q, 0]
+    elif batch:
+        cu = cu_seqlens_q.tolist()  # the one device->host copy
+        query_lens = [cu[b + 1] - cu[b] for b in range(batch)]
+        groups = list(split_requests(query_lens, short_query_len))
+        group_max = [max((query_lens[b] for b in ids), default=0) for ids in groups]
+    else:
+        groups, group_max = [[], []], [0, 0]
+    if total_q == 0 or max(group_max) == 0:
         lse = torch.full((heads, total_q), float("-inf"), dtype=torch.float32, device=q.device)
         return torch.zeros_like(q), lse
     out = torch.empty_like(q)
     lse = torch.empty((heads, total_q), dtype=torch.float32, device=q.device)
     if seq_ranges.shape[1] == 0:
         seq_ranges = torch.full((batch, 1, 2), -1, dtype=torch.int32, device=q.device)
-    config = config or default_config(head_dim, q.dtype)
+    configs = (
+        short_config or config or default_short_config(head_dim, q.dtype),
+        config or default_config(head_dim, q.dtype),
+    )
     upcast_dot = q.dtype == torch.bfloat16 and q.device.type == "cpu"  # CPU means interpreter
-    grid = (triton.cdiv(max_seqlen_q, config.block_m), heads, batch)
-    _prefix_attention_kernel[grid](
-        q, k_cache, v_cache, out, lse, page_table, cu_seqlens_q, seqused_k, seq_ranges,
-        q.stride(0), q.stride(1),
-        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
-        out.stride(0), out.stride(1), lse.stride(0),
-        page_table.stride(0), seq_ranges.stride(0), seq_ranges.stride(1), seq_ranges.shape[1],
-        k_cache.shape[1], heads // k_cache.shape[2],
-        float(softmax_scale), sliding_window or 0, float(softcap or 0.0),
-        HEAD_DIM=head_dim,
-        BLOCK_D=triton.next_power_of_2(head_dim),
-        BLOCK_M=config.block_m,
-        BLOCK_N=config.block_n,
-        HAS_WINDOW=sliding_window is not None,
-        CLAMP_RANGES=clamp_ranges_to_window,
-        HAS_SOFTCAP=softcap is not None,
-        DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast_dot else "tf32",
-        UPCAST_DOT=upcast_dot,
-        num_warps=config.num_warps,
-        num_stages=config.num_stages,
-    )  # fmt: skip
+    launches = [
+        (ids, rows, cfg)
+        for ids, rows, cfg in zip(groups, group_max, configs, strict=True)
+        if ids and rows
+    ]
+    request_ids = _group_ids([ids for ids, _, _ in launches], q.device)
+    for (ids, rows, cfg), ids_dev in zip(launches, request_ids, strict=True):
+        grid = (triton.cdiv(rows, cfg.block_m), heads, len(ids))
+        _prefix_attention_kernel[grid](
+            q, k_cache, v_cache, out, lse, page_table, cu_seqlens_q, seqused_k, seq_ranges,
+            ids_dev,
+            q.stride(0), q.stride(1),
+            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
+            out.stride(0), out.stride(1), lse.stride(0),
+            page_table.stride(0), seq_ranges.stride(0), seq_ranges.stride(1),
+            seq_ranges.shape[1],
+            k_cache.shape[1], heads // k_cache.shape[2],
+            float(softmax_scale), sliding_window or 0, float(softcap or 0.0),
+            HEAD_DIM=head_dim,
+            BLOCK_D=triton.next_power_of_2(head_dim),
+            BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n,
+            HAS_WINDOW=sliding_window is not None,
+            CLAMP_RANGES=clamp_ranges_to_window,
+            HAS_SOFTCAP=softcap is not None,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast_dot else "tf32",
+            UPCAST_DOT=upcast_dot,
+            num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages,
+        )  # fmt: skip
     return out, lse
 
 

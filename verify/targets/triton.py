@@ -62,4 +62,5 @@ class TritonTarget(Target):
         return prefix_attention_paged(
             case.q, k_cache, v_cache, page_table, case.cu_seqlens_q, case.seqused_k,
             case.seq_ranges, case.softmax_scale, case.sliding_window,
-            case.clamp_ranges_to_window, case.softcap, max_seqlen_q=case.max_seqlen_q)
+            case.clamp_ranges_to_window, case.softcap, max_seqlen_q=case.max_seqlen_q,
+            query_lens_host=[r.query_len for r in case.spec.requests])
