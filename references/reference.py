@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from references.scores import ScoreBias, block_mask, expand_kv_heads, masked_scores
-from verify.mask import query_range_bounds
+from verify.mask import visible_intervals
 from verify.materialize import MaterializedCase, RequestView
 
 # Block edge of the plain path's (query, key) tiles: 1024 x 1024 x heads float64 scores
@@ -108,26 +108,6 @@ def _plain(case: MaterializedCase, score_bias: ScoreBias | None, block: int
     return out, lse
 
 
-def visible_intervals(case: MaterializedCase, view: RequestView) -> tuple[Tensor, Tensor]:
-    """Per query of ``view``: the first and last visible key (int64, on the CPU).
-
-    The mask of one query is a single interval: causal ``[p - W + 1, p]`` (or
-    ``[0, p]``) and the range part ``[s, e]`` (clamped: ``[max(s, p - W + 1), e]``)
-    both contain ``p``. Keys past ``seq_len`` do not exist. The CPU tests check this
-    against :func:`verify.mask.request_mask`.
-    """
-    p = torch.arange(view.context_len, view.seq_len)
-    window = case.sliding_window
-    lo = p - window + 1 if window is not None else torch.zeros_like(p)
-    hi = p.clone()
-    start, end = query_range_bounds(p, view.ranges)
-    inside = start >= 0
-    range_lo = torch.maximum(start, lo) if case.clamp_ranges_to_window else start
-    lo = torch.where(inside, torch.minimum(lo, range_lo), lo).clamp_min(0)
-    hi = torch.where(inside, torch.maximum(hi, end), hi).clamp_max(view.seq_len - 1)
-    return lo, hi
-
-
 @dataclass(frozen=True)
 class _Block:
     """One query block of one request and the keys it needs."""
@@ -147,7 +127,9 @@ def _blocks(case: MaterializedCase, block: int) -> tuple[list[_Block], Tensor, T
     for view in case.requests():
         if not view.query_len:
             continue
-        lo, hi = visible_intervals(case, view)
+        lo, hi = visible_intervals(torch.arange(view.context_len, view.seq_len), view.ranges,
+                                   view.seq_len, case.sliding_window,
+                                   case.clamp_ranges_to_window)
         los.append(lo)
         his.append(hi)
         for q0 in range(0, view.query_len, block):

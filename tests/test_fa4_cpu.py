@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
 from references import reference_attention
-from references.reference import _fast, visible_intervals
+from references.reference import _fast
 from verify.case import CaseSpec, parse_case, read_case
 from verify.gpu import fa4_unavailable_reason
 from verify.mask import request_mask
@@ -192,16 +192,6 @@ def test_findings_are_valid_reproducers() -> None:
 
 
 # --- the fast float64 reference ------------------------------------------------------------
-
-
-@given(cases(WIDE))
-def test_visible_intervals_are_the_mask(spec: CaseSpec) -> None:
-    case = materialize(spec)
-    for view, r in zip(case.requests(), spec.requests, strict=True):
-        lo, hi = visible_intervals(case, view)
-        keys = torch.arange(r.seq_len)
-        intervals = (keys >= lo[:, None]) & (keys <= hi[:, None])
-        assert torch.equal(intervals, request_mask(spec, r))
 
 
 def _assert_same(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]

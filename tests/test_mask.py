@@ -8,7 +8,7 @@ from hypothesis import given
 
 from fuzz.strategies import CPU_SPACE, cases
 from verify import CaseSpec, parse_case
-from verify.mask import mask_differs_from_causal, request_mask
+from verify.mask import mask_differs_from_causal, request_mask, visible_intervals
 
 SPACE = CPU_SPACE.narrowed(overlapping_ranges=True)
 
@@ -43,6 +43,15 @@ def _assert_literal(spec: CaseSpec) -> None:
         want = [[literal_visible(spec, r.context_len, r.query_len, r.ranges, i, j)
                  for j in range(r.seq_len)] for i in range(r.query_len)]
         assert mask.tolist() == want
+
+
+@given(cases(SPACE))
+def test_each_mask_row_is_one_interval(spec: CaseSpec) -> None:
+    for r in spec.requests:
+        lo, hi = visible_intervals(torch.arange(r.context_len, r.seq_len), r.ranges, r.seq_len,
+                                   spec.sliding_window, spec.clamp_ranges_to_window)
+        keys = torch.arange(r.seq_len)
+        assert torch.equal((keys >= lo[:, None]) & (keys <= hi[:, None]), request_mask(spec, r))
 
 
 def _one(context_len: int, query_len: int, ranges: list[list[int]],

@@ -53,6 +53,29 @@ def visible_keys(
     return (causal | in_range) & (j < seq_len)
 
 
+def visible_intervals(
+    q_pos: Tensor,
+    ranges: tuple[tuple[int, int], ...],
+    seq_len: int,
+    sliding_window: int | None = None,
+    clamp_ranges_to_window: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """Per query, the first and last visible key: its whole mask row is ``[lo, hi]``.
+
+    The causal part ``[p - W + 1, p]`` (or ``[0, p]``) and the range part ``[s, e]``
+    (clamped: ``[max(s, p - W + 1), e]``) both contain ``p``, so their union is one
+    interval; keys past ``seq_len`` do not exist. Kernels use this to bound their key
+    loops; tests/test_mask.py checks it against :func:`visible_keys`.
+    """
+    lo = q_pos - sliding_window + 1 if sliding_window is not None else torch.zeros_like(q_pos)
+    start, end = query_range_bounds(q_pos, ranges)
+    inside = start >= 0
+    range_lo = torch.maximum(start, lo) if clamp_ranges_to_window else start
+    lo = torch.where(inside, torch.minimum(lo, range_lo), lo).clamp_min(0)
+    hi = torch.where(inside, torch.maximum(q_pos, end), q_pos).clamp_max(seq_len - 1)
+    return lo, hi
+
+
 def request_mask(spec: CaseSpec, request: Request, device: torch.device | str = "cpu",
                  query_rows: slice = slice(None), key_cols: slice = slice(None)) -> Tensor:
     """The mask of one request, ``(query_len, seq_len)``, optionally a sub-block of it."""

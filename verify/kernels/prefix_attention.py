@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from verify.mask import visible_intervals
+
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -508,27 +510,6 @@ class TileCounts(NamedTuple):
     dense: int  # by a loop over every key tile, as a mask_mod without block sparsity does
 
 
-def _row_interval(
-    pos: int,
-    seq_len: int,
-    ranges: Sequence[tuple[int, int]],
-    sliding_window: int | None,
-    clamp_ranges_to_window: bool,
-) -> tuple[int, int]:
-    """The [lo, hi] key interval query position ``pos`` sees, as the kernel computes it."""
-    span = [pos, pos]
-    for start, end in ranges:
-        if start <= pos <= end:
-            span = [min(span[0], start), max(span[1], end)]
-    hi = min(span[1], seq_len - 1)
-    if sliding_window is None:
-        return 0, hi
-    lo = max(pos - sliding_window + 1, 0)
-    if not clamp_ranges_to_window:
-        lo = min(lo, max(span[0], 0))
-    return lo, hi
-
-
 def kv_tiles_visited(
     context_len: int,
     query_len: int,
@@ -540,15 +521,13 @@ def kv_tiles_visited(
 ) -> TileCounts:
     """Mirror of the kernel's tile loop for one request, to report how much it skips."""
     seq_len = context_len + query_len
+    lo, hi = visible_intervals(torch.arange(context_len, seq_len), tuple(ranges), seq_len,
+                               sliding_window, clamp_ranges_to_window)
     visited = causal = dense = 0
     for m0 in range(0, query_len, block_m):
         positions = range(context_len + m0, context_len + min(m0 + block_m, query_len))
-        bounds = [
-            _row_interval(p, seq_len, ranges, sliding_window, clamp_ranges_to_window)
-            for p in positions
-        ]
-        first = min(lo for lo, _ in bounds) // block_n
-        visited += max(hi for _, hi in bounds) // block_n - first + 1
+        rows = slice(m0, m0 + block_m)
+        visited += int(hi[rows].max()) // block_n - int(lo[rows].min()) // block_n + 1
         causal_lo = 0 if sliding_window is None else max(positions[0] - sliding_window + 1, 0)
         causal += positions[-1] // block_n - causal_lo // block_n + 1
         dense += triton.cdiv(seq_len, block_n)
