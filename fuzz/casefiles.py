@@ -54,6 +54,8 @@ def describe_case(spec: CaseSpec) -> str:
         parts.append(f"window {spec.sliding_window}{clamp}")
     if spec.softcap is not None:
         parts.append(f"softcap {spec.softcap:g}")
+    if spec.softmax_scale is not None:
+        parts.append(f"scale {spec.softmax_scale:g}")
     if spec.value_profile != "normal":
         parts.append(spec.value_profile)
     if spec.poison != "finite":

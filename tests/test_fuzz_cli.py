@@ -165,3 +165,17 @@ def test_python_dash_m_fuzz_with_shrinking_cut_short(tmp_path: Path) -> None:
     failure = _report(tmp_path)["fault:gqa_head_modulo"]["failure"]
     assert failure["shrink_cases"] == 0
     assert main(["replay", failure["reproducer"], "--device", "cpu"]) == 1
+
+
+def test_case_description_names_every_option_that_changes_the_computation() -> None:
+    from fuzz.casefiles import describe_case
+    from verify import parse_case
+
+    spec = parse_case({"requests": [{"context_len": 3, "query_len": 5, "ranges": [[1, 6]]}],
+                       "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "head_dim_v": 32,
+                       "dtype": "float16", "page_size": 16, "sliding_window": 4,
+                       "clamp_ranges_to_window": True, "softcap": 5.0, "softmax_scale": 0.25,
+                       "value_profile": "peaky", "poison": "nan", "seed": 9})
+    assert describe_case(spec) == (
+        "1 req (3+5 [1, 6]), float16, 4/2 heads, D 64/32, page 16, window 4 clamped, "
+        "softcap 5, scale 0.25, peaky, nan poison, seed 9")

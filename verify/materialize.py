@@ -165,8 +165,10 @@ def _range_tensors(spec: CaseSpec) -> tuple[Tensor, Tensor]:
     return query_ranges, seq_ranges
 
 
-def _cumulative(lengths: list[int]) -> Tensor:
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32)
+def cumulative_lengths(lengths: list[int]) -> Tensor:
+    """``cu_seqlens`` of a varlen call: 0, then the running sums of ``lengths`` (int32)."""
+    return torch.tensor([0, *torch.tensor(lengths, dtype=torch.long).cumsum(0).tolist()],
+                        dtype=torch.int32)
 
 
 def materialize(spec: CaseSpec, device: torch.device | str = "cpu") -> MaterializedCase:
@@ -187,8 +189,8 @@ def materialize(spec: CaseSpec, device: torch.device | str = "cpu") -> Materiali
     return MaterializedCase(
         spec=spec,
         q=put(q), k=put(k), v=put(v),
-        cu_seqlens_q=put(_cumulative(query_lens)),
-        cu_seqlens_k=put(_cumulative(seq_lens)),
+        cu_seqlens_q=put(cumulative_lengths(query_lens)),
+        cu_seqlens_k=put(cumulative_lengths(seq_lens)),
         seqused_k=put(torch.tensor(seq_lens, dtype=torch.int32)),
         k_cache=put(k_cache), v_cache=put(v_cache), page_table=put(page_table),
         query_ranges=put(query_ranges), seq_ranges=put(seq_ranges),

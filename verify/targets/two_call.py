@@ -32,7 +32,7 @@ from references.scores import ScoreBias
 from verify.case import CaseSpec
 from verify.engines import ENGINES, Engine
 from verify.kernels.merge_states import merge_attn_states_torch, merge_attn_states_triton
-from verify.materialize import MaterializedCase
+from verify.materialize import MaterializedCase, cumulative_lengths
 from verify.targets.base import Target
 
 
@@ -82,15 +82,12 @@ def _dense_per_span(case: MaterializedCase, engine: Engine, spans: list[RangeSpa
         q_rows.append(torch.arange(q0, q0 + span.last - span.first + 1))
         k_rows.append(torch.arange(span.k_start + key_start, span.k_start + span.last + 1))
 
-    def cumulative(rows: list[Tensor]) -> Tensor:
-        lengths = torch.tensor([0, *(len(r) for r in rows)])
-        return lengths.cumsum(0).to(torch.int32).to(case.device)
-
     q_index = torch.cat(q_rows).to(case.device)
     k_index = torch.cat(k_rows).to(case.device)
     out, lse = engine.dense(
         case.q[q_index], case.k[k_index], case.v[k_index],
-        cumulative(q_rows), cumulative(k_rows),
+        cumulative_lengths([len(r) for r in q_rows]).to(case.device),
+        cumulative_lengths([len(r) for r in k_rows]).to(case.device),
         max(map(len, q_rows)), max(map(len, k_rows)), case.softmax_scale,
         softcap=case.softcap, **_window(sliding_window))
     return out, lse, q_index
