@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -79,7 +79,7 @@ def _causal_tile_loop(case: MaterializedCase, view: RequestView, q_pos: Tensor, 
 def _exclusive_end(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
                    ) -> Tensor:
     shrunk = tuple((s, e - 1) for s, e in view.ranges if e > s)
-    return exact_mask(case, _with_ranges(view, shrunk), q_pos, k_pos)
+    return exact_mask(case, replace(view, ranges=shrunk), q_pos, k_pos)
 
 
 def _merged_groups(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
@@ -109,7 +109,7 @@ def _long_range_dropped(case: MaterializedCase, view: RequestView, q_pos: Tensor
     if window is None or not case.clamp_ranges_to_window:
         return exact_mask(case, view, q_pos, k_pos)
     kept = tuple((s, e) for s, e in view.ranges if e - s + 1 <= window)
-    return exact_mask(case, _with_ranges(view, kept), q_pos, k_pos)
+    return exact_mask(case, replace(view, ranges=kept), q_pos, k_pos)
 
 
 def _aux_rows_chunk_local(case: MaterializedCase, view: RequestView, q_pos: Tensor,
@@ -153,11 +153,6 @@ def _unbounded_mask(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_
     """The exact mask, but keys past seq_len (the rest of the last page) count as visible."""
     inside = exact_mask(case, view, q_pos, k_pos.clamp_max(view.seq_len - 1))
     return inside | (k_pos[None, :] >= view.seq_len)
-
-
-def _with_ranges(view: RequestView, ranges: tuple[tuple[int, int], ...]) -> RequestView:
-    return RequestView(view.index, view.context_len, view.query_len, view.seq_len, view.q_start,
-                       view.k_start, ranges)
 
 
 FAULTS: dict[str, Fault] = {f.name: f for f in [
