@@ -16,8 +16,9 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
+from references.scores import block_mask
 from verify.case import CaseSpec
-from verify.mask import query_range_bounds, visible_keys
+from verify.mask import visible_keys
 from verify.materialize import MaterializedCase, RequestView
 from verify.targets.base import Target
 
@@ -37,12 +38,6 @@ def packed_keys(case: MaterializedCase, view: RequestView) -> tuple[Tensor, Tens
     return case.k[view.k_slice], case.v[view.k_slice]
 
 
-def exact_mask(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor) -> Tensor:
-    start, end = query_range_bounds(q_pos, view.ranges)
-    return visible_keys(q_pos, k_pos, start, end, view.seq_len, case.sliding_window,
-                        case.clamp_ranges_to_window)
-
-
 def grouped_heads(num_heads: int, num_kv_heads: int) -> Tensor:
     return torch.arange(num_heads) // (num_heads // num_kv_heads)
 
@@ -56,7 +51,7 @@ class Fault:
     description: str
     positions: Positions = absolute_positions
     keys: Keys = packed_keys
-    mask: Mask = exact_mask
+    mask: Mask = block_mask
     kv_heads: Callable[[int, int], Tensor] = grouped_heads
     lse_scale: float = 1.0
     needs_paged: bool = False
@@ -73,18 +68,18 @@ def _batch_offset(case: MaterializedCase, view: RequestView) -> Tensor:
 def _causal_tile_loop(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
                       ) -> Tensor:
     tile_end = view.context_len + ((q_pos - view.context_len) // FAULT_TILE + 1) * FAULT_TILE
-    return exact_mask(case, view, q_pos, k_pos) & (k_pos[None, :] < tile_end[:, None])
+    return block_mask(case, view, q_pos, k_pos) & (k_pos[None, :] < tile_end[:, None])
 
 
 def _exclusive_end(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
                    ) -> Tensor:
     shrunk = tuple((s, e - 1) for s, e in view.ranges if e > s)
-    return exact_mask(case, replace(view, ranges=shrunk), q_pos, k_pos)
+    return block_mask(case, replace(view, ranges=shrunk), q_pos, k_pos)
 
 
 def _merged_groups(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
                    ) -> Tensor:
-    mask = exact_mask(case, view, q_pos, k_pos)
+    mask = block_mask(case, view, q_pos, k_pos)
     if not view.ranges:
         return mask
     in_any = torch.zeros_like(q_pos, dtype=torch.bool)
@@ -97,7 +92,7 @@ def _merged_groups(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_p
 
 def _window_on_ranges(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
                       ) -> Tensor:
-    mask = exact_mask(case, view, q_pos, k_pos)
+    mask = block_mask(case, view, q_pos, k_pos)
     if case.sliding_window is None:
         return mask
     return mask & ((q_pos[:, None] - k_pos[None, :]) < case.sliding_window)
@@ -107,9 +102,9 @@ def _long_range_dropped(case: MaterializedCase, view: RequestView, q_pos: Tensor
                         ) -> Tensor:
     window = case.sliding_window
     if window is None or not case.clamp_ranges_to_window:
-        return exact_mask(case, view, q_pos, k_pos)
+        return block_mask(case, view, q_pos, k_pos)
     kept = tuple((s, e) for s, e in view.ranges if e - s + 1 <= window)
-    return exact_mask(case, replace(view, ranges=kept), q_pos, k_pos)
+    return block_mask(case, replace(view, ranges=kept), q_pos, k_pos)
 
 
 def _aux_rows_chunk_local(case: MaterializedCase, view: RequestView, q_pos: Tensor,
@@ -151,7 +146,7 @@ def _paged_keys(whole_pages: bool, flat_index: bool, page_shift: int) -> Keys:
 def _unbounded_mask(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
                     ) -> Tensor:
     """The exact mask, but keys past seq_len (the rest of the last page) count as visible."""
-    inside = exact_mask(case, view, q_pos, k_pos.clamp_max(view.seq_len - 1))
+    inside = block_mask(case, view, q_pos, k_pos.clamp_max(view.seq_len - 1))
     return inside | (k_pos[None, :] >= view.seq_len)
 
 
