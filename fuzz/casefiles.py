@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from verify.case import CaseSpec, without_annotations
-from verify.faults import FAULTS
 from verify.runner import Outcome
+from verify.targets.faults import FAULTS
 
 
 def _value_json(value: Any) -> str:

@@ -26,6 +26,7 @@ from fuzz.progress import FuzzProgress
 from fuzz.report import RunReport, TargetReport, render_table, write_reports
 from fuzz.spaces import PROFILES, default_profile, space_for
 from verify.case import CaseError, CaseSpec, read_case
+from verify.kernels.interpreter import use_interpreter_without_cuda
 from verify.materialize import materialize
 from verify.runner import TruthCache, evaluate
 from verify.targets import Target, available_targets, get_target
@@ -326,6 +327,7 @@ def golden_command(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (never raises for bad input)."""
+    use_interpreter_without_cuda()  # before anything imports triton
     arguments = list(sys.argv[1:] if argv is None else argv)
     if not arguments or arguments[0] not in COMMANDS:
         arguments.insert(0, "run")

@@ -20,10 +20,10 @@ from typing import Any
 from fuzz.casefiles import case_json, describe_case
 from fuzz.strategies import ADVERSARIAL_CASES
 from verify.case import CaseSpec, parse_case
-from verify.faults import FAULTS
 from verify.materialize import materialize
 from verify.runner import FAIL, PASS, TruthCache, evaluate
 from verify.targets import Target, get_target, target_names
+from verify.targets.faults import FAULTS
 
 _BASE = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "dtype": "bfloat16",
          "page_size": None, "seed": 0}
@@ -106,9 +106,10 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
 
 def edge_cases() -> tuple[GoldenCase, ...]:
     """The adversarial layouts every property test also runs, as golden cases."""
-    return tuple(GoldenCase(f"edge-{i:02d}",
-                            f"fuzz.strategies.ADVERSARIAL_CASES[{i}]: {describe_case(spec)}", spec)
-                 for i, spec in enumerate(ADVERSARIAL_CASES))
+    return tuple(GoldenCase(f"edge-{name}",
+                            f"fuzz.strategies.ADVERSARIAL_CASES[{name!r}]: {describe_case(spec)}",
+                            spec)
+                 for name, spec in ADVERSARIAL_CASES.items())
 
 
 def _declines(target: Target, spec: CaseSpec) -> bool:

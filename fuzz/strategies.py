@@ -165,25 +165,35 @@ def _case(requests: list[dict], **fields: object) -> CaseSpec:
     return parse_case({"requests": requests, **base, **fields})
 
 
-# Hand-picked layouts every property test also runs: tile edges +-1, primes, the
-# boundaries of the semantics. Small enough for the CPU gate.
-ADVERSARIAL_CASES: tuple[CaseSpec, ...] = (
-    _case([{"query_len": 17, "ranges": [[0, 15]]}, {"query_len": 16, "ranges": [[15, 16]]}]),
-    _case([{"query_len": 63, "ranges": [[1, 62]]}], page_size=64),
-    _case([{"query_len": 65, "ranges": [[16, 47], [48, 64]]}], page_size=None),
-    _case([{"context_len": 20, "query_len": 17, "ranges": [[12, 30]]}]),  # chunk inside image
-    _case([{"context_len": 30, "query_len": 7, "ranges": [[33, 60]]}]),  # image cut by chunk end
-    _case([{"query_len": 37, "ranges": [[5, 5], [6, 6], [36, 36]]}], page_size=7),  # 1-token
-    _case([{"context_len": 40, "query_len": 1, "ranges": [[30, 50]]},
-           {"query_len": 0}, {"context_len": 3, "query_len": 29, "ranges": [[0, 31]]}]),
-    _case([{"query_len": 61, "ranges": [[2, 40]]}], sliding_window=8),
-    _case([{"query_len": 61, "ranges": [[2, 40]]}], sliding_window=8,
-          clamp_ranges_to_window=True),
-    _case([{"query_len": 31, "ranges": [[4, 25]]}], softcap=5.0, num_heads=8, num_kv_heads=2,
-          head_dim=128, value_profile="peaky"),
-    _case([{"query_len": 29, "ranges": [[3, 20]]}], dtype="float16", head_dim=256,
-          value_profile="near_ties", poison="nan", page_size=1),
-)
+# Hand-picked layouts every property test also runs, by name: tile edges +-1, primes, the
+# boundaries of the semantics. Small enough for the CPU gate. golden/edge-<name>.json
+# replays each with the verdict every target must give.
+ADVERSARIAL_CASES: dict[str, CaseSpec] = {
+    "tile_edges_17_and_16": _case([{"query_len": 17, "ranges": [[0, 15]]},
+                                   {"query_len": 16, "ranges": [[15, 16]]}]),
+    "range_inside_one_page_of_64": _case([{"query_len": 63, "ranges": [[1, 62]]}],
+                                         page_size=64),
+    "adjacent_ranges_past_64": _case([{"query_len": 65, "ranges": [[16, 47], [48, 64]]}],
+                                     page_size=None),
+    "chunk_starts_inside_range": _case([{"context_len": 20, "query_len": 17,
+                                         "ranges": [[12, 30]]}]),
+    "range_cut_by_chunk_end": _case([{"context_len": 30, "query_len": 7, "ranges": [[33, 60]]}]),
+    "one_token_ranges": _case([{"query_len": 37, "ranges": [[5, 5], [6, 6], [36, 36]]}],
+                              page_size=7),
+    "decode_empty_and_chunk": _case([{"context_len": 40, "query_len": 1, "ranges": [[30, 50]]},
+                                     {"query_len": 0},
+                                     {"context_len": 3, "query_len": 29, "ranges": [[0, 31]]}]),
+    "window_shorter_than_range": _case([{"query_len": 61, "ranges": [[2, 40]]}],
+                                       sliding_window=8),
+    "window_clamps_range": _case([{"query_len": 61, "ranges": [[2, 40]]}], sliding_window=8,
+                                 clamp_ranges_to_window=True),
+    "softcap_peaky_gqa4": _case([{"query_len": 31, "ranges": [[4, 25]]}], softcap=5.0,
+                                num_heads=8, num_kv_heads=2, head_dim=128,
+                                value_profile="peaky"),
+    "near_ties_nan_poison_fp16": _case([{"query_len": 29, "ranges": [[3, 20]]}],
+                                       dtype="float16", head_dim=256, value_profile="near_ties",
+                                       poison="nan", page_size=1),
+}
 
 
 Test = TypeVar("Test", bound=Callable[..., None])
@@ -191,6 +201,6 @@ Test = TypeVar("Test", bound=Callable[..., None])
 
 def with_adversarial_examples(test: Test) -> Test:
     """Run a ``@given(spec=...)`` test on every case of ADVERSARIAL_CASES first."""
-    for spec in ADVERSARIAL_CASES:
+    for spec in ADVERSARIAL_CASES.values():
         test = example(spec=spec)(test)
     return test

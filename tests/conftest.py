@@ -14,7 +14,10 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings
 
-import verify  # noqa: F401  (sets TRITON_INTERPRET=1 without CUDA, before anything imports triton)
+from verify.kernels.interpreter import use_interpreter_without_cuda
+
+# Before anything imports triton: without CUDA, Triton kernels run under the interpreter.
+use_interpreter_without_cuda()
 
 # Each xdist worker already has a core: the tests run many small tensor ops, where a
 # per-worker thread pool only oversubscribes the machine.

@@ -18,7 +18,7 @@ from verify.compare import (
     ulp,
 )
 
-SPEC = ADVERSARIAL_CASES[3]  # a chunk that starts inside an image
+SPEC = ADVERSARIAL_CASES["chunk_starts_inside_range"]
 
 
 @pytest.fixture(scope="module")

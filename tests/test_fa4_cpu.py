@@ -155,7 +155,7 @@ def test_mask_body_matches_the_definition(spec: CaseSpec) -> None:
 
 
 def test_mask_body_comparison_catches_chunk_local_positions() -> None:
-    spec = ADVERSARIAL_CASES[3]  # a chunk that starts inside an image
+    spec = ADVERSARIAL_CASES["chunk_starts_inside_range"]
     case = materialize(spec)
     got = mask_mod_rows(case, chunk_local=True)
     assert any(not torch.equal(g[:r.query_len], request_mask(spec, r))
@@ -209,7 +209,7 @@ def test_fast_reference_matches_plain(spec: CaseSpec, block: int | None) -> None
                  reference_attention(case, method="plain"))
 
 
-@pytest.mark.parametrize("spec", ADVERSARIAL_CASES)
+@pytest.mark.parametrize("spec", ADVERSARIAL_CASES.values(), ids=ADVERSARIAL_CASES.keys())
 def test_fast_reference_matches_plain_on_adversarial_layouts(spec: CaseSpec) -> None:
     case = materialize(spec)
     _assert_same(reference_attention(case, method="fast"), reference_attention(case))
@@ -259,7 +259,7 @@ def test_fast_reference_with_a_score_bias_and_empty_rows(fused: bool) -> None:
 
 
 def test_cpu_default_is_the_plain_path() -> None:
-    case = materialize(ADVERSARIAL_CASES[0])
+    case = materialize(ADVERSARIAL_CASES["tile_edges_17_and_16"])
     for got, want in zip(reference_attention(case), reference_attention(case, method="plain"),
                          strict=True):
         assert torch.equal(got, want)

@@ -16,9 +16,9 @@ from fuzz.golden import GOLDEN_DIR, check_expectation, expectations, golden_file
 from fuzz.golden_cases import FAULT_CASES, edge_cases
 from fuzz.pytest_stats import record_outcome
 from verify.case import read_case
-from verify.faults import FAULTS
 from verify.materialize import MaterializedCase, materialize
 from verify.runner import FAIL, PASS, TruthCache
+from verify.targets.faults import FAULTS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FILES = golden_files()

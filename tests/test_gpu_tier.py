@@ -90,8 +90,7 @@ def test_target_matches_reference(tier_target: Target, head_dim: int, data: st.D
     assert outcome.status == PASS, f"{spec.to_json()}\n{outcome.summary()}"
 
 
-@pytest.mark.parametrize("spec", [pytest.param(s, id=f"adv{i}")
-                                  for i, s in enumerate(ADVERSARIAL_CASES)])
+@pytest.mark.parametrize("spec", ADVERSARIAL_CASES.values(), ids=ADVERSARIAL_CASES.keys())
 def test_adversarial_layouts(tier_target: Target, spec: CaseSpec) -> None:
     outcome = judge(tier_target, spec)
     if outcome.status == SKIP:

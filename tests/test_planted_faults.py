@@ -12,9 +12,9 @@ from hypothesis import Phase, find, settings
 
 from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
 from verify import CaseSpec, materialize
-from verify.faults import FAULTS
 from verify.runner import FAIL, TruthCache, evaluate
 from verify.targets import get_target
+from verify.targets.faults import FAULTS
 
 # The gate's budget per fault: the CI profile's example count.
 BUDGET = settings(max_examples=settings().max_examples, derandomize=True, database=None,
@@ -27,7 +27,7 @@ def _outcome(name: str, spec: CaseSpec):
 
 def _exposing_case(name: str) -> CaseSpec:
     """An adversarial layout that exposes the fault, else the first generated one."""
-    for spec in ADVERSARIAL_CASES:
+    for spec in ADVERSARIAL_CASES.values():
         if _outcome(name, spec).failed:
             return spec
     return find(cases(CPU_SPACE), lambda spec: _outcome(name, spec).failed, settings=BUDGET)

@@ -43,6 +43,6 @@ def test_cpu_targets_are_available_here() -> None:
 
 
 def test_unsupported_feature_skips_with_reason() -> None:
-    spec = ADVERSARIAL_CASES[9]  # softcap
+    spec = ADVERSARIAL_CASES["softcap_peaky_gqa4"]
     outcome = evaluate(get_target("sdpa"), materialize(spec), TruthCache())
     assert outcome.status == SKIP and "softcap" in outcome.reason

@@ -29,9 +29,8 @@ def test_triton_passes_policy(spec: CaseSpec) -> None:
     assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
 
 
-@pytest.mark.parametrize("index", range(len(ADVERSARIAL_CASES)))
-def test_triton_passes_adversarial_layouts(index: int) -> None:
-    spec = ADVERSARIAL_CASES[index]
+@pytest.mark.parametrize("spec", ADVERSARIAL_CASES.values(), ids=ADVERSARIAL_CASES.keys())
+def test_triton_passes_adversarial_layouts(spec: CaseSpec) -> None:
     outcome = evaluate(TARGET, materialize(spec, DEVICE))
     assert outcome.status in (PASS, SKIP), outcome.summary()
     if outcome.status == SKIP:
@@ -47,7 +46,7 @@ class RangesDropped(TritonTarget):
 
 
 def test_kernel_fed_no_ranges_is_caught() -> None:
-    spec = next(s for s in ADVERSARIAL_CASES if mask_differs_from_causal(s)
+    spec = next(s for s in ADVERSARIAL_CASES.values() if mask_differs_from_causal(s)
                 and TARGET.unsupported_reason(s, DEVICE) is None)
     outcome = evaluate(RangesDropped(), materialize(spec, DEVICE))
     assert outcome.status == FAIL and "inside range" in outcome.summary()

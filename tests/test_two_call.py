@@ -49,7 +49,7 @@ def has_query_in_range(case: MaterializedCase) -> bool:
 
 
 def test_all_six_targets_are_registered_with_their_claims() -> None:
-    windowed = materialize(ADVERSARIAL_CASES[7])  # sliding window 8
+    windowed = materialize(ADVERSARIAL_CASES["window_shorter_than_range"])  # sliding window 8
     for engine in ENGINES:
         two_call, exact = get_target(f"two_call_{engine}"), get_target(f"replace_{engine}")
         assert not two_call.exact and two_call.score_bias(windowed) == OverlapBias(8)
@@ -63,11 +63,12 @@ def test_fa4_engine_targets_report_why_they_cannot_run(name: str) -> None:
 
 
 @pytest.mark.parametrize("name, spec, words", [
-    ("replace_reference", ADVERSARIAL_CASES[7], "sliding window without clamp"),
+    ("replace_reference", ADVERSARIAL_CASES["window_shorter_than_range"],
+     "sliding window without clamp"),
     ("two_call_reference", parse_case({"requests": [{"query_len": 9, "ranges": [[1, 6], [3, 8]]}],
                                        "num_heads": 2, "head_dim": 16, "dtype": "bfloat16",
                                        "allow_overlapping_ranges": True}), "overlapping ranges"),
-    ("two_call_sdpa", ADVERSARIAL_CASES[9], "softcap"),
+    ("two_call_sdpa", ADVERSARIAL_CASES["softcap_peaky_gqa4"], "softcap"),
 ])
 def test_what_a_decomposition_cannot_do_skips_with_the_reason(name: str, spec: CaseSpec,
                                                               words: str) -> None:
@@ -77,7 +78,7 @@ def test_what_a_decomposition_cannot_do_skips_with_the_reason(name: str, spec: C
 
 
 def test_engine_without_a_dense_window_declines_clamped_ranges() -> None:
-    spec = ADVERSARIAL_CASES[8]  # sliding window with clamp_ranges_to_window
+    spec = ADVERSARIAL_CASES["window_clamps_range"]
     assert TwoCallTarget(REFERENCE_ENGINE).unsupported_reason(spec, "cpu") is None
     unwindowed = TwoCallTarget(replace(REFERENCE_ENGINE, dense_window=False))
     reason = unwindowed.unsupported_reason(spec, "cpu")
@@ -159,7 +160,7 @@ class ClaimsExact(TwoCallTarget):
 
 
 @pytest.mark.parametrize("engine", [REFERENCE_ENGINE, SDPA_ENGINE], ids=["reference", "sdpa"])
-@pytest.mark.parametrize("spec", ADVERSARIAL_CASES, ids=range(len(ADVERSARIAL_CASES)))
+@pytest.mark.parametrize("spec", ADVERSARIAL_CASES.values(), ids=ADVERSARIAL_CASES.keys())
 def test_two_call_claiming_exact_fails_and_is_recognised(engine: Engine, spec: CaseSpec) -> None:
     target = ClaimsExact(engine)
     if target.unsupported_reason(spec, "cpu"):
@@ -238,7 +239,7 @@ def test_broken_decomposition_fails_against_its_claim(name: str) -> None:
     def fails(spec: CaseSpec) -> bool:
         return evaluate(target, materialize(spec), TruthCache()).status == FAIL
 
-    spec = next((s for s in ADVERSARIAL_CASES if fails(s)), None) or find(
+    spec = next((s for s in ADVERSARIAL_CASES.values() if fails(s)), None) or find(
         cases(CPU_SPACE), fails, settings=BUDGET)
     outcome = evaluate(target, materialize(spec))
     assert outcome.status == FAIL and "inside range" in outcome.verdict.worst.where, \

@@ -34,9 +34,9 @@ import torch
 from torch import Tensor
 
 from references.scores import expand_kv_heads
+from verify.capabilities import Capabilities
 from verify.case import DTYPES
 from verify.gpu import fa4_unavailable_reason
-from verify.targets.base import Capabilities
 
 
 class AttentionCall(Protocol):

@@ -3,7 +3,7 @@
 Names (DESIGN.md section 5): ``reference``, ``sdpa``, ``flex``, ``triton``, ``fa4``,
 the two-call family ``two_call_<engine>`` / ``replace_<engine>`` for engines
 ``reference``, ``sdpa``, ``fa4``; ``fault:<name>`` for the planted faults of
-:mod:`verify.faults`; and any ``module:callable``.
+:mod:`verify.targets.faults`; and any ``module:callable``.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def get_target(name: str) -> Target:
     if name in _REGISTRY:
         target = _build(name)
     elif name.startswith("fault:"):
-        from verify.faults import FAULTS, fault_target
+        from verify.targets.faults import FAULTS, fault_target
 
         if name.removeprefix("fault:") not in FAULTS:
             raise UnknownTargetError(f"unknown fault {name!r}; known: "

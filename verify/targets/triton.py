@@ -1,9 +1,10 @@
 """The exact paged varlen Triton kernel as a target.
 
 Compiled on a CUDA GPU; on a machine without one it runs under the Triton
-interpreter (``TRITON_INTERPRET=1``, which importing :mod:`verify` sets on such a
-machine before anything imports Triton), which executes every program in Python
-and so only takes small cases.
+interpreter (``TRITON_INTERPRET=1``, which the CLI, the pytest plugin and the test
+suite set on such a machine before anything imports Triton:
+:mod:`verify.kernels.interpreter`), which executes every program in Python and so only
+takes small cases.
 Cases without a paged cache are handed to the kernel as a page size of 1 over the
 packed keys, which is the same memory seen through a trivial page table.
 """
@@ -11,11 +12,11 @@ packed keys, which is the same memory seen through a trivial page table.
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import torch
 from torch import Tensor
 
+from verify.kernels.interpreter import interpreter_enabled
 from verify.materialize import MaterializedCase
 from verify.targets.base import Capabilities, Target
 
@@ -47,9 +48,9 @@ class TritonTarget(Target):
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
             return "triton not installed (pip install triton)"
-        if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-            return ("no CUDA device and TRITON_INTERPRET is not 1 (set it before triton is "
-                    "imported, or import verify first)")
+        if not torch.cuda.is_available() and not interpreter_enabled():
+            return ("no CUDA device and TRITON_INTERPRET is not 1: set it before triton is "
+                    "imported (verify.kernels.interpreter.use_interpreter_without_cuda())")
         return None
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:

@@ -1,0 +1,106 @@
+"""The packages import one way, in the order data flows: references <- verify <- fuzz.
+
+Every import counts, also the ones inside functions (a lazy import is still a
+dependency). The graph is checked between packages (``verify.targets`` and
+``verify.kernels`` count as packages of their own) and between modules.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("references", "verify", "fuzz", "golden")
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+
+
+def _imports(path: Path, modules: dict[str, Path]) -> set[str]:
+    """The suite's own modules that ``path`` imports (anywhere in the file)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            while name and name not in modules:
+                name = name.rpartition(".")[0]
+            if name:
+                found.add(name)
+    return found
+
+
+def _package(module: str, modules: dict[str, Path]) -> str:
+    """The innermost package holding ``module`` (a package is its own package)."""
+    if modules[module].name == "__init__.py":
+        return module
+    return module.rpartition(".")[0]
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` as a path, or None."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def _graph(level: str) -> dict[str, set[str]]:
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for module, path in modules.items():
+        source = module if level == "module" else _package(module, modules)
+        for imported in _imports(path, modules):
+            target = imported if level == "module" else _package(imported, modules)
+            # A package's __init__ re-exporting its own modules is not a cycle between packages.
+            if target != source and not (level == "package" and target.startswith(source + ".")
+                                         and modules[module].name == "__init__.py"):
+                graph.setdefault(source, set()).add(target)
+    return graph
+
+
+def test_packages_import_without_cycles() -> None:
+    assert _cycle(_graph("package")) is None, " -> ".join(_cycle(_graph("package")))
+
+
+def test_modules_import_without_cycles() -> None:
+    assert _cycle(_graph("module")) is None, " -> ".join(_cycle(_graph("module")))
+
+
+def test_references_import_nothing_of_the_suite() -> None:
+    """The ground truth stands alone: it can be audited without the code it judges."""
+    modules = _modules()
+    for module, path in modules.items():
+        if module.startswith("references"):
+            outside = {m for m in _imports(path, modules) if not m.startswith("references")}
+            assert not outside, f"{module} imports {sorted(outside)}"
+
+
+def test_the_graph_check_finds_a_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
