@@ -129,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
     golden.add_argument("--regenerate", action="store_true",
                         help="rewrite the golden files from fuzz/golden_cases.py instead")
     golden.add_argument("--dir", type=Path, default=GOLDEN_DIR, metavar="DIR",
-                        help="the golden directory (default: the repository's golden/)")
+                        help="the golden directory (default: the cases shipped with the suite)")
     _device_option(golden)
     golden.set_defaults(handler=golden_command)
     return parser

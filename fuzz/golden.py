@@ -13,12 +13,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from golden import GOLDEN_DIR
 from verify.case import CaseError, CaseSpec
 from verify.materialize import MaterializedCase
 from verify.runner import SKIP, Outcome, TruthCache, evaluate
 from verify.targets import get_target
 
-GOLDEN_DIR = Path(__file__).resolve().parent.parent / "golden"
 VERDICTS = ("pass", "fail")
 
 

@@ -11,15 +11,9 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
-import numpy as np
-
 from fuzz.stats import TargetStats
 from verify.compare import BASELINE_MULTIPLE
+from verify.plotting import pyplot
 
 # Ratios below this land in the first bin (a log axis has no zero).
 SMALLEST_RATIO = 1e-3
@@ -27,7 +21,13 @@ BINS = 40
 
 
 def plot_ratios(stats: Mapping[str, TargetStats], path: Path) -> None:
-    """One histogram panel per target, on a shared log-scaled ratio axis."""
+    """One histogram panel per target, on a shared log-scaled ratio axis.
+
+    Raises :class:`verify.plotting.PlotsUnavailable` without matplotlib.
+    """
+    plt = pyplot()
+    import numpy as np  # matplotlib's own dependency
+
     names = list(stats)
     largest = max((max(s.ratios, default=1.0) for s in stats.values()), default=1.0)
     edges = np.logspace(math.log10(SMALLEST_RATIO), math.log10(max(largest, 10.0)) + 0.1,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
+from golden import FINDINGS_DIR
 from references import reference_attention
 from references.reference import _fast
 from verify.case import CaseSpec, parse_case, read_case
@@ -31,7 +31,7 @@ from verify.targets import fa4 as fa4_module
 from verify.targets import get_target, target_names
 from verify.targets.fa4 import NO_WINDOW, FA4Target, mask_params, sm90_tile_n, tma_tail_nan_reason
 
-FINDINGS = Path(__file__).resolve().parent.parent / "golden" / "findings"
+FINDINGS = FINDINGS_DIR
 WIDE = CPU_SPACE.narrowed(overlapping_ranges=True)
 
 

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from fuzz.pytest_stats import record_outcome
 from fuzz.strategies import ADVERSARIAL_CASES, GPU_SPACE, Space, cases
+from golden import FINDINGS_DIR
 from references import reference_attention
 from verify.case import CaseSpec, parse_case, read_case
 from verify.compare import check, expected
@@ -37,7 +38,7 @@ pytestmark = pytest.mark.gpu
 
 TIER_TARGETS = ("fa4", "triton", "two_call_fa4", "replace_fa4")
 HEAD_DIMS = (64, 128, 256)
-FINDINGS = Path(__file__).resolve().parent.parent / "golden" / "findings"
+FINDINGS = FINDINGS_DIR
 # The profile's example budget, shared by the head-dim slices of one target.
 SLICE_EXAMPLES = max(4, settings.default.max_examples // len(HEAD_DIMS))
 

@@ -19,6 +19,7 @@ import torch
 from hypothesis import Phase, find, given, settings
 
 from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
+from golden import TWO_CALL_SUMMARY
 from references import reference_attention
 from references.overlap import OverlapBias
 from verify import CaseSpec, materialize, parse_case
@@ -30,7 +31,7 @@ from verify.runner import FAIL, PASS, SKIP, TruthCache, evaluate
 from verify.targets import Target, get_target, target_names
 from verify.targets.two_call import RangeSpan, ReplaceTarget, TwoCallTarget, range_spans
 from verify.two_call_error import TV_BOUND, matches_two_call_model, measure
-from verify.two_call_report import DEFAULT_SUMMARY, main
+from verify.two_call_report import main
 
 ENGINES = ("reference", "sdpa", "fa4")
 CPU_DECOMPOSITIONS = ("two_call_reference", "two_call_sdpa", "replace_reference", "replace_sdpa")
@@ -262,7 +263,7 @@ def _flatten(value, path: str = "") -> dict[str, object]:
 def test_report_rederives_the_golden_summary(tmp_path: Path) -> None:
     assert main(["--out", str(tmp_path), "--summary", str(tmp_path / "summary.json")]) == 0
     got = _flatten(json.loads((tmp_path / "summary.json").read_text()))
-    want = _flatten(json.loads(DEFAULT_SUMMARY.read_text()))
+    want = _flatten(json.loads(TWO_CALL_SUMMARY.read_text()))
     assert got.keys() == want.keys()
     for key, value in want.items():
         if isinstance(value, float):

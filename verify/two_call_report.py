@@ -3,7 +3,8 @@
 Runs the default sweeps of :mod:`verify.two_call_sweeps` (CPU, float64, deterministic),
 prints one table per sweep and the worst case in bf16 ULPs at the output's scale,
 writes one PNG per sweep (matplotlib Agg) to ``--out`` and the JSON summary to
-``--summary`` (by default golden/two_call/summary.json, which a test re-derives).
+``--summary`` (by default under ``reports/two_call/`` in the current directory; the
+repository keeps one in golden/two_call/summary.json, which a test re-derives).
 """
 
 from __future__ import annotations
@@ -15,21 +16,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import torch
 from rich.console import Console
 from rich.table import Table
 
+from verify.plotting import PlotsUnavailable, pyplot
 from verify.two_call_error import TV_BOUND
 from verify.two_call_sweeps import SWEEPS, PointResult, run_sweeps, summary
 
-REPO = Path(__file__).resolve().parent.parent
-DEFAULT_OUT = REPO / "reports" / "two_call"
-DEFAULT_SUMMARY = REPO / "golden" / "two_call" / "summary.json"
+DEFAULT_OUT = Path("reports") / "two_call"
+DEFAULT_SUMMARY = DEFAULT_OUT / "summary.json"
 # Sweeps whose values span decades get a logarithmic x axis (symlog: offset 0 occurs).
 LOG_X = {"length", "temperature", "offset"}
 
@@ -67,6 +63,7 @@ def sweep_table(name: str, rows: list[PointResult]) -> Table:
 def plot_sweep(name: str, rows: list[PointResult], path: Path) -> None:
     """Top: overlap mass and TV (with the 3 - 2 sqrt 2 bound); bottom: error in bf16 ULPs."""
     x = [r.x for r in rows]
+    plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
     top.plot(x, [r.mean_mass for r in rows], "o-", label="mean overlap mass m")
     top.plot(x, [r.mean_tv for r in rows], "s-", label="mean TV(exact, two-call)")
@@ -100,10 +97,15 @@ def main(argv: list[str] | None = None) -> int:
         results = run_sweeps()
     console = Console()
     args.out.mkdir(parents=True, exist_ok=True)
+    plots_missing = None
     for name in SWEEPS:
         rows = [r for r in results if r.sweep == name]
         console.print(sweep_table(name, rows))
-        plot_sweep(name, rows, args.out / f"{name}.png")
+        if plots_missing is None:
+            try:
+                plot_sweep(name, rows, args.out / f"{name}.png")
+            except PlotsUnavailable as exc:
+                plots_missing = str(exc)
     worst = max(results, key=lambda r: r.bf16_ulps)
     console.print(
         f"worst case: {worst.bf16_ulps:.1f} bf16 ULPs at the output's scale "
@@ -113,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{max(r.max_lse_shift for r in results):.4f} <= ln 2")
     args.summary.parent.mkdir(parents=True, exist_ok=True)
     args.summary.write_text(compact_json(summary(results)))
-    console.print(f"plots in {args.out}, summary in {args.summary}")
+    plots = f"no plots: {plots_missing}" if plots_missing else f"plots in {args.out}"
+    console.print(f"{plots}, summary in {args.summary}", markup=False)
     return 0
 
 
