@@ -37,9 +37,11 @@ def space_for(capabilities: Capabilities, base: Space) -> Space:
         max_requests=max_requests,
         max_seq_len=max_seq_len,
         dtypes=_within(tuple(base.dtypes), capabilities.dtypes),
-        head_dims=_within(tuple(base.head_dims), capabilities.head_dims),
+        head_dims=tuple(d for d in base.head_dims if capabilities.accepts_head_dim(d))
+        or tuple(sorted(capabilities.head_dims or ())),
+        page_sizes=tuple(p for p in base.page_sizes if capabilities.accepts_page_size(p)),
         window=base.window and capabilities.sliding_window,
         softcap=base.softcap and capabilities.softcap,
-        value_dims=base.value_dims and capabilities.head_dim_v_differs,
+        value_dims=base.value_dims and capabilities.value_dims == "any",
         overlapping_ranges=base.overlapping_ranges and capabilities.overlapping_ranges,
     )

@@ -1,36 +1,140 @@
-"""What a kernel under test accepts: cases outside it are skipped with a reason, not failed."""
+"""What a kernel under test accepts: cases outside it are not drawn, and skipped if given.
+
+Capabilities are data, attached to a target (or to a ``module:callable`` through
+:func:`verify.targets.prefix_kernel`), so an engine can state the limits its kernel
+guarantees and the fuzzer draws inside them: an ``--examples N`` run judges N cases
+instead of skipping half of them. The layout predicates are the documented list
+:data:`LAYOUT_PREDICATES` (docs/contract.md explains each).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from verify.case import DTYPES, CaseSpec
+from verify.case import DTYPES, CaseSpec, Request
+
+# Layout predicates a target may declare: name -> (what it requires, the check).
+LayoutCheck = Callable[[CaseSpec, Request], bool]
+
+
+def _ranges_within_sequence(spec: CaseSpec, r: Request) -> bool:
+    return all(e < r.seq_len for _, e in r.ranges)
+
+
+def _chunk_starts_outside_ranges(spec: CaseSpec, r: Request) -> bool:
+    return not any(s < r.context_len <= e for s, e in r.ranges)
+
+
+def _ranges_within_window(spec: CaseSpec, r: Request) -> bool:
+    w = spec.sliding_window
+    return w is None or spec.clamp_ranges_to_window or all(e - s + 1 <= w for s, e in r.ranges)
+
+
+LAYOUT_PREDICATES: dict[str, tuple[str, LayoutCheck]] = {
+    "ranges_within_sequence": (
+        "every range ends before its request's sequence does (no range cut by the chunk end)",
+        _ranges_within_sequence),
+    "chunk_starts_outside_ranges": (
+        "no chunk starts inside a range (cached context never ends inside an image)",
+        _chunk_starts_outside_ranges),
+    "ranges_within_window": (
+        "without clamp_ranges_to_window, no range is longer than the sliding window",
+        _ranges_within_window),
+    "no_one_token_ranges": (
+        "every range has at least two tokens (engines that skip start >= end ranges)",
+        lambda spec, r: all(e > s for s, e in r.ranges)),
+    "no_empty_requests": (
+        "every request has at least one query token",
+        lambda spec, r: r.query_len > 0),
+    "decode_only": (
+        "every request has at most one query token",
+        lambda spec, r: r.query_len <= 1),
+    "prefill_only": (
+        "no request has cached context",
+        lambda spec, r: r.context_len == 0),
+}
+
+
+def _sorted(values: frozenset[int] | frozenset[str]) -> str:
+    return ", ".join(map(str, sorted(values)))
 
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a target accepts; cases outside it are skipped with a reason, not failed."""
+    """What a target accepts.
+
+    Head dims: ``head_dims`` (a set) or ``head_dim_range`` with ``head_dim_multiple``;
+    ``value_dims`` is ``"any"`` or ``"equal"`` (head_dim_v must equal head_dim). Pages:
+    ``page_sizes`` (a set) and/or ``page_size_multiple``; ``needs_paged`` declines
+    contiguous K/V (``page_size`` null). ``layout`` names predicates of
+    :data:`LAYOUT_PREDICATES`; ``max_ranges_per_request`` bounds ranges per request.
+    """
 
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
     dtypes: frozenset[str] = frozenset(DTYPES)
-    head_dims: frozenset[int] | None = None  # None: any head dim
-    head_dim_v_differs: bool = True
-    paged: bool = False  # reads the paged KV cache when the case has one
+    head_dims: frozenset[int] | None = None
+    head_dim_range: tuple[int, int] | None = None  # inclusive
+    head_dim_multiple: int = 1
+    value_dims: str = "any"
+    page_sizes: frozenset[int] | None = None
+    page_size_multiple: int = 1
+    needs_paged: bool = False
     sliding_window: bool = True
     softcap: bool = True
     lse: bool = True
     overlapping_ranges: bool = True
     max_total_tokens: int | None = None  # e.g. the Triton interpreter's practical limit
+    max_ranges_per_request: int | None = None
+    layout: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.layout) - set(LAYOUT_PREDICATES))
+        if unknown:
+            raise ValueError(f"unknown layout predicate {unknown[0]!r}; known: "
+                             f"{', '.join(LAYOUT_PREDICATES)}")
+        if self.value_dims not in ("any", "equal"):
+            raise ValueError(f"value_dims must be 'any' or 'equal', got {self.value_dims!r}")
+
+    def accepts_head_dim(self, dim: int) -> bool:
+        if self.head_dims is not None and dim not in self.head_dims:
+            return False
+        low, high = self.head_dim_range or (1, dim)
+        return low <= dim <= high and dim % self.head_dim_multiple == 0
+
+    def accepts_page_size(self, page_size: int | None) -> bool:
+        if page_size is None:
+            return not self.needs_paged
+        return ((self.page_sizes is None or page_size in self.page_sizes)
+                and page_size % self.page_size_multiple == 0)
+
+    def _head_dims_text(self) -> str:
+        parts = []
+        if self.head_dims is not None:
+            parts.append(f"one of {_sorted(self.head_dims)}")
+        if self.head_dim_range is not None:
+            parts.append(f"in {list(self.head_dim_range)}")
+        if self.head_dim_multiple > 1:
+            parts.append(f"a multiple of {self.head_dim_multiple}")
+        return " and ".join(parts)
 
     def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
         """Why this target cannot run ``spec`` on ``device``, or None."""
+        page_text = ("paged KV only" if spec.page_size is None
+                     else f"page sizes {_sorted(self.page_sizes) if self.page_sizes else 'any'}"
+                          + (f", multiples of {self.page_size_multiple}"
+                             if self.page_size_multiple > 1 else ""))
         checks = [
-            (device not in self.devices, f"device {device} (runs on {sorted(self.devices)})"),
+            (device not in self.devices, f"device {device} (runs on {_sorted(self.devices)})"),
             (spec.dtype not in self.dtypes, f"dtype {spec.dtype}"),
-            (self.head_dims is not None and spec.head_dim not in self.head_dims,
-             f"head_dim {spec.head_dim}"),
-            (not self.head_dim_v_differs and spec.value_dim != spec.head_dim,
+            (not self.accepts_head_dim(spec.head_dim),
+             f"head_dim {spec.head_dim} (takes {self._head_dims_text()})"),
+            (spec.head_dim_v is not None and not self.accepts_head_dim(spec.value_dim),
+             f"head_dim_v {spec.value_dim} (takes {self._head_dims_text()})"),
+            (self.value_dims == "equal" and spec.value_dim != spec.head_dim,
              "head_dim_v != head_dim"),
+            (not self.accepts_page_size(spec.page_size),
+             f"page_size {spec.page_size} ({page_text})"),
             (not self.sliding_window and spec.sliding_window is not None, "sliding window"),
             (not self.softcap and spec.softcap is not None, "softcap"),
             (not self.overlapping_ranges and spec.allow_overlapping_ranges, "overlapping ranges"),
@@ -40,4 +144,17 @@ class Capabilities:
         for unsupported, what in checks:
             if unsupported:
                 return f"unsupported: {what}"
+        return self.layout_reason(spec)
+
+    def layout_reason(self, spec: CaseSpec) -> str | None:
+        """Which declared layout predicate ``spec`` breaks, or None."""
+        for index, request in enumerate(spec.requests):
+            if (self.max_ranges_per_request is not None
+                    and len(request.ranges) > self.max_ranges_per_request):
+                return (f"unsupported: request {index} has {len(request.ranges)} ranges "
+                        f"(at most {self.max_ranges_per_request})")
+            for name in sorted(self.layout):
+                meaning, holds = LAYOUT_PREDICATES[name]
+                if not holds(spec, request):
+                    return f"unsupported: request {index} breaks {name} ({meaning})"
         return None

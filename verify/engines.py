@@ -143,11 +143,11 @@ REFERENCE_ENGINE = Engine(
     Capabilities())
 SDPA_ENGINE = Engine(
     "sdpa", partial(sdpa_call, causal=True), partial(sdpa_call, causal=False),
-    Capabilities(devices=frozenset({"cpu"}), softcap=False, head_dim_v_differs=False))
+    Capabilities(devices=frozenset({"cpu"}), softcap=False, value_dims="equal"))
 FA4_ENGINE = Engine(
     "fa4", _imported("verify.targets.fa4", "fa4_causal"),
     _imported("verify.targets.fa4", "fa4_dense"),
     Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset(DTYPES) - {"float32"},
-                 head_dims=frozenset({64, 128, 256}), head_dim_v_differs=False),
+                 head_dims=frozenset({64, 128, 256}), value_dims="equal"),
     fa4_unavailable_reason)
 ENGINES: dict[str, Engine] = {e.name: e for e in (REFERENCE_ENGINE, SDPA_ENGINE, FA4_ENGINE)}

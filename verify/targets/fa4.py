@@ -135,7 +135,7 @@ class FA4Target(Target):
             "fa4", "FlashAttention-4 varlen/paged, CuTe DSL mask_mod over aux tensors",
             Capabilities(devices=frozenset({"cuda"}),
                          dtypes=frozenset({"bfloat16", "float16"}),
-                         head_dim_v_differs=False, paged=True))
+                         value_dims="equal"))
 
     def unavailable_reason(self) -> str | None:
         return fa4_unavailable_reason()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from references.scores import block_mask
-from verify.case import CaseSpec
+from verify.capabilities import Capabilities
 from verify.mask import visible_keys
 from verify.materialize import MaterializedCase, RequestView
 from verify.targets.base import Target
@@ -197,13 +197,8 @@ class FaultyTarget(Target):
 
     def __init__(self, fault: Fault) -> None:
         super().__init__(f"fault:{fault.name}", f"planted fault (bug class {fault.bug_class}): "
-                         f"{fault.description}")
+                         f"{fault.description}", Capabilities(needs_paged=fault.needs_paged))
         self.fault = fault
-
-    def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
-        if self.fault.needs_paged and spec.page_size is None:
-            return "unsupported: reads the paged cache; the case has page_size null"
-        return super().unsupported_reason(spec, device)
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
         f = self.fault

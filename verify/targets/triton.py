@@ -42,7 +42,7 @@ class TritonTarget(Target):
             "triton",
             "exact paged varlen Triton kernel" + ("" if compiled else " (interpreter)"),
             Capabilities(devices=frozenset({"cuda"} if compiled else {"cpu"}),
-                         head_dims=HEAD_DIMS, head_dim_v_differs=False, paged=True,
+                         head_dims=HEAD_DIMS, value_dims="equal",
                          max_total_tokens=None if compiled else INTERPRETER_MAX_TOKENS))
 
     def unavailable_reason(self) -> str | None:
