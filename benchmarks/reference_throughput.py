@@ -68,20 +68,21 @@ def main() -> None:
 
     spec = prefill()
     case = materialize(spec, "cuda")
+    batch = case.batch()
     pairs = sum(int(request_mask(spec, r, device="cuda").sum()) for r in spec.requests)
     useful_tflop = 4 * HEAD_DIM * pairs * HEADS / 1e12
 
     figures: dict[str, object] = {"device": torch.cuda.get_device_name(), "visible_pairs": pairs,
                                   "useful_tflop": useful_tflop}
-    seconds = timed(lambda: reference_attention(case), args.repeats)
+    seconds = timed(lambda: reference_attention(batch), args.repeats)
     mm = matmul_tflops(args.repeats)
     figures.update(reference_ms=seconds * 1e3, reference_tflops=useful_tflop / seconds,
                    matmul_fp64_tflops=mm, fraction_of_matmul=useful_tflop / seconds / mm)
     if args.plain:
         figures["unfused_fast_ms"] = timed(
-            lambda: _fast(case, None, FAST_BLOCK, fused=False), args.repeats) * 1e3
+            lambda: _fast(batch, FAST_BLOCK, fused=False), args.repeats) * 1e3
         figures["plain_reference_ms"] = timed(
-            lambda: reference_attention(case, method="plain"), 1) * 1e3
+            lambda: reference_attention(batch, method="plain"), 1) * 1e3
     if args.fa4:
         from verify.targets import get_target
 
@@ -92,7 +93,7 @@ def main() -> None:
         from torch.profiler import ProfilerActivity, profile
 
         with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            reference_attention(case)
+            reference_attention(batch)
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=12))
     for key, value in figures.items():

@@ -1,6 +1,12 @@
-"""Float64 ground truth and the low-precision baseline the tolerance policy scales by."""
+"""Float64 ground truth and the low-precision baseline the tolerance policy scales by.
 
+Self-contained (it imports nothing else of the suite): a packed batch where each query
+row sees one interval of packed keys (:mod:`references.batch`), the mask semantics that
+produce those intervals (:mod:`references.mask`), the float64 reference and the baseline.
+"""
+
+from references.batch import Batch, LogWeight, expand_kv_heads
 from references.lowprec import lowprec_attention
-from references.reference import ScoreBias, reference_attention
+from references.reference import reference_attention
 
-__all__ = ["ScoreBias", "lowprec_attention", "reference_attention"]
+__all__ = ["Batch", "LogWeight", "expand_kv_heads", "lowprec_attention", "reference_attention"]

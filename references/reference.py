@@ -1,212 +1,135 @@
-"""The float64 exact-mask reference: ground truth for every target.
+"""The float64 exact reference: ground truth for every target.
 
-Two computations of the same definition:
+Two computations of one definition (softmax over each row's key interval, in float64):
 
-* ``plain`` (the CPU default): blockwise online softmax over (query, key) tiles, the mask
-  built per tile from :mod:`verify.mask`, tiles the mask hides entirely skipped.
-* ``fast`` (the CUDA default): no device sync per tile and no wasted passes. Each
-  query's visible keys form one interval ``[lo, hi]`` (the causal part and the range
-  holding the query always touch, since a range holding ``p`` contains ``p``); the
-  intervals are computed on the host from the case, so the key span of every query
-  block is known before any kernel runs. Query heads sharing a KV head go through one
-  batched matmul (no K/V expansion). When every score is provably in [-300, 300]
-  (from ``|q| |k| scale``, or the softcap) no max is subtracted at all: exp cannot
-  overflow or lose precision in float64, so key chunks just add up. Otherwise a
-  first pass finds each row's exact max. On CUDA one Triton kernel applies the
-  interval mask, exp and the row sums in a single read and write of the scores;
-  elsewhere torch ops do (masking only the columns where the rows of a block disagree).
+* ``plain``: (query block, key block) tiles, a dense interval mask per tile, an online
+  softmax; tiles no row sees are skipped. Short and obviously right: the audit path.
+* ``fast`` (the default): blocks of rows planned from the intervals
+  (:func:`references.batch.plan_blocks`, no device sync), each against its whole key span
+  in chunks; query heads sharing a KV head go through one batched matmul (no K/V
+  expansion). When every score is provably in [-300, 300] (from ``|q| |k| scale``, or the
+  softcap) no max is subtracted at all: exp cannot overflow or lose precision in float64,
+  so key chunks just add up; otherwise a first pass finds each row's exact max. On CUDA
+  one Triton kernel applies the interval mask, exp and the row sums in a single read and
+  write of the scores; elsewhere torch ops do.
 
-Both return the same numbers up to float64 rounding; the CPU tests (and on a GPU,
-tests/test_gpu_tier.py) hold them to 1e-12. docs/gpu.md has the CUDA figures.
+Both return the same numbers up to float64 rounding (the tests hold them to 1e-12, and
+to an independent dense formulation and to mpmath at 50 digits). docs/gpu.md has the
+CUDA figures.
 """
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from references.scores import ScoreBias, block_mask, expand_kv_heads, masked_scores
-from verify.mask import visible_intervals
-from verify.materialize import MaterializedCase, RequestView
+from references.batch import Batch, Block, interval_mask, plan_blocks
 
-# Block edge of the plain path's (query, key) tiles: 1024 x 1024 x heads float64 scores
-# stay well under a GiB for the head counts the suite uses.
-BLOCK = 1024
-# Query rows per block of the fast path: the wasted corner of a causal block is block/2 keys.
+# Rows and key columns per tile of the plain path.
+PLAIN_BLOCK = 256
+# Rows per block of the fast path: the wasted corner of a causal block is block/2 keys.
 FAST_BLOCK = 512
-# Float64 scores held at once by the fast path (256 MiB on CUDA, 32 MiB on CPU).
+# Float64 scores held at once by the fast path (256 MiB on CUDA, 32 MiB elsewhere).
 FAST_TILE_ELEMENTS = {"cuda": 1 << 25, "cpu": 1 << 22}
 # |score| bound under which exp needs no max subtracted: e^300 ~ 1e130, far from float64's
 # 1e308 even summed over millions of keys, and e^-300 is a normal number (no precision loss).
 NO_SHIFT_BOUND = 300.0
 
 
-def reference_attention(case: MaterializedCase, *, score_bias: ScoreBias | None = None,
-                        block: int | None = None, method: str | None = None
+def reference_attention(batch: Batch, *, method: str = "fast", block: int | None = None
                         ) -> tuple[Tensor, Tensor]:
-    """Exact attention in float64 from the case's rounded inputs.
+    """Exact attention in float64 from the batch's (rounded) inputs.
 
-    Returns ``out`` (total_q, H, Dv) float64 and natural-log ``lse`` (H, total_q)
-    float64; rows with no visible key give out 0 and lse -inf. ``score_bias`` adds a
-    per-(query, key) log-weight (the two-call model uses ln 2 on the overlap keys).
-    ``method`` is ``"plain"`` or ``"fast"`` (default: fast on CUDA, plain elsewhere);
-    ``block`` is the query block (and the plain path's key block).
+    Returns ``out`` (total_q, H, Dv) float64 and natural-log ``lse`` (H, total_q) float64;
+    rows with no visible key give out 0 and lse -inf. ``block`` is the rows per block.
     """
-    method = method or ("fast" if case.device.type == "cuda" else "plain")
     if method == "plain":
-        return _plain(case, score_bias, block or BLOCK)
+        return _plain(batch, block or PLAIN_BLOCK)
     if method == "fast":
-        return _fast(case, score_bias, block or FAST_BLOCK)
+        return _fast(batch, block or FAST_BLOCK)
     raise ValueError(f"method must be 'plain' or 'fast', got {method!r}")
 
 
-def _plain(case: MaterializedCase, score_bias: ScoreBias | None, block: int
-           ) -> tuple[Tensor, Tensor]:
-    device = case.device
-    out = torch.zeros(case.q.shape[0], case.num_heads, case.head_dim_v, dtype=torch.float64,
-                      device=device)
-    lse = torch.full((case.num_heads, case.q.shape[0]), float("-inf"), dtype=torch.float64,
-                     device=device)
-    for view in case.requests():
-        q_all = case.q[view.q_slice].double()
-        k_all = expand_kv_heads(case.k[view.k_slice].double(), case.num_heads)
-        v_all = expand_kv_heads(case.v[view.k_slice].double(), case.num_heads)
-        for q0 in range(0, view.query_len, block):
-            q1 = min(q0 + block, view.query_len)
-            q_pos = torch.arange(view.context_len + q0, view.context_len + q1, device=device)
-            row_max = torch.full((case.num_heads, q1 - q0), float("-inf"), dtype=torch.float64,
-                                 device=device)
-            row_sum = torch.zeros_like(row_max)
-            acc = torch.zeros(case.num_heads, q1 - q0, case.head_dim_v, dtype=torch.float64,
-                              device=device)
-            for k0 in range(0, view.seq_len, block):
-                k1 = min(k0 + block, view.seq_len)
-                k_pos = torch.arange(k0, k1, device=device)
-                mask = block_mask(case, view, q_pos, k_pos)
-                if not bool(mask.any()):
-                    continue
-                scores = masked_scores(case, view, q_all[q0:q1], k_all[k0:k1], q_pos, k_pos,
-                                       mask, score_bias)
-                new_max = torch.maximum(row_max, scores.amax(dim=-1))
-                # A row with nothing visible yet keeps max -inf; shift by 0 to avoid inf - inf.
-                shift = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
-                probs = torch.exp(scores - shift[..., None])
-                rescale = torch.exp(row_max - shift)
-                row_sum = row_sum * rescale + probs.sum(dim=-1)
-                acc = acc * rescale[..., None] + torch.einsum("hqk,khd->hqd", probs, v_all[k0:k1])
-                row_max = new_max
-            seen = row_sum > 0
-            normalized = torch.where(seen[..., None], acc / row_sum.clamp_min(1e-300)[..., None],
-                                     torch.zeros_like(acc))
-            out[view.q_start + q0:view.q_start + q1] = normalized.transpose(0, 1)
-            lse[:, view.q_start + q0:view.q_start + q1] = torch.where(
-                seen, row_max + torch.log(row_sum.clamp_min(1e-300)), float("-inf"))
+def _empty_result(batch: Batch) -> tuple[Tensor, Tensor]:
+    total_q, heads, device = batch.q.shape[0], batch.num_heads, batch.q.device
+    out = torch.zeros(total_q, heads, batch.v.shape[2], dtype=torch.float64, device=device)
+    lse = torch.full((heads, total_q), -math.inf, dtype=torch.float64, device=device)
     return out, lse
 
 
-@dataclass(frozen=True)
-class _Block:
-    """One query block of one request and the keys it needs."""
-
-    view: RequestView
-    q0: int
-    q1: int
-    k0: int  # first key any row sees
-    k1: int  # one past the last key any row sees
-    full0: int  # keys [full0, full1) are seen by every row: no mask there
-    full1: int
+def scores(batch: Batch, rows: slice, k0: int, k1: int) -> Tensor:
+    """Float64 scores ``(H, rows, k1 - k0)`` of query ``rows`` against packed keys
+    ``[k0, k1)``, with the softcap; neither masked nor biased."""
+    k = batch.k[k0:k1].double().repeat_interleave(batch.group, dim=1)
+    s = torch.einsum("qhd,khd->hqk", batch.q[rows].double(), k) * batch.softmax_scale
+    if batch.softcap is not None:
+        s = batch.softcap * torch.tanh(s / batch.softcap)
+    return s
 
 
-def _blocks(case: MaterializedCase, block: int) -> tuple[list[_Block], Tensor, Tensor]:
-    """Every query block with its key span, and the per-row intervals for all queries."""
-    blocks, los, his = [], [], []
-    for view in case.requests():
-        if not view.query_len:
+def _add_bias(batch: Batch, s: Tensor, rows: slice, k0: int, k1: int) -> None:
+    """In place: the batch's log-weight on the tile of rows ``rows`` and keys ``[k0, k1)``
+    (``s`` is ``(..., rows, keys)``)."""
+    if batch.bias is not None:
+        b = batch.bias
+        inside = interval_mask(b.lo[rows].to(s.device), b.hi[rows].to(s.device), k0, k1)
+        s.add_(inside.to(s.dtype) * b.weight)
+
+
+def _plain(batch: Batch, block: int) -> tuple[Tensor, Tensor]:
+    out, lse = _empty_result(batch)
+    widths = batch.widths
+    for r0 in range(0, batch.q.shape[0], block):
+        r1 = min(r0 + block, batch.q.shape[0])
+        seen = widths[r0:r1] > 0
+        if not bool(seen.any()):
             continue
-        lo, hi = visible_intervals(torch.arange(view.context_len, view.seq_len), view.ranges,
-                                   view.seq_len, case.sliding_window,
-                                   case.clamp_ranges_to_window)
-        los.append(lo)
-        his.append(hi)
-        for q0 in range(0, view.query_len, block):
-            q1 = min(q0 + block, view.query_len)
-            b_lo, b_hi = lo[q0:q1], hi[q0:q1]
-            k0, k1 = int(b_lo.min()), int(b_hi.max()) + 1
-            blocks.append(_Block(view, q0, q1, k0, k1, int(b_lo.max()), int(b_hi.min()) + 1))
-    if not los:
-        return blocks, torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-    return blocks, torch.cat(los), torch.cat(his)
+        lo, hi = batch.lo[r0:r1], batch.hi[r0:r1]
+        k_first, k_last = int(lo[seen].min()), int(hi[seen].max())
+        row_max = torch.full((batch.num_heads, r1 - r0), -math.inf, dtype=torch.float64,
+                             device=batch.q.device)
+        row_sum = torch.zeros_like(row_max)
+        acc = torch.zeros(batch.num_heads, r1 - r0, batch.v.shape[2], dtype=torch.float64,
+                          device=batch.q.device)
+        for k0 in range(k_first, k_last + 1, block):
+            k1 = min(k0 + block, k_last + 1)
+            mask = interval_mask(lo, hi, k0, k1)
+            if not bool(mask.any()):
+                continue
+            s = scores(batch, slice(r0, r1), k0, k1)
+            _add_bias(batch, s, slice(r0, r1), k0, k1)
+            s = s.masked_fill(~mask.to(s.device), -math.inf)
+            new_max = torch.maximum(row_max, s.amax(dim=-1))
+            # A row with nothing visible yet keeps max -inf; shift by 0 to avoid inf - inf.
+            shift = torch.where(torch.isfinite(new_max), new_max, 0.0)
+            p = torch.exp(s - shift[..., None])
+            rescale = torch.exp(row_max - shift)
+            v = batch.v[k0:k1].double().repeat_interleave(batch.group, dim=1)
+            row_sum = row_sum * rescale + p.sum(dim=-1)
+            acc = acc * rescale[..., None] + torch.einsum("hqk,khd->hqd", p, v)
+            row_max = new_max
+        nonzero = row_sum > 0
+        out[r0:r1] = torch.where(nonzero[..., None], acc / row_sum.clamp_min(1e-300)[..., None],
+                                 0.0).transpose(0, 1)
+        lse[:, r0:r1] = torch.where(nonzero, row_max + torch.log(row_sum.clamp_min(1e-300)),
+                                    -math.inf)
+    return out, lse
 
 
-def _score_bound(case: MaterializedCase) -> float:
-    """An upper bound of |score| over the case (one device sync)."""
-    if case.softcap is not None:
-        return case.softcap
-    if not case.q.shape[0] or not case.k.shape[0]:
+def _score_bound(batch: Batch) -> float:
+    """An upper bound of |score| over the batch (one device sync)."""
+    if batch.softcap is not None:
+        return batch.softcap
+    if not batch.q.shape[0] or not batch.k.shape[0]:
         return 0.0
-    q_norm = torch.linalg.vector_norm(case.q, dim=-1, dtype=torch.float32).amax(dim=0)  # (H,)
-    k_norm = torch.linalg.vector_norm(case.k, dim=-1, dtype=torch.float32).amax(dim=0)  # (Hkv,)
-    group = case.num_heads // case.num_kv_heads
-    bound = float((q_norm * k_norm.repeat_interleave(group)).max()) * case.softmax_scale
+    q_norm = torch.linalg.vector_norm(batch.q, dim=-1, dtype=torch.float32).amax(dim=0)  # (H,)
+    k_norm = torch.linalg.vector_norm(batch.k, dim=-1, dtype=torch.float32).amax(dim=0)
+    bound = float((q_norm * k_norm.repeat_interleave(batch.group)).max()) * batch.softmax_scale
     return bound * (1 + 1e-5)  # float32 norms: a margin far above their rounding
-
-
-class _Tiles:
-    """Scores of one request's query block against one key chunk, heads grouped by KV head."""
-
-    def __init__(self, case: MaterializedCase, score_bias: ScoreBias | None, lo: Tensor,
-                 hi: Tensor) -> None:
-        self.case, self.score_bias = case, score_bias
-        self.group = case.num_heads // case.num_kv_heads
-        self.lo, self.hi = lo.to(case.device), hi.to(case.device)
-        self._view: RequestView | None = None
-
-    def request(self, view: RequestView) -> None:
-        """Load one request's K and V in float64, laid out (Hkv, D, keys) and (Hkv, keys, Dv)."""
-        if view is not self._view:
-            c = self.case
-            self.k = c.k[view.k_slice].double().permute(1, 2, 0)
-            self.v = c.v[view.k_slice].double().permute(1, 0, 2)
-            self._view = view
-
-    def queries(self, b: _Block) -> Tensor:
-        """(Hkv, G * rows, D): head h = kv * G + g, rows of one head contiguous."""
-        c = self.case
-        q = c.q[b.view.q_start + b.q0:b.view.q_start + b.q1].double() * c.softmax_scale
-        rows = b.q1 - b.q0
-        return q.view(rows, c.num_kv_heads, self.group, -1).permute(1, 2, 0, 3).reshape(
-            c.num_kv_heads, self.group * rows, -1)
-
-    def bounds(self, b: _Block) -> tuple[Tensor, Tensor]:
-        """First and last visible key of each query row of the block (on the device)."""
-        first = b.view.q_start + b.q0
-        return self.lo[first:first + b.q1 - b.q0], self.hi[first:first + b.q1 - b.q0]
-
-    def scores(self, b: _Block, q: Tensor, j0: int, j1: int, *, masked: bool = True) -> Tensor:
-        """Scores (Hkv, G, rows, j1 - j0) for keys [j0, j1), hidden ones -inf if ``masked``."""
-        c = self.case
-        rows = b.q1 - b.q0
-        s = torch.bmm(q, self.k[:, :, j0:j1]).view(c.num_kv_heads, self.group, rows, j1 - j0)
-        if c.softcap is not None:
-            s.div_(c.softcap).tanh_().mul_(c.softcap)
-        if self.score_bias is not None:
-            q_pos = torch.arange(b.view.context_len + b.q0, b.view.context_len + b.q1,
-                                 device=c.device)
-            k_pos = torch.arange(j0, j1, device=c.device)
-            s.add_(self.score_bias(b.view, q_pos, k_pos).to(c.device, torch.float64))
-        if masked:
-            # Only the columns some row of the block does not see need the mask.
-            lo, hi = (t[:, None] for t in self.bounds(b))
-            for m0, m1 in ((j0, min(j1, b.full0)), (max(j0, b.full1), j1)):
-                if m0 < m1:
-                    cols = torch.arange(m0, m1, device=c.device)
-                    s[..., m0 - j0:m1 - j0].masked_fill_((cols < lo) | (cols > hi),
-                                                         float("-inf"))
-        return s
 
 
 @functools.cache
@@ -252,6 +175,38 @@ def _exp_rows_kernel() -> Any:
 EXP_ROWS_BLOCK = 1024
 
 
+class _Tiles:
+    """Scores of one block of rows against one key chunk, heads grouped by KV head."""
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        device = batch.q.device
+        self.k = batch.k.double().permute(1, 2, 0)  # (Hkv, D, keys)
+        self.v = batch.v.double().permute(1, 0, 2)  # (Hkv, keys, Dv)
+        self.lo, self.hi = batch.lo.to(device), batch.hi.to(device)
+
+    def queries(self, b: Block) -> Tensor:
+        """(Hkv, G * rows, D): head h = kv * G + g, rows of one head contiguous."""
+        c = self.batch
+        rows = b.r1 - b.r0
+        q = c.q[b.r0:b.r1].double() * c.softmax_scale
+        return q.view(rows, c.k.shape[1], c.group, -1).permute(1, 2, 0, 3).reshape(
+            c.k.shape[1], c.group * rows, -1)
+
+    def scores(self, b: Block, q: Tensor, j0: int, j1: int, *, masked: bool) -> Tensor:
+        """Scores (Hkv, G, rows, j1 - j0) for keys [j0, j1), hidden ones -inf if ``masked``."""
+        c = self.batch
+        rows = b.r1 - b.r0
+        s = torch.bmm(q, self.k[:, :, j0:j1]).view(c.k.shape[1], c.group, rows, j1 - j0)
+        if c.softcap is not None:
+            s.div_(c.softcap).tanh_().mul_(c.softcap)
+        _add_bias(c, s, slice(b.r0, b.r1), j0, j1)
+        if masked:
+            s.masked_fill_(~interval_mask(self.lo[b.r0:b.r1], self.hi[b.r0:b.r1], j0, j1),
+                           -math.inf)
+        return s
+
+
 def _exp_rows(s: Tensor, lo: Tensor, hi: Tensor, j0: int, shift: Tensor | None,
               row_sum: Tensor, fused: bool) -> None:
     """In place: ``s`` (Hkv, G, rows, n) becomes exp(s - shift) where keys ``j0 + col`` are
@@ -270,48 +225,44 @@ def _exp_rows(s: Tensor, lo: Tensor, hi: Tensor, j0: int, shift: Tensor | None,
     row_sum += s.exp_().sum(dim=-1)
 
 
-def _fast(case: MaterializedCase, score_bias: ScoreBias | None, block: int,
-          fused: bool | None = None) -> tuple[Tensor, Tensor]:
+def _fast(batch: Batch, block: int, fused: bool | None = None) -> tuple[Tensor, Tensor]:
     """``fused`` (default: on CUDA when Triton is there) picks the Triton exp pass."""
-    c = case
+    c = batch
+    device = c.q.device
     if fused is None:
-        fused = c.device.type == "cuda" and _exp_rows_kernel() is not None
-    out = torch.zeros(c.q.shape[0], c.num_heads, c.head_dim_v, dtype=torch.float64,
-                      device=c.device)
-    lse = torch.full((c.num_heads, c.q.shape[0]), float("-inf"), dtype=torch.float64,
-                     device=c.device)
-    blocks, lo, hi = _blocks(case, block)
-    tiles = _Tiles(case, score_bias, lo, hi)
-    exact_max = score_bias is not None or _score_bound(case) > NO_SHIFT_BOUND
-    budget = FAST_TILE_ELEMENTS.get(c.device.type, FAST_TILE_ELEMENTS["cpu"])
-    hkv, group, dv = c.num_kv_heads, tiles.group, c.head_dim_v
+        fused = device.type == "cuda" and _exp_rows_kernel() is not None
+    out, lse = _empty_result(batch)
+    blocks = plan_blocks(c.lo, c.hi, block)
+    if not blocks:
+        return out, lse
+    tiles = _Tiles(batch)
+    exact_max = c.bias is not None or _score_bound(batch) > NO_SHIFT_BOUND
+    budget = FAST_TILE_ELEMENTS.get(device.type, FAST_TILE_ELEMENTS["cpu"])
+    hkv, group, dv = c.k.shape[1], c.group, c.v.shape[2]
     for b in blocks:
-        if b.k0 >= b.k1:
-            continue
-        tiles.request(b.view)
         q = tiles.queries(b)
-        rows = b.q1 - b.q0
+        rows = b.r1 - b.r0
         chunk = max(1, budget // (c.num_heads * rows))
         spans = [(j0, min(j0 + chunk, b.k1)) for j0 in range(b.k0, b.k1, chunk)]
         shift = None
         if exact_max:
-            row_max = torch.full((hkv, group, rows), float("-inf"), dtype=torch.float64,
-                                 device=c.device)
+            row_max = torch.full((hkv, group, rows), -math.inf, dtype=torch.float64,
+                                 device=device)
             for j0, j1 in spans:
-                row_max = torch.maximum(row_max, tiles.scores(b, q, j0, j1).amax(dim=-1))
+                row_max = torch.maximum(row_max,
+                                        tiles.scores(b, q, j0, j1, masked=True).amax(dim=-1))
             shift = torch.where(torch.isfinite(row_max), row_max, 0.0)
-        row_sum = torch.zeros(hkv, group, rows, dtype=torch.float64, device=c.device)
+        row_sum = torch.zeros(hkv, group, rows, dtype=torch.float64, device=device)
         acc = None
         for j0, j1 in spans:
             s = tiles.scores(b, q, j0, j1, masked=not fused)
-            _exp_rows(s, *tiles.bounds(b), j0, shift, row_sum, fused)
+            _exp_rows(s, tiles.lo[b.r0:b.r1], tiles.hi[b.r0:b.r1], j0, shift, row_sum, fused)
             part = torch.bmm(s.view(hkv, group * rows, j1 - j0), tiles.v[:, j0:j1])
             acc = part if acc is None else acc.add_(part)
-        seen = row_sum > 0
-        scale = torch.where(seen, 1 / row_sum, 0.0)
-        first = b.view.q_start + b.q0
-        out[first:first + rows].view(rows, hkv, group, dv).permute(1, 2, 0, 3).copy_(
+        nonzero = row_sum > 0
+        scale = torch.where(nonzero, 1 / row_sum, 0.0)
+        out[b.r0:b.r1].view(rows, hkv, group, dv).permute(1, 2, 0, 3).copy_(
             acc.view(hkv, group, rows, dv) * scale[..., None])
         row_lse = torch.log(row_sum) if shift is None else shift + torch.log(row_sum)
-        lse[:, first:first + rows] = row_lse.view(c.num_heads, rows)
+        lse[:, b.r0:b.r1] = row_lse.view(c.num_heads, rows)
     return out, lse

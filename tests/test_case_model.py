@@ -12,7 +12,7 @@ from fuzz.strategies import ADVERSARIAL_CASES, case_dicts, cases
 from verify import CaseError, load_case, parse_case, read_case
 from verify.materialize import FINITE_POISON, materialize
 
-VALID = {"requests": [{"context_len": 0, "query_len": 37, "ranges": [[3, 20]]}],
+VALID = {"format": 2, "requests": [{"context_len": 0, "query_len": 37, "ranges": [[3, 20]]}],
          "num_heads": 4, "num_kv_heads": 2, "head_dim": 128, "dtype": "bfloat16",
          "page_size": 16, "sliding_window": None, "clamp_ranges_to_window": False,
          "softcap": None, "softmax_scale": None, "seed": 0}

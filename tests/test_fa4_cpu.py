@@ -1,27 +1,22 @@
-"""What of the FA4 target and the fast reference can be checked without a GPU.
+"""What of the FA4 target can be checked without a GPU.
 
 The FA4 mask body runs here on Python stand-ins for ``cutlass``/``cute`` (the same
 function object FA4 compiles, built from the same source), pair by pair against
-:mod:`verify.mask`; capabilities and skip reasons are plain Python; the fast float64
-reference (the CUDA default) runs on CPU against the plain one.
+:mod:`verify.mask`; capabilities, skip reasons and the findings files are plain Python.
 """
 
 from __future__ import annotations
 
 import json
-import math
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
 from golden import FINDINGS_DIR
-from references import reference_attention
-from references.reference import _fast
 from verify.case import CaseSpec, parse_case, read_case
 from verify.gpu import fa4_unavailable_reason
 from verify.mask import request_mask
@@ -189,79 +184,3 @@ def test_findings_are_valid_reproducers() -> None:
         assert spec.extra["note"] and spec.extra["diagnosis"], path
         for name in spec.extra["expect"]:
             assert name in target_names(), path
-
-
-# --- the fast float64 reference ------------------------------------------------------------
-
-
-def _assert_same(a: tuple[torch.Tensor, torch.Tensor], b: tuple[torch.Tensor, torch.Tensor]
-                 ) -> None:
-    """Equal up to float64 rounding (different summation order), -inf rows exactly."""
-    torch.testing.assert_close(a[0], b[0], rtol=1e-12, atol=1e-12)
-    assert torch.equal(torch.isneginf(a[1]), torch.isneginf(b[1]))
-    torch.testing.assert_close(a[1], b[1], rtol=1e-12, atol=1e-12)
-
-
-@given(cases(WIDE), st.sampled_from([None, 1, 7, 64]))
-def test_fast_reference_matches_plain(spec: CaseSpec, block: int | None) -> None:
-    case = materialize(spec)
-    _assert_same(reference_attention(case, method="fast", block=block),
-                 reference_attention(case, method="plain"))
-
-
-@pytest.mark.parametrize("spec", ADVERSARIAL_CASES.values(), ids=ADVERSARIAL_CASES.keys())
-def test_fast_reference_matches_plain_on_adversarial_layouts(spec: CaseSpec) -> None:
-    case = materialize(spec)
-    _assert_same(reference_attention(case, method="fast"), reference_attention(case))
-
-
-# The fused pass runs compiled on a GPU, under the Triton interpreter elsewhere.
-FUSED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _needs_triton(fused: bool) -> str:
-    """The device to run on; skips the fused variant without Triton."""
-    if fused:
-        pytest.importorskip("triton", reason="the fused exp pass is a Triton kernel")
-    return FUSED_DEVICE if fused else "cpu"
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["torch", "triton"])
-@given(cases(WIDE.narrowed(max_seq_len=24, max_requests=2)), st.sampled_from([1, 7, 64]))
-def test_fast_reference_passes_agree(fused: bool, spec: CaseSpec, block: int) -> None:
-    """The Triton exp pass (CUDA's default; here under the interpreter) and the torch one."""
-    case = materialize(spec, _needs_triton(fused))
-    _assert_same(_fast(case, None, block, fused=fused), reference_attention(case, method="plain"))
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["torch", "triton"])
-def test_fast_reference_with_huge_scores_subtracts_the_max(fused: bool) -> None:
-    """Scores far past e^300 take the exact-max pass; the result still matches."""
-    case = materialize(_spec(softmax_scale=40.0, dtype="float32", value_profile="peaky"),
-                       _needs_triton(fused))
-    plain = reference_attention(case, method="plain")
-    assert float(plain[1].max()) > 300
-    _assert_same(_fast(case, None, 32, fused=fused), plain)
-
-
-@pytest.mark.parametrize("fused", [False, True], ids=["torch", "triton"])
-def test_fast_reference_with_a_score_bias_and_empty_rows(fused: bool) -> None:
-    case = materialize(_spec(num_kv_heads=1, sliding_window=30), _needs_triton(fused))
-
-    def bias(view: Any, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-        overlap = (k_pos[None, :] >= 80) & (k_pos[None, :] <= q_pos[:, None])
-        out = torch.where(overlap, math.log(2), 0.0).double()
-        return out.masked_fill((q_pos == 130)[:, None], -math.inf)
-
-    fast = _fast(case, bias, 16, fused=fused)
-    _assert_same(fast, reference_attention(case, score_bias=bias, method="plain"))
-    assert bool(torch.isneginf(fast[1][:, 30]).all()) and not fast[0][30].any()
-
-
-def test_cpu_default_is_the_plain_path() -> None:
-    case = materialize(ADVERSARIAL_CASES["tile_edges_17_and_16"])
-    for got, want in zip(reference_attention(case), reference_attention(case, method="plain"),
-                         strict=True):
-        assert torch.equal(got, want)
-    with pytest.raises(ValueError, match="method"):
-        reference_attention(case, method="dense")

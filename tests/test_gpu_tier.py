@@ -1,7 +1,7 @@
 """The GPU tier: FA4 (and compiled Triton and the two-call family, once registered) on CUDA.
 
 Property tests at GPU shapes judged by the one policy (:func:`verify.runner.evaluate`;
-two-call targets against their own model through ``score_bias``), the adversarial
+two-call targets against their own model through ``model_bias``), the adversarial
 layouts, planted faults that show the FA4 checks can fail, and FA4's surprises kept as
 named findings: each a reproducer under golden/findings/ whose current behaviour a test
 asserts, so a change in FA4 shows up as a failing finding instead of going unnoticed.
@@ -15,7 +15,6 @@ so that xdist workers compile in parallel.
 from __future__ import annotations
 
 import functools
-import math
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from verify.compare import check, expected
 from verify.materialize import MaterializedCase, materialize
 from verify.runner import FAIL, PASS, SKIP, Outcome, evaluate
 from verify.targets import Target, get_target, target_names
+from verify.targets.two_call import overlap_weight
 
 pytestmark = pytest.mark.gpu
 
@@ -253,27 +253,18 @@ def test_fa4_engines_match_their_masks(page_size: int | None) -> None:
 # --- the float64 reference's CUDA path ------------------------------------------------------
 
 
-def _overlap_bias(view: Any, q_pos: torch.Tensor, k_pos: torch.Tensor) -> torch.Tensor:
-    """ln 2 on keys [s, p] of a query inside a range (the two-call model), -inf on one row."""
-    bias = torch.zeros(len(q_pos), len(k_pos), dtype=torch.float64, device=q_pos.device)
-    for s, e in view.ranges:
-        inside = (q_pos >= s) & (q_pos <= e)
-        bias += torch.where(inside[:, None] & (k_pos[None, :] >= s)
-                            & (k_pos[None, :] <= q_pos[:, None]), math.log(2), 0.0)
-    return bias.masked_fill((q_pos == view.context_len)[:, None], -math.inf)
-
-
 @pytest.mark.parametrize(("changes", "bias"), [
     ({}, None), ({"softcap": 5.0, "num_kv_heads": 8}, None),
     ({"sliding_window": 77, "clamp_ranges_to_window": True, "page_size": 16}, None),
-    ({"softmax_scale": 3.0, "dtype": "float32"}, None), ({}, _overlap_bias)],
+    ({"softmax_scale": 3.0, "dtype": "float32"}, None), ({}, overlap_weight)],
     ids=["plain", "softcap_mha", "window_clamp", "huge_scores", "bias"])
 def test_fast_reference_matches_plain_on_cuda(changes: dict, bias: Any) -> None:
     """CUDA's default (fused Triton exp pass, no max when scores are bounded) vs the plain path."""
     spec = CHUNKED.with_changes(**changes)
     case = materialize(spec, "cuda")
-    fast = reference_attention(case, score_bias=bias)
-    plain = reference_attention(case, score_bias=bias, method="plain")
+    batch = case.batch(None if bias is None else bias(case))
+    fast = reference_attention(batch)
+    plain = reference_attention(batch, method="plain")
     torch.testing.assert_close(fast[0], plain[0], rtol=1e-12, atol=1e-12)
     assert torch.equal(torch.isneginf(fast[1]), torch.isneginf(plain[1]))
     torch.testing.assert_close(fast[1], plain[1], rtol=1e-12, atol=1e-12)

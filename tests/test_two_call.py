@@ -21,17 +21,22 @@ from hypothesis import Phase, find, given, settings
 from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
 from golden import TWO_CALL_SUMMARY
 from references import reference_attention
-from references.overlap import OverlapBias
 from verify import CaseSpec, materialize, parse_case
 from verify.compare import ulp
-from verify.engines import REFERENCE_ENGINE, SDPA_ENGINE, Engine, reference_call, sdpa_call
 from verify.gpu import fa4_unavailable_reason
 from verify.materialize import MaterializedCase
 from verify.runner import FAIL, PASS, SKIP, TruthCache, evaluate
 from verify.targets import Target, get_target, target_names
-from verify.targets.two_call import RangeSpan, ReplaceTarget, TwoCallTarget, range_spans
-from verify.two_call_error import TV_BOUND, matches_two_call_model, measure
-from verify.two_call_report import main
+from verify.targets.engines import REFERENCE_ENGINE, SDPA_ENGINE, Engine, reference_call, sdpa_call
+from verify.targets.two_call import (
+    RangeSpan,
+    ReplaceTarget,
+    TwoCallTarget,
+    overlap_weight,
+    range_spans,
+)
+from verify.two_call.report import main
+from verify.two_call.error import TV_BOUND, matches_two_call_model, measure
 
 ENGINES = ("reference", "sdpa", "fa4")
 CPU_DECOMPOSITIONS = ("two_call_reference", "two_call_sdpa", "replace_reference", "replace_sdpa")
@@ -53,8 +58,9 @@ def test_all_six_targets_are_registered_with_their_claims() -> None:
     windowed = materialize(ADVERSARIAL_CASES["window_shorter_than_range"])  # sliding window 8
     for engine in ENGINES:
         two_call, exact = get_target(f"two_call_{engine}"), get_target(f"replace_{engine}")
-        assert not two_call.exact and two_call.score_bias(windowed) == OverlapBias(8)
-        assert exact.exact and exact.score_bias(windowed) is None
+        bias = two_call.model_bias(windowed)
+        assert not two_call.exact and bias is not None and bias.weight == math.log(2)
+        assert exact.exact and exact.model_bias(windowed) is None
     assert {f"{k}_{e}" for k in ("two_call", "replace") for e in ENGINES} <= set(target_names())
 
 
@@ -112,7 +118,7 @@ def test_cpu_decompositions_pass_the_policy(spec: CaseSpec) -> None:
 
 
 @pytest.mark.parametrize("target, bias", [
-    (TwoCallTarget(REFERENCE_ENGINE), OverlapBias),
+    (TwoCallTarget(REFERENCE_ENGINE), overlap_weight),
     (ReplaceTarget(REFERENCE_ENGINE), None),
 ], ids=["two_call_is_the_model", "replace_is_exact"])
 @given(spec=cases(CPU_SPACE))
@@ -123,8 +129,7 @@ def test_float64_decomposition_equals_its_claim(target: Target, bias, spec: Case
         return
     case = materialize(spec)
     out, lse = target.attend(case)
-    want_out, want_lse = reference_attention(
-        case, score_bias=None if bias is None else bias(case.sliding_window))
+    want_out, want_lse = reference_attention(case.batch(None if bias is None else bias(case)))
     assert float((out - want_out).abs().max()) <= FLOAT64_TOLERANCE
     assert float((lse - want_lse).abs().max()) <= FLOAT64_TOLERANCE
 
@@ -156,7 +161,7 @@ class ClaimsExact(TwoCallTarget):
         super().__init__(engine)
         self.name, self.exact = f"claims_exact_{self.name}", True
 
-    def score_bias(self, case: MaterializedCase) -> None:
+    def model_bias(self, case: MaterializedCase) -> None:
         return None
 
 

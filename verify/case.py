@@ -2,7 +2,9 @@
 
 A case is the unit every part of the suite exchanges (golden files, fuzz
 reproducers, CLI input). Validation happens here, once, so that a bad case fails
-with one line naming the field instead of a traceback from deep inside torch.
+with one line naming the field instead of a traceback from deep inside torch, and
+sizes are bounded (:mod:`verify.limits`) before anything is allocated. The format is
+docs/contract.md; ``verify/case.schema.json`` is its JSON Schema.
 """
 
 from __future__ import annotations
@@ -15,9 +17,24 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from verify.limits import (
+    DEFAULT_LIMITS,
+    MAX_INT32,
+    MAX_MAGNITUDE,
+    MAX_SEED,
+    WORKING_BYTES,
+    Limits,
+)
+
+# 2: per-request seeds, counter-based values (the same bits on every device), page-table
+# slack and range padding. Files without "format" are read as the current format.
+FORMAT_VERSION = 2
 DTYPES = ("bfloat16", "float16", "float32")
 VALUE_PROFILES = ("normal", "peaky", "near_ties", "outliers")
 POISONS = ("finite", "nan")
+# How seq_ranges pads a request's ranges: (-1, -1), or (0, 0) as vLLM does (a one-token
+# range at key 0, which adds nothing beyond causal).
+RANGE_PADDINGS = ("negative", "zero")
 
 
 class CaseError(ValueError):
@@ -39,6 +56,7 @@ class Request:
     context_len: int
     query_len: int
     ranges: tuple[tuple[int, int], ...] = ()
+    seed: int | None = None  # its values' stream; None: derived from the case seed
 
     @property
     def seq_len(self) -> int:
@@ -64,6 +82,8 @@ class CaseSpec:
     allow_overlapping_ranges: bool = False
     value_profile: str = "normal"
     poison: str = "finite"
+    page_table_slack: int = 0
+    range_padding: str = "negative"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -82,15 +102,21 @@ class CaseSpec:
     def total_k(self) -> int:
         return sum(r.seq_len for r in self.requests)
 
+    def estimated_bytes(self) -> int:
+        """Memory to materialize and judge this case: inputs in their dtype (packed, paged
+        and the target's copy), their float64 copies and outputs, plus working tiles."""
+        element = 4 if self.dtype == "float32" else 2
+        query = self.total_q * self.num_heads * (self.head_dim + 3 * self.value_dim)
+        keys = self.total_k * self.num_kv_heads * (self.head_dim + self.value_dim)
+        return query * (element + 8) + keys * (4 * element + 8) + WORKING_BYTES
+
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; optional keys at their defaults are left out."""
-        out: dict[str, Any] = {
-            "requests": [
-                {"context_len": r.context_len, "query_len": r.query_len,
-                 "ranges": [list(rg) for rg in r.ranges]}
-                for r in self.requests
-            ]
-        }
+        out: dict[str, Any] = {"format": FORMAT_VERSION, "requests": [
+            {"context_len": r.context_len, "query_len": r.query_len,
+             "ranges": [list(rg) for rg in r.ranges]} | ({} if r.seed is None else {"seed": r.seed})
+            for r in self.requests
+        ]}
         for f in fields(self):
             if f.name in ("requests", "extra"):
                 continue
@@ -112,13 +138,16 @@ _ALWAYS_WRITTEN = frozenset({
     "num_heads", "num_kv_heads", "head_dim", "dtype", "page_size", "sliding_window",
     "clamp_ranges_to_window", "softcap", "softmax_scale", "seed",
 })
-_KNOWN_KEYS = frozenset(f.name for f in fields(CaseSpec)) - {"extra"}
+_KNOWN_KEYS = frozenset(f.name for f in fields(CaseSpec)) - {"extra"} | {"format"}
+_REQUEST_KEYS = ("context_len", "query_len", "ranges", "seed")
 # Free-form annotations a reproducer may carry; they never change the computation.
-_ANNOTATION_KEYS = frozenset({"note", "diagnosis", "expect", "bug_class", "target"})
+ANNOTATION_KEYS = frozenset({"note", "diagnosis", "expect", "bug_class", "target", "signature",
+                             "versions", "replay"})
 
 
 def _int(data: Mapping[str, Any], key: str, path: str, *, minimum: int,
-         default: int | None = None, required: bool = True) -> int | None:
+         maximum: int = MAX_INT32, default: int | None = None, required: bool = True
+         ) -> int | None:
     if key not in data or data[key] is None:
         if required and default is None:
             raise _fail(f"{path}{key}", "is required")
@@ -128,17 +157,20 @@ def _int(data: Mapping[str, Any], key: str, path: str, *, minimum: int,
         raise _fail(f"{path}{key}", f"must be an integer, got {value!r}")
     if value < minimum:
         raise _fail(f"{path}{key}", f"must be >= {minimum}, got {value}")
+    if value > maximum:
+        raise _fail(f"{path}{key}", f"must be <= {maximum}, got {value}")
     return value
 
 
-def _float(data: Mapping[str, Any], key: str, *, positive: bool) -> float | None:
+def _float(data: Mapping[str, Any], key: str) -> float | None:
+    """A positive finite number no larger than MAX_MAGNITUDE, or None."""
     value = data.get(key)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise _fail(key, f"must be a finite number or null, got {value!r}")
-    if positive and value <= 0:
-        raise _fail(key, f"must be > 0, got {value}")
+    if not 0 < value <= MAX_MAGNITUDE:
+        raise _fail(key, f"must be > 0 and <= {MAX_MAGNITUDE:g}, got {value:g}")
     return float(value)
 
 
@@ -168,6 +200,8 @@ def _parse_ranges(raw: Any, path: str, allow_overlap: bool) -> tuple[tuple[int, 
         s, e = pair
         if s < 0:
             raise _fail(where, f"start {s} is negative")
+        if e > MAX_INT32:
+            raise _fail(where, f"end {e} overflows int32 positions (max {MAX_INT32})")
         if s > e:
             raise _fail(where, f"start {s} > end {e} (ends are inclusive)")
         ranges.append((s, e))
@@ -180,41 +214,70 @@ def _parse_ranges(raw: Any, path: str, allow_overlap: bool) -> tuple[tuple[int, 
     return tuple(ranges)
 
 
-def parse_case(data: Mapping[str, Any] | CaseSpec) -> CaseSpec:
+def _request(raw: Any, r: int, allow_overlap: bool, limits: Limits) -> Request:
+    path = f"requests[{r}]."
+    if not isinstance(raw, Mapping):
+        raise _fail(f"requests[{r}]", "must be an object")
+    extra_keys = sorted(set(raw) - set(_REQUEST_KEYS))
+    if extra_keys:
+        raise _fail(f"{path}{extra_keys[0]}", f"unknown key (known: {', '.join(_REQUEST_KEYS)})")
+    ranges = _parse_ranges(raw.get("ranges", []), f"{path}ranges", allow_overlap)
+    if len(ranges) > limits.max_ranges_per_request:
+        raise _fail(f"{path}ranges", f"{len(ranges)} ranges, more than the limit "
+                    f"{limits.max_ranges_per_request}")
+    request = Request(
+        context_len=_int(raw, "context_len", path, minimum=0, default=0, required=False),
+        query_len=_int(raw, "query_len", path, minimum=0),
+        ranges=ranges,
+        seed=_int(raw, "seed", path, minimum=0, maximum=MAX_SEED, required=False),
+    )
+    if request.seq_len > MAX_INT32:
+        raise _fail(f"{path}query_len", f"context_len + query_len = {request.seq_len} overflows "
+                    f"int32 positions (max {MAX_INT32})")
+    return request
+
+
+def _check_sizes(spec: CaseSpec, limits: Limits) -> None:
+    """The limits that concern the whole case, largest first."""
+    if len(spec.requests) > limits.max_requests:
+        raise _fail("requests", f"{len(spec.requests)} requests, more than the limit "
+                    f"{limits.max_requests}")
+    if spec.total_k > limits.max_total_tokens:
+        raise _fail("requests", f"{spec.total_k} tokens in all, more than the limit "
+                    f"{limits.max_total_tokens}")
+    if limits.max_bytes is not None and spec.estimated_bytes() > limits.max_bytes:
+        raise _fail("requests", f"needs about {spec.estimated_bytes() / 2**30:.1f} GiB to judge, "
+                    f"more than the {limits.max_bytes / 2**30:.1f} GiB this device allows")
+
+
+def parse_case(data: Mapping[str, Any] | CaseSpec, limits: Limits = DEFAULT_LIMITS) -> CaseSpec:
     """Validate a JSON-like mapping into a :class:`CaseSpec` (raises :class:`CaseError`)."""
     if isinstance(data, CaseSpec):
         return data
     if not isinstance(data, Mapping):
         raise CaseError(f"case: must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - _KNOWN_KEYS - _ANNOTATION_KEYS)
+    unknown = sorted(set(data) - _KNOWN_KEYS - ANNOTATION_KEYS)
     if unknown:
         raise _fail(unknown[0], f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})")
+    _int(data, "format", "", minimum=1, maximum=FORMAT_VERSION, required=False)
     allow_overlap = _bool(data, "allow_overlapping_ranges")
 
     raw_requests = data.get("requests")
     if not isinstance(raw_requests, (list, tuple)) or not raw_requests:
         raise _fail("requests", "must be a non-empty list")
-    requests = []
-    for r, raw in enumerate(raw_requests):
-        path = f"requests[{r}]."
-        if not isinstance(raw, Mapping):
-            raise _fail(f"requests[{r}]", "must be an object")
-        extra_keys = sorted(set(raw) - {"context_len", "query_len", "ranges"})
-        if extra_keys:
-            raise _fail(f"{path}{extra_keys[0]}",
-                        "unknown key (known: context_len, query_len, ranges)")
-        requests.append(Request(
-            context_len=_int(raw, "context_len", path, minimum=0, default=0, required=False),
-            query_len=_int(raw, "query_len", path, minimum=0),
-            ranges=_parse_ranges(raw.get("ranges", []), f"{path}ranges", allow_overlap),
-        ))
+    if len(raw_requests) > limits.max_requests:
+        raise _fail("requests", f"{len(raw_requests)} requests, more than the limit "
+                    f"{limits.max_requests}")
+    requests = tuple(_request(raw, r, allow_overlap, limits) for r, raw in enumerate(raw_requests))
 
-    num_heads = _int(data, "num_heads", "", minimum=1)
-    num_kv_heads = _int(data, "num_kv_heads", "", minimum=1, default=num_heads, required=False)
+    num_heads = _int(data, "num_heads", "", minimum=1, maximum=limits.max_heads)
+    num_kv_heads = _int(data, "num_kv_heads", "", minimum=1, maximum=limits.max_heads,
+                        default=num_heads, required=False)
     if num_heads % num_kv_heads:
         raise _fail("num_kv_heads", f"{num_kv_heads} does not divide num_heads {num_heads}")
-    head_dim = _int(data, "head_dim", "", minimum=1)
-    head_dim_v = _int(data, "head_dim_v", "", minimum=1, required=False)
+    head_dim = _int(data, "head_dim", "", minimum=1, maximum=limits.max_head_dim)
+    head_dim_v = _int(data, "head_dim_v", "", minimum=1, maximum=limits.max_head_dim,
+                      required=False)
     dtype = data.get("dtype")
     if dtype not in DTYPES:
         raise _fail("dtype", f"must be one of {', '.join(DTYPES)}; got {dtype!r}")
@@ -223,44 +286,62 @@ def parse_case(data: Mapping[str, Any] | CaseSpec) -> CaseSpec:
     if clamp and window is None:
         raise _fail("clamp_ranges_to_window", "needs a sliding_window")
     seed = data.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise _fail("seed", f"must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise _fail("seed", f"must be a non-negative integer below 2**63, got {seed!r}")
 
-    return CaseSpec(
-        requests=tuple(requests),
+    spec = CaseSpec(
+        requests=requests,
         num_heads=num_heads,
         num_kv_heads=num_kv_heads,
         head_dim=head_dim,
         dtype=dtype,
-        page_size=_int(data, "page_size", "", minimum=1, required=False),
+        page_size=_int(data, "page_size", "", minimum=1, maximum=limits.max_page_size,
+                       required=False),
         sliding_window=window,
         clamp_ranges_to_window=clamp,
-        softcap=_float(data, "softcap", positive=True),
-        softmax_scale=_float(data, "softmax_scale", positive=True),
+        softcap=_float(data, "softcap"),
+        softmax_scale=_float(data, "softmax_scale"),
         seed=seed,
         head_dim_v=head_dim_v,
         allow_overlapping_ranges=allow_overlap,
         value_profile=_choice(data, "value_profile", VALUE_PROFILES, "normal"),
         poison=_choice(data, "poison", POISONS, "finite"),
-        extra={k: data[k] for k in _ANNOTATION_KEYS if k in data},
+        page_table_slack=_int(data, "page_table_slack", "", minimum=0,
+                              maximum=limits.max_page_table_slack, default=0, required=False),
+        range_padding=_choice(data, "range_padding", RANGE_PADDINGS, "negative"),
+        extra={k: data[k] for k in ANNOTATION_KEYS if k in data},
     )
+    _check_sizes(spec, limits)
+    return spec
 
 
-def read_case(source: str | Path | Mapping[str, Any] | CaseSpec) -> CaseSpec:
-    """A case from a JSON file path, a JSON string, a mapping or a spec."""
+def read_case(source: str | Path | Mapping[str, Any] | CaseSpec,
+              limits: Limits = DEFAULT_LIMITS) -> CaseSpec:
+    """A case from a JSON file path, a JSON string, a mapping or a spec.
+
+    Files may be UTF-8, UTF-16 or UTF-32 (JSON's encodings); anything else is a one-line
+    :class:`CaseError`, as is a path that is not a readable file.
+    """
     if isinstance(source, (CaseSpec, Mapping)):
-        return parse_case(source)
-    text = str(source)
+        return parse_case(source, limits)
+    text: str | bytes = str(source)
     if not text.lstrip().startswith("{"):
         path = Path(text)
         if not path.is_file():
-            raise CaseError(f"case: no such file {text!r}")
-        text = path.read_text()
+            raise CaseError(f"case: no such file {str(source)!r}")
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            raise CaseError(f"case: cannot read {str(source)!r}: {exc.strerror}") from None
     try:
         data = json.loads(text)
+    except UnicodeDecodeError:
+        raise CaseError("case: not a text file (JSON must be UTF-8, UTF-16 or UTF-32)") from None
     except json.JSONDecodeError as exc:
         raise CaseError(f"case: invalid JSON ({exc.msg} at line {exc.lineno})") from None
-    return parse_case(data)
+    except RecursionError:
+        raise CaseError("case: invalid JSON (nested too deeply)") from None
+    return parse_case(data, limits)
 
 
 def without_annotations(spec: CaseSpec) -> CaseSpec:

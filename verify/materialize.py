@@ -1,11 +1,14 @@
-"""Turn a case into the tensors of the target contract (DESIGN.md section 5).
+"""Turn a case into the tensors of the target contract (docs/contract.md).
 
-Inputs are drawn in float32 from the case's seed and rounded once to the case
-dtype; every target and the float64 reference then read the same rounded values.
-The paged cache scatters each request's keys over a random permutation of pages
-and fills every slot no request owns (spare pages, slots past ``seqused_k``, the
-padding of the page table) with poison, so a kernel that reads past a sequence
-shows it in its output.
+Values come from :mod:`verify.values` (counter-based: the same bits on every device, and a
+request's values do not depend on the batch around it), drawn in float32 on the target
+device and rounded once to the case dtype; every target and the float64 reference read
+the same rounded values. The layout (lengths, ranges, page tables, each query row's
+visible key interval) is built on the host with vectorized ops and moved once. The paged
+cache scatters each request's keys over a random permutation of pages and fills every
+slot no request owns (spare pages, slots past ``seqused_k``, the padding and slack
+columns of the page table) with poison, so a kernel that reads past a sequence shows it
+in its output.
 """
 
 from __future__ import annotations
@@ -18,14 +21,20 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from references import Batch, LogWeight
+from references.mask import key_intervals, range_bounds
 from verify.case import CaseSpec, read_case
-from verify.mask import query_range_bounds
+from verify.values import below, hashed_bits, normal_from_bits, request_stream, stream_keys
 
 TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 # Large enough that an attended poisoned slot dominates its row, small enough for fp16.
 FINITE_POISON = 1024.0
 # Spare pages beyond the ones requests own, so poisoned pages exist in every layout.
 SPARE_PAGES = 2
+# Value profiles: score width, near-tie spread, outlier share and size.
+PEAKY_SCALE = 3.0
+NEAR_TIE_SPREAD = 0.01
+OUTLIER_SHARE, OUTLIER_SCALE = 0.01, 20.0
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,11 @@ class RequestView:
 
 @dataclass(frozen=True)
 class MaterializedCase:
-    """Every tensor and scalar a target may need; ``spec`` is the JSON case behind it."""
+    """Every tensor and scalar a target may need; ``spec`` is the JSON case behind it.
+
+    ``layout`` holds the same layout as host index tensors, among them each query row's
+    visible packed key rows, the only mask the references need.
+    """
 
     spec: CaseSpec
     q: Tensor
@@ -77,6 +90,7 @@ class MaterializedCase:
     head_dim: int
     head_dim_v: int
     page_size: int | None
+    layout: Layout
 
     @property
     def device(self) -> torch.device:
@@ -98,71 +112,17 @@ class MaterializedCase:
             q_start += r.query_len
             k_start += r.seq_len
 
+    def batch(self, bias: LogWeight | None = None) -> Batch:
+        """The case as the references see it (packed ``q``/``k``/``v`` and key intervals)."""
+        return Batch(self.q, self.k, self.v, self.layout.rows_lo, self.layout.rows_hi,
+                     self.softmax_scale, self.softcap, bias)
 
-def _draw_inputs(spec: CaseSpec, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v in float32 shaped by the value profile (before rounding)."""
-    h, hkv, d, dv = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.value_dim
-    q = torch.randn(spec.total_q, h, d, generator=generator)
-    k = torch.randn(spec.total_k, hkv, d, generator=generator)
-    v = torch.randn(spec.total_k, hkv, dv, generator=generator)
-    if spec.value_profile == "peaky":
-        # Scores ~9x wider than normal: softmax rows close to one-hot.
-        q, k = q * 3.0, k * 3.0
-    elif spec.value_profile == "near_ties":
-        # All keys of a head nearly equal: scores tie to within rounding.
-        k = k[:1].expand_as(k) + 0.01 * k
-    elif spec.value_profile == "outliers":
-        # About 1% of entries 20x larger, as activation outliers are.
-        for t in (k, v):
-            t.mul_(torch.where(torch.rand(t.shape, generator=generator) < 0.01, 20.0, 1.0))
-    return q, k, v
-
-
-def _poison_value(spec: CaseSpec) -> float:
-    return float("nan") if spec.poison == "nan" else FINITE_POISON
-
-
-def _paged(spec: CaseSpec, k: Tensor, v: Tensor, generator: torch.Generator
-           ) -> tuple[Tensor, Tensor, Tensor]:
-    """Scatter packed k/v into a poisoned page pool through a random page table."""
-    ps = spec.page_size
-    pages_per_request = [-(-r.seq_len // ps) for r in spec.requests]
-    num_pages = sum(pages_per_request) + SPARE_PAGES
-    permutation = torch.randperm(num_pages, generator=generator)
-    spare = permutation[sum(pages_per_request):]
-    max_pages = max(max(pages_per_request), 1)
-    # Padding entries point at a poisoned spare page, not at page 0 or out of bounds.
-    page_table = spare[0].repeat(len(spec.requests), max_pages).to(torch.int32)
-    poison = _poison_value(spec)
-    k_cache = torch.full((num_pages, ps, *k.shape[1:]), poison, dtype=k.dtype)
-    v_cache = torch.full((num_pages, ps, *v.shape[1:]), poison, dtype=v.dtype)
-    taken = k_start = 0
-    for b, (r, n_pages) in enumerate(zip(spec.requests, pages_per_request, strict=True)):
-        pages = permutation[taken:taken + n_pages]
-        taken += n_pages
-        page_table[b, :n_pages] = pages.to(torch.int32)
-        for t in range(n_pages):
-            lo = t * ps
-            hi = min(lo + ps, r.seq_len)
-            k_cache[pages[t], : hi - lo] = k[k_start + lo:k_start + hi]
-            v_cache[pages[t], : hi - lo] = v[k_start + lo:k_start + hi]
-        k_start += r.seq_len
-    return k_cache, v_cache, page_table
-
-
-def _range_tensors(spec: CaseSpec) -> tuple[Tensor, Tensor]:
-    """``query_ranges`` (total_q, 2) and ``seq_ranges`` (B, max_ranges, 2), -1 padded."""
-    rows = []
-    for r in spec.requests:
-        start, end = query_range_bounds(torch.arange(r.context_len, r.seq_len), r.ranges)
-        rows.append(torch.stack([start, end], dim=1))
-    query_ranges = torch.cat(rows).to(torch.int32)
-    max_ranges = max(max(len(r.ranges) for r in spec.requests), 1)
-    seq_ranges = torch.full((len(spec.requests), max_ranges, 2), -1, dtype=torch.int32)
-    for b, r in enumerate(spec.requests):
-        if r.ranges:
-            seq_ranges[b, : len(r.ranges)] = torch.tensor(sorted(r.ranges), dtype=torch.int32)
-    return query_ranges, seq_ranges
+    def tensors(self) -> dict[str, Tensor]:
+        """Every tensor of the contract by name (those the layout has)."""
+        names = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "k_cache",
+                 "v_cache", "page_table", "query_ranges", "seq_ranges", "context_lens",
+                 "query_lens")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
 def cumulative_lengths(lengths: list[int]) -> Tensor:
@@ -171,31 +131,157 @@ def cumulative_lengths(lengths: list[int]) -> Tensor:
                         dtype=torch.int32)
 
 
-def materialize(spec: CaseSpec, device: torch.device | str = "cpu") -> MaterializedCase:
-    """All tensors of the case on ``device``, deterministic from ``spec.seed``."""
+@dataclass(frozen=True)
+class Layout:
+    """Host-side index tensors of a case (int64), one entry per request, query or key row."""
+
+    query_lens: Tensor  # (B,)
+    seq_lens: Tensor
+    context_lens: Tensor
+    k_starts: Tensor  # first packed key row of each request
+    ranges: Tensor  # (B, R, 2) sorted, padded with (-1, -1)
+    q_request: Tensor  # (total_q,) request of each query row
+    q_positions: Tensor  # absolute position of each query row
+    range_start: Tensor  # the union of the ranges holding each query row, or -1
+    range_end: Tensor
+    rows_lo: Tensor  # the packed key rows each query row sees: [rows_lo, rows_hi]
+    rows_hi: Tensor
+    k_request: Tensor  # (total_k,)
+    k_index: Tensor  # position of each key in its request
+
+
+def layout_of(spec: CaseSpec) -> Layout:
+    """The host index tensors of ``spec`` (vectorized over rows)."""
+    query_lens = torch.tensor([r.query_len for r in spec.requests])
+    seq_lens = torch.tensor([r.seq_len for r in spec.requests])
+    context_lens = seq_lens - query_lens
+    batch = torch.arange(len(spec.requests))
+    q_request = torch.repeat_interleave(batch, query_lens)
+    k_request = torch.repeat_interleave(batch, seq_lens)
+    q_starts = torch.cumsum(query_lens, 0) - query_lens
+    k_starts = torch.cumsum(seq_lens, 0) - seq_lens
+    q_positions = torch.arange(len(q_request)) - q_starts[q_request] + context_lens[q_request]
+    width = max(max(len(r.ranges) for r in spec.requests), 1)
+    ranges = torch.full((len(spec.requests), width, 2), -1, dtype=torch.long)
+    for b, r in enumerate(spec.requests):
+        if r.ranges:
+            ranges[b, : len(r.ranges)] = torch.tensor(sorted(r.ranges))
+    candidates = ranges[q_request]
+    start, end = range_bounds(q_positions, candidates[..., 0], candidates[..., 1])
+    lo, hi = key_intervals(q_positions, start, end, seq_lens[q_request], spec.sliding_window,
+                           spec.clamp_ranges_to_window)
+    offset = k_starts[q_request]
+    return Layout(query_lens, seq_lens, context_lens, k_starts, ranges, q_request, q_positions,
+                  start, end, lo + offset, hi + offset, k_request,
+                  torch.arange(len(k_request)) - k_starts[k_request])
+
+
+def _streams(spec: CaseSpec) -> list[int]:
+    return [r.seed if r.seed is not None else request_stream(spec.seed, i)
+            for i, r in enumerate(spec.requests)]
+
+
+def _values(streams: list[int], name: str, token_request: Tensor, token_index: Tensor,
+            width: int, device: torch.device) -> Tensor:
+    """32 random bits per element of a ``(tokens, width)`` tensor of one stream kind."""
+    keys = torch.tensor([stream_keys(s, name) for s in streams], dtype=torch.long,
+                        device=device).view(-1, 2)
+    rows = token_request.to(device)
+    counter = (token_index.to(device)[:, None] * width
+               + torch.arange(width, device=device)[None, :])
+    return hashed_bits(counter, keys[rows, 0][:, None], keys[rows, 1][:, None])
+
+
+def _draw_inputs(spec: CaseSpec, layout: Layout, device: torch.device
+                 ) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v in float32 shaped by the value profile (before rounding)."""
+    h, hkv, d, dv = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.value_dim
+    streams = _streams(spec)
+    q_index = layout.q_positions - layout.context_lens[layout.q_request]
+
+    def normal(name: str, requests: Tensor, index: Tensor, heads: int, dim: int) -> Tensor:
+        bits = _values(streams, name, requests, index, heads * dim, device)
+        return normal_from_bits(bits).view(-1, heads, dim)
+
+    q = normal("q", layout.q_request, q_index, h, d)
+    k = normal("k", layout.k_request, layout.k_index, hkv, d)
+    v = normal("v", layout.k_request, layout.k_index, hkv, dv)
+    if spec.value_profile == "peaky":
+        # Scores ~9x wider than normal: softmax rows close to one-hot.
+        q, k = q * PEAKY_SCALE, k * PEAKY_SCALE
+    elif spec.value_profile == "near_ties":
+        # All keys of a request's head nearly equal: scores tie to within rounding.
+        first = layout.k_starts.to(device)[layout.k_request.to(device)]
+        k = k[first] + k * NEAR_TIE_SPREAD
+    elif spec.value_profile == "outliers":
+        # About 1% of entries 20x larger, as activation outliers are.
+        for name, t in (("k_outliers", k), ("v_outliers", v)):
+            bits = _values(streams, name, layout.k_request, layout.k_index,
+                           t.shape[1] * t.shape[2], device).view(t.shape)
+            t.mul_(torch.where(below(bits, OUTLIER_SHARE), OUTLIER_SCALE, 1.0))
+    return q, k, v
+
+
+def _poison_value(spec: CaseSpec) -> float:
+    return float("nan") if spec.poison == "nan" else FINITE_POISON
+
+
+def _paged(spec: CaseSpec, layout: Layout, k: Tensor, v: Tensor
+           ) -> tuple[Tensor, Tensor, Tensor]:
+    """Scatter packed k/v into a poisoned page pool through a random page table.
+
+    Columns past a request's pages (padding, then ``page_table_slack`` more) point at a
+    poisoned spare page, never at page 0 or out of bounds.
+    """
+    ps = spec.page_size
+    pages = (layout.seq_lens + ps - 1) // ps
+    num_pages = int(pages.sum()) + SPARE_PAGES
     generator = torch.Generator().manual_seed(spec.seed)
+    permutation = torch.randperm(num_pages, generator=generator)
+    spare = permutation[int(pages.sum())]
+    width = max(int(pages.max()), 1) + spec.page_table_slack
+    columns = torch.arange(width)
+    first_page = torch.cumsum(pages, 0) - pages
+    owned = columns[None, :] < pages[:, None]
+    index = (first_page[:, None] + columns[None, :]).clamp_max(num_pages - 1)
+    page_table = torch.where(owned, permutation[index], spare).to(torch.int32)
+    poison = _poison_value(spec)
+    device = k.device
+    slots = (page_table.long()[layout.k_request, layout.k_index // ps] * ps
+             + layout.k_index % ps).to(device)
+    caches = []
+    for t in (k, v):
+        cache = torch.full((num_pages * ps, *t.shape[1:]), poison, dtype=t.dtype, device=device)
+        cache.index_copy_(0, slots, t)
+        caches.append(cache.view(num_pages, ps, *t.shape[1:]))
+    return caches[0], caches[1], page_table.to(device)
+
+
+def materialize(spec: CaseSpec, device: torch.device | str = "cpu") -> MaterializedCase:
+    """All tensors of the case on ``device``, deterministic from the case's seeds."""
+    device = torch.device(device)
     dtype = TORCH_DTYPES[spec.dtype]
-    q, k, v = (t.to(dtype) for t in _draw_inputs(spec, generator))
+    layout = layout_of(spec)
+    q, k, v = (t.to(dtype) for t in _draw_inputs(spec, layout, device))
     k_cache = v_cache = page_table = None
     if spec.page_size is not None:
-        k_cache, v_cache, page_table = _paged(spec, k, v, generator)
-    query_ranges, seq_ranges = _range_tensors(spec)
-    query_lens = [r.query_len for r in spec.requests]
-    seq_lens = [r.seq_len for r in spec.requests]
-
-    def put(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t.to(device)
-
+        k_cache, v_cache, page_table = _paged(spec, layout, k, v)
+    seq_ranges = layout.ranges.clone()
+    if spec.range_padding == "zero":
+        seq_ranges[seq_ranges < 0] = 0
+    host = {
+        "cu_seqlens_q": cumulative_lengths(layout.query_lens.tolist()),
+        "cu_seqlens_k": cumulative_lengths(layout.seq_lens.tolist()),
+        "seqused_k": layout.seq_lens.to(torch.int32),
+        "query_ranges": torch.stack([layout.range_start, layout.range_end], 1).to(torch.int32),
+        "seq_ranges": seq_ranges.to(torch.int32),
+        "context_lens": layout.context_lens.to(torch.int32),
+        "query_lens": layout.query_lens.to(torch.int32),
+    }
+    moved = {name: t.to(device, non_blocking=True) for name, t in host.items()}
     return MaterializedCase(
-        spec=spec,
-        q=put(q), k=put(k), v=put(v),
-        cu_seqlens_q=put(cumulative_lengths(query_lens)),
-        cu_seqlens_k=put(cumulative_lengths(seq_lens)),
-        seqused_k=put(torch.tensor(seq_lens, dtype=torch.int32)),
-        k_cache=put(k_cache), v_cache=put(v_cache), page_table=put(page_table),
-        query_ranges=put(query_ranges), seq_ranges=put(seq_ranges),
-        context_lens=put(torch.tensor([r.context_len for r in spec.requests], dtype=torch.int32)),
-        query_lens=put(torch.tensor(query_lens, dtype=torch.int32)),
+        spec=spec, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, page_table=page_table,
+        **moved,
         softmax_scale=spec.resolved_scale,
         sliding_window=spec.sliding_window,
         clamp_ranges_to_window=spec.clamp_ranges_to_window,
@@ -206,6 +292,7 @@ def materialize(spec: CaseSpec, device: torch.device | str = "cpu") -> Materiali
         head_dim=spec.head_dim,
         head_dim_v=spec.value_dim,
         page_size=spec.page_size,
+        layout=layout,
     )
 
 

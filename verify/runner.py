@@ -1,31 +1,59 @@
-"""Run one target on one case and judge it: the step shared by tests, fuzz and replay."""
+"""Run one target on a case and judge it: the step shared by tests, fuzz, replay and workers.
+
+The referee never blames the innocent and never loses a verdict to the kernel it judges:
+
+* the truth (float64 reference, baseline) is computed before the target runs;
+* the target runs on its own copy of every input; a copy that changed afterwards names the
+  tensor the target wrote into; the originals and the truth are fingerprinted before and
+  after the call, so a write outside the target's own tensors is seen too;
+* an exception, ``sys.exit`` or a result of the wrong type, device, dtype or shape is an
+  ``error`` verdict with one line that says which, never a traceback of the suite.
+
+Crashes, hangs and ``os._exit`` cannot be caught in-process: :mod:`fuzz.workers` runs this
+in a worker process and turns those into verdicts too.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from verify.compare import Expected, Verdict, check, expected
+import torch
+from torch import Tensor
+
+from verify.compare import Expected, Segment, Verdict, expected, judge, whole
 from verify.materialize import MaterializedCase
-from verify.targets import Target
+from verify.target import Target
 
 PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
 
 
 @dataclass
 class Outcome:
-    """What happened: ``status`` is pass, fail, skip (with a reason) or error (it raised)."""
+    """What happened: ``status`` is pass, fail, skip (with a reason) or error (``reason``).
+
+    ``kind`` says what went wrong (the verdict's kind, ``error:<Exception>``,
+    ``mutated-input``, ``crash``, ``timeout``, ...); ``distance`` is an approximate
+    target's verdict against the exact reference (how far it is from exact attention).
+    """
 
     target: str
     status: str
     verdict: Verdict | None = None
     reason: str = ""
     seconds: float = 0.0
+    kind: str = ""
+    distance: Verdict | None = None
 
     @property
     def failed(self) -> bool:
         return self.status in (FAIL, ERROR)
+
+    @property
+    def where(self) -> str:
+        return self.verdict.where if self.verdict is not None else "whole-case"
 
     def summary(self) -> str:
         if self.verdict is not None:
@@ -40,31 +68,134 @@ class TruthCache:
         self._case: MaterializedCase | None = None
         self._truths: dict[str | None, Expected] = {}
 
-    def get(self, case: MaterializedCase, target: Target) -> Expected:
+    def get(self, case: MaterializedCase, target: Target | None) -> Expected:
+        """The truth ``target`` is judged against (None: the exact reference)."""
         if case is not self._case:
             self._case, self._truths = case, {}
-        bias = target.score_bias(case)
-        key = None if bias is None else getattr(bias, "__qualname__", repr(bias))
+        bias = None if target is None else target.model_bias(case)
+        key = None if bias is None else type(target).model_bias.__qualname__
         if key not in self._truths:
-            self._truths[key] = expected(case, score_bias=bias)
+            self._truths[key] = expected(case, bias)
         return self._truths[key]
+
+
+@dataclass
+class Judged:
+    """One run of a target on a (packed) case: an outcome per segment, and timings."""
+
+    outcomes: list[Outcome]
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _fingerprint(t: Tensor) -> int:
+    """A cheap checksum of a tensor's bits (any change of a few elements changes it)."""
+    if not t.numel():
+        return 0
+    bits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
+    flat = t.detach().contiguous().view(-1).view(bits).to(torch.int64)
+    weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.int64) % 65521
+    return int((flat * weights).sum())
+
+
+def _copy(case: MaterializedCase) -> MaterializedCase:
+    """The case with every tensor (and host index tensor) copied: what the target gets."""
+    layout = dataclasses.replace(case.layout, **{
+        f.name: getattr(case.layout, f.name).clone() for f in dataclasses.fields(case.layout)})
+    return dataclasses.replace(case, layout=layout,
+                               **{name: t.clone() for name, t in case.tensors().items()})
+
+
+def _changed(original: MaterializedCase, copy: MaterializedCase) -> list[str]:
+    """Names of the tensors whose bits differ between the two."""
+    copies = copy.tensors()
+    names = [name for name, t in original.tensors().items()
+             if copies[name].shape != t.shape or not torch.equal(_bits(copies[name]), _bits(t))]
+    return names + [f"layout.{f.name}" for f in dataclasses.fields(original.layout)
+                    if not torch.equal(getattr(original.layout, f.name),
+                                       getattr(copy.layout, f.name))]
+
+
+def _bits(t: Tensor) -> Tensor:
+    """The tensor's bits as integers (so NaN equals NaN)."""
+    bits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
+    return t.contiguous().view(bits)
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: first line of the message (file:line where it was raised)``."""
+    lines = str(exc).strip().splitlines()
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" ({frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {lines[0] if lines else ''}{where}"
+
+
+def _error(target: Target, kind: str, reason: str, count: int, seconds: float = 0.0
+           ) -> list[Outcome]:
+    return [Outcome(target.name, ERROR, reason=reason, kind=kind, seconds=seconds)
+            for _ in range(count)]
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment] | None = None,
+                  truths: TruthCache | None = None) -> Judged:
+    """Run ``target`` once on ``case`` and judge every segment (default: the whole case).
+
+    Never raises for the target's fault. Timings: ``reference`` (truth), ``target`` (the
+    call, synchronized), ``judge``.
+    """
+    segments = segments or [whole(case)]
+    truths = truths or TruthCache()
+    timings: dict[str, float] = {}
+    start = time.perf_counter()
+    truth = truths.get(case, target)
+    exact = None if target.exact else truths.get(case, None)
+    fingerprints = [_fingerprint(t) for t in (*case.tensors().values(), truth.out, truth.lse)]
+    given = _copy(case)
+    _synchronize(case.device)
+    timings["reference"] = time.perf_counter() - start
+    start = time.perf_counter()
+    try:
+        out, lse = target.run(given)
+        _synchronize(case.device)
+    except SystemExit as exc:
+        return Judged(_error(target, "exit", f"the target called sys.exit({exc.code!r})",
+                             len(segments), time.perf_counter() - start), timings)
+    except Exception as exc:  # the target's own failure is a verdict, not a crash of the suite
+        return Judged(_error(target, f"error:{type(exc).__name__}", _one_line(exc),
+                             len(segments), time.perf_counter() - start), timings)
+    seconds = time.perf_counter() - start
+    timings["target"] = seconds
+    start = time.perf_counter()
+    mutated = _changed(case, given)
+    if mutated:
+        return Judged(_error(target, "mutated-input", "the target wrote into its input "
+                             + ", ".join(mutated), len(segments), seconds), timings)
+    after = [_fingerprint(t) for t in (*case.tensors().values(), truth.out, truth.lse)]
+    if after != fingerprints:
+        return Judged(_error(target, "wild-write", "memory outside the target's own tensors "
+                             "changed during its call (the referee's inputs or truth)",
+                             len(segments), seconds), timings)
+    verdicts = judge(case, out, lse, truth, segments, wants_lse=target.capabilities.lse)
+    distances = (judge(case, out, lse, exact, segments, wants_lse=target.capabilities.lse)
+                 if exact is not None else [None] * len(segments))
+    timings["judge"] = time.perf_counter() - start
+    outcomes = []
+    for verdict, distance in zip(verdicts, distances, strict=True):
+        status = PASS if verdict.passed else (FAIL if verdict.judgeable else ERROR)
+        outcomes.append(Outcome(target.name, status, verdict, kind=verdict.kind,
+                                seconds=seconds / len(segments), distance=distance))
+    return Judged(outcomes, timings)
 
 
 def evaluate(target: Target, case: MaterializedCase, truths: TruthCache | None = None
              ) -> Outcome:
-    """Run ``target`` on ``case`` and apply the policy; never raises for a target's fault."""
+    """Run ``target`` on ``case`` and apply the policy, or skip it with the reason why."""
     reason = target.unavailable_reason() or target.unsupported_reason(case.spec,
                                                                       case.device.type)
     if reason:
         return Outcome(target.name, SKIP, reason=reason)
-    start = time.perf_counter()
-    try:
-        out, lse = target.run(case)
-    except Exception as exc:  # the target's own failure is a finding, not a crash of the suite
-        last = traceback.extract_tb(exc.__traceback__)[-1]
-        return Outcome(target.name, ERROR, reason=f"{type(exc).__name__}: {exc} "
-                       f"({last.filename}:{last.lineno})", seconds=time.perf_counter() - start)
-    seconds = time.perf_counter() - start
-    truth = (truths or TruthCache()).get(case, target)
-    verdict = check(case, out, lse if target.capabilities.lse else None, truth)
-    return Outcome(target.name, PASS if verdict.passed else FAIL, verdict, seconds=seconds)
+    return run_and_judge(target, case, truths=truths).outcomes[0]

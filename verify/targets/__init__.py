@@ -11,7 +11,8 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from verify.targets.base import Capabilities, Target
+from verify.capabilities import Capabilities
+from verify.target import Target
 
 # name -> "module:factory"; imported on first use so that a missing optional package
 # (triton, flash-attn-4) only makes its own target unavailable.

@@ -7,8 +7,9 @@ from collections.abc import Callable
 
 from torch import Tensor
 
+from verify.capabilities import Capabilities
 from verify.materialize import MaterializedCase
-from verify.targets.base import Capabilities, Target
+from verify.target import Target
 
 
 class ExternalTarget(Target):

@@ -25,10 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from verify.capabilities import Capabilities
 from verify.case import CaseSpec
 from verify.gpu import fa4_unavailable_reason
 from verify.materialize import MaterializedCase
-from verify.targets.base import Capabilities, Target
+from verify.target import Target
 
 # Stands in for "no window" in the runtime window slot: wider than any sequence, and
 # p - j stays far from int32 overflow.

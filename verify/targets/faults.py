@@ -16,11 +16,11 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from references.scores import block_mask
+from references.mask import visible_keys
 from verify.capabilities import Capabilities
-from verify.mask import visible_keys
+from verify.mask import block_mask
 from verify.materialize import MaterializedCase, RequestView
-from verify.targets.base import Target
+from verify.target import Target
 
 # Query-tile height of the "key loop stops at the causal tile" fault.
 FAULT_TILE = 16

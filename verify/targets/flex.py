@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from verify.materialize import MaterializedCase
-from verify.targets.base import Target
+from verify.target import Target
 
 
 def _token_tables(case: MaterializedCase) -> dict[str, Tensor]:

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from references import reference_attention
 from verify.materialize import MaterializedCase
-from verify.targets.base import Target
+from verify.target import Target
 
 
 class ReferenceTarget(Target):
@@ -14,5 +14,5 @@ class ReferenceTarget(Target):
         super().__init__("reference", "float64 exact-mask reference, rounded to the case dtype")
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
-        out, lse = reference_attention(case)
+        out, lse = reference_attention(case.batch())
         return out.to(case.dtype), lse.float()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from references.scores import block_mask
+from verify.capabilities import Capabilities
+from verify.mask import block_mask
 from verify.materialize import MaterializedCase
-from verify.targets.base import Capabilities, Target
+from verify.target import Target
 
 # Query rows per SDPA call; bounds the dense (rows, seq_len) mask.
 QUERY_BLOCK = 1024

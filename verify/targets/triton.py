@@ -16,9 +16,10 @@ import importlib.util
 import torch
 from torch import Tensor
 
+from verify.capabilities import Capabilities
 from verify.kernels.interpreter import interpreter_enabled
 from verify.materialize import MaterializedCase
-from verify.targets.base import Capabilities, Target
+from verify.target import Target
 
 # The interpreter runs about a thousand times slower than the GPU: cap the keys per case.
 INTERPRETER_MAX_TOKENS = 128

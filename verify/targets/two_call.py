@@ -1,4 +1,4 @@
-"""The two-call decompositions of prefix attention, over any :class:`verify.engines.Engine`.
+"""The two-call decompositions of prefix attention, over any :class:`verify.targets.engines.Engine`.
 
 ``two_call_<engine>`` (what engines on FA2/FA3 ship; DESIGN.md section 3):
 
@@ -9,7 +9,7 @@
 * ``merge_attn_states`` of A and B (Triton on CUDA, torch otherwise).
 
 The merge counts the keys both calls read twice, so this is *not* exact attention: it is
-judged against its exact model, :class:`references.overlap.OverlapBias`.
+judged against its exact model, :func:`overlap_weight` (``ln 2`` on the overlap keys).
 
 ``replace_<engine>`` is exact: a query inside ``(s, e)`` sees exactly the keys
 ``[0, min(e, seq_len - 1)]`` (windowed under ``clamp_ranges_to_window``), so one dense
@@ -22,18 +22,19 @@ chunk that starts inside an image.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
-from references.overlap import OverlapBias
-from references.scores import ScoreBias
+from references import LogWeight
+from references.mask import overlap_intervals
 from verify.case import CaseSpec
-from verify.engines import ENGINES, Engine
 from verify.kernels.merge_states import merge_attn_states_torch, merge_attn_states_triton
 from verify.materialize import MaterializedCase, cumulative_lengths
-from verify.targets.base import Target
+from verify.target import Target
+from verify.targets.engines import ENGINES, Engine
 
 
 @dataclass(frozen=True)
@@ -64,8 +65,18 @@ def range_spans(case: MaterializedCase) -> list[RangeSpan]:
     return spans
 
 
+def overlap_weight(case: MaterializedCase) -> LogWeight:
+    """The two-call model: ``ln 2`` on the keys both calls read (the causal keys of the query's
+    range, :func:`references.mask.overlap_intervals`), in packed key rows."""
+    layout = case.layout
+    lo, hi = overlap_intervals(layout.q_positions, layout.range_start, layout.range_end,
+                               layout.seq_lens[layout.q_request], case.sliding_window)
+    offset = layout.k_starts[layout.q_request]
+    return LogWeight(lo + offset, hi + offset, math.log(2.0))
+
+
 def _window(sliding_window: int | None) -> dict[str, int]:
-    """The engine keyword for a window, passed only when one applies (see verify.engines)."""
+    """The engine keyword for a window, passed only when one applies (see engines.py)."""
     return {} if sliding_window is None else {"sliding_window": sliding_window}
 
 
@@ -149,8 +160,8 @@ class TwoCallTarget(_Decomposition):
                          "causal call, dense call per image range, LSE merge (overlap keys "
                          "[s, p] counted twice; judged against that model)", exact=False)
 
-    def score_bias(self, case: MaterializedCase) -> ScoreBias | None:
-        return OverlapBias(case.sliding_window)
+    def model_bias(self, case: MaterializedCase) -> LogWeight | None:
+        return overlap_weight(case)
 
     def attend(self, case: MaterializedCase) -> tuple[Tensor, Tensor]:
         out_a, lse_a = _causal_call(case, self.engine)

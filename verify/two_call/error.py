@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 from references import reference_attention
-from references.overlap import OverlapBias, overlap_keys
-from references.scores import block_mask, expand_kv_heads, masked_scores
+from references.batch import interval_mask, plan_blocks
+from references.reference import scores
 from verify.compare import check, expected
-from verify.engines import REFERENCE_ENGINE
 from verify.materialize import MaterializedCase
-from verify.targets.two_call import TwoCallTarget
+from verify.targets.engines import REFERENCE_ENGINE
+from verify.targets.two_call import TwoCallTarget, overlap_weight
 
 # Query rows per block of explicit (H, rows, seq_len) probabilities.
 QUERY_BLOCK = 256
@@ -49,24 +49,21 @@ class OverlapError:
 
 def _mass_and_tv(case: MaterializedCase) -> tuple[Tensor, Tensor]:
     """Overlap mass and total variation from explicit exact and two-call probability rows."""
-    h = case.num_heads
-    mass = torch.zeros(h, case.q.shape[0], dtype=torch.float64, device=case.device)
+    mass = torch.zeros(case.num_heads, case.q.shape[0], dtype=torch.float64, device=case.device)
     tv = torch.zeros_like(mass)
-    bias = OverlapBias(case.sliding_window)
-    for view in case.requests():
-        k = expand_kv_heads(case.k[view.k_slice].double(), h)
-        k_pos = torch.arange(view.seq_len, device=case.device)
-        for q0 in range(0, view.query_len, QUERY_BLOCK):
-            q1 = min(q0 + QUERY_BLOCK, view.query_len)
-            q_pos = torch.arange(view.context_len + q0, view.context_len + q1, device=case.device)
-            q = case.q[view.q_slice][q0:q1].double()
-            mask = block_mask(case, view, q_pos, k_pos)
-            exact = torch.softmax(masked_scores(case, view, q, k, q_pos, k_pos, mask, None), -1)
-            two_call = torch.softmax(masked_scores(case, view, q, k, q_pos, k_pos, mask, bias), -1)
-            overlap = overlap_keys(q_pos, k_pos, view.ranges, view.seq_len, case.sliding_window)
-            rows = slice(view.q_start + q0, view.q_start + q1)
-            mass[:, rows] = (exact * overlap).sum(dim=-1)
-            tv[:, rows] = 0.5 * (exact - two_call).abs().sum(dim=-1)
+    batch, weight = case.batch(), overlap_weight(case)
+    lo, hi = batch.lo.to(case.device), batch.hi.to(case.device)
+    overlap_lo, overlap_hi = weight.lo.to(case.device), weight.hi.to(case.device)
+    for b in plan_blocks(batch.lo, batch.hi, QUERY_BLOCK):
+        rows = slice(b.r0, b.r1)
+        s = scores(batch, rows, b.k0, b.k1)
+        hidden = ~interval_mask(lo[rows], hi[rows], b.k0, b.k1)
+        overlap = interval_mask(overlap_lo[rows], overlap_hi[rows], b.k0, b.k1)
+        exact = torch.softmax(s.masked_fill(hidden, -math.inf), dim=-1)
+        biased = s + overlap.double() * weight.weight
+        two_call = torch.softmax(biased.masked_fill(hidden, -math.inf), dim=-1)
+        mass[:, rows] = (exact * overlap).sum(dim=-1)
+        tv[:, rows] = 0.5 * (exact - two_call).abs().sum(dim=-1)
     return mass, tv
 
 
@@ -79,7 +76,7 @@ def measure(case: MaterializedCase) -> OverlapError:
     reason = two_call.unsupported_reason(case.spec, case.device.type)
     if reason:
         raise ValueError(f"two-call error of this case: {reason}")
-    exact_out, exact_lse = reference_attention(case)
+    exact_out, exact_lse = reference_attention(case.batch())
     two_call_out, two_call_lse = two_call.attend(case)
     mass, tv = _mass_and_tv(case)
     diff = two_call_out - exact_out
@@ -97,4 +94,4 @@ def matches_two_call_model(case: MaterializedCase, out: Tensor, lse: Tensor | No
     Run on a target that claims to be exact and fails: True names the bug, an
     unmerged-overlap two-call path.
     """
-    return check(case, out, lse, expected(case, OverlapBias(case.sliding_window))).passed
+    return check(case, out, lse, expected(case, overlap_weight(case))).passed

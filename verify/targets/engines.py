@@ -33,7 +33,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from references.scores import expand_kv_heads
+from references import expand_kv_heads
 from verify.capabilities import Capabilities
 from verify.case import DTYPES
 from verify.gpu import fa4_unavailable_reason

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from references.scores import ScoreBias
+from references import LogWeight
 from verify.capabilities import Capabilities
 from verify.case import CaseSpec
 from verify.materialize import MaterializedCase
@@ -19,7 +19,7 @@ class Target:
     name: str
     description: str = ""
     capabilities: Capabilities = field(default_factory=Capabilities)
-    exact: bool = True  # False: it claims to match the model given by score_bias, not the mask
+    exact: bool = True  # False: it claims to match the model given by model_bias, not the mask
 
     def unavailable_reason(self) -> str | None:
         """Why this target cannot run on this machine at all (missing package, GPU), or None."""
@@ -38,7 +38,7 @@ class Target:
         return (spec.dtype, spec.num_heads // spec.num_kv_heads, spec.head_dim,
                 spec.value_dim, spec.page_size is not None, spec.softcap is not None)
 
-    def score_bias(self, case: MaterializedCase) -> ScoreBias | None:
+    def model_bias(self, case: MaterializedCase) -> LogWeight | None:
         """The log-weight model this target claims to compute (None: the exact mask)."""
         return None
 

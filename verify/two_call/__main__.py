@@ -1,0 +1,5 @@
+"""``python -m verify.two_call``: see :mod:`verify.two_call.report`."""
+
+from verify.two_call.report import main
+
+raise SystemExit(main())
