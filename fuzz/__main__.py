@@ -2,4 +2,6 @@
 
 from fuzz.cli import main
 
-raise SystemExit(main())
+# Worker processes import the main module again (as __mp_main__): only run here.
+if __name__ == "__main__":
+    raise SystemExit(main())

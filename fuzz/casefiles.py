@@ -1,19 +1,19 @@
 """Cases for people: reproducer and golden files, and one-line descriptions.
 
-Files are DESIGN.md case JSON plus annotations (target, diagnosis, bug_class,
-expect, note), written one key and one request per line so that a diff or a
-glance shows the layout.
+Files are case JSON (docs/contract.md) plus annotations (target, signature, diagnosis,
+bug_class, versions, replay, expect, note), written one key and one request per line so
+that a diff or a glance shows the layout.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fuzz.journal import write_atomically
 from verify.case import CaseSpec, without_annotations
 from verify.runner import Outcome
 from verify.targets.faults import FAULTS
@@ -62,32 +62,58 @@ def describe_case(spec: CaseSpec) -> str:
         parts.append(f"{spec.poison} poison")
     if spec.allow_overlapping_ranges:
         parts.append("overlapping ranges")
+    if spec.page_table_slack:
+        parts.append(f"{spec.page_table_slack} slack page columns")
+    if spec.range_padding != "negative":
+        parts.append(f"{spec.range_padding} range padding")
     parts.append(f"seed {spec.seed}")
     return ", ".join(parts)
 
 
 def bug_class(target: str) -> int | None:
-    """The BUGS.md class of a planted fault target, None for any other target."""
+    """The bug class (docs/bugs.md) of a planted fault target, None for any other target."""
     fault = FAULTS.get(target.removeprefix("fault:")) if target.startswith("fault:") else None
     return fault.bug_class if fault is not None else None
 
 
-def reproducer_name(target: str, spec: CaseSpec) -> str:
-    """A file name from the target and the case contents (same failure, same file)."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", target)
-    digest = hashlib.sha1(without_annotations(spec).to_json().encode()).hexdigest()[:8]
-    return f"repro-{slug}-{digest}.json"
+def import_root(target: str) -> Path | None:
+    """For a ``module:callable`` target, the directory its module was imported from."""
+    if target.startswith("fault:") or ":" not in target:
+        return None
+    module = sys.modules.get(target.partition(":")[0])
+    if module is None or not getattr(module, "__file__", None):
+        return None
+    path = Path(module.__file__).resolve()
+    depth = module.__name__.count(".") + (path.name == "__init__.py")
+    return path.parents[depth]
 
 
-def save_reproducer(spec: CaseSpec, outcome: Outcome, directory: Path) -> Path:
-    """Write the failing case with its target and diagnosis; returns the file."""
+def relative(path: Path) -> str:
+    """``path`` relative to the working directory when it is below it (shorter to paste)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def replay_command(target: str, path: Path) -> str:
+    """The command that reruns a reproducer, with the PYTHONPATH its target needs."""
+    root = import_root(target)
+    prefix = f"PYTHONPATH={relative(root)} " if root is not None else ""
+    return f"{prefix}python -m fuzz replay {relative(path)}"
+
+
+def write_reproducer(spec: CaseSpec, outcome: Outcome, signature: str, path: Path,
+                     versions: dict[str, str | None]) -> Path:
+    """Write the failing case with its target, signature, diagnosis and versions."""
     data = without_annotations(spec).to_dict()
     data["target"] = outcome.target
+    data["signature"] = signature
     data["diagnosis"] = outcome.summary()
     klass = bug_class(outcome.target)
     if klass is not None:
         data["bug_class"] = klass
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / reproducer_name(outcome.target, spec)
-    path.write_text(case_json(data))
+    data["versions"] = versions
+    data["replay"] = replay_command(outcome.target, path)
+    write_atomically(path, case_json(data))
     return path

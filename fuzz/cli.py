@@ -1,7 +1,8 @@
 """``python -m fuzz``: fuzz targets, replay reproducers, check or regenerate golden/.
 
-Exit codes: 0 clean, 1 a failure (or a golden mismatch) was found, 2 a usage or
-input error, reported in one line (unknown target, invalid case file, bad value).
+Exit codes: 0 clean, 1 a failure (or a golden mismatch) was found, 2 a usage or input
+error (reported in one line), 3 inconclusive (no failure, but a target judged fewer
+cases than ``--min-cases``), 130 interrupted (the partial report is written).
 """
 
 from __future__ import annotations
@@ -9,33 +10,56 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import signal
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from types import FrameType
 
 import torch
 from rich.console import Console
 
-from fuzz.casefiles import save_reproducer
-from fuzz.explore import Budget, explore
-from fuzz.golden import GOLDEN_DIR, check_expectation, expectations, golden_files
+from fuzz.campaign import Campaign, Settings
+from fuzz.casefiles import relative
+from fuzz.golden import check_expectation, expectations, golden_files
 from fuzz.golden_cases import GoldenError, regenerate
+from fuzz.journal import JournalError, RunDirectory, check_writable_file
 from fuzz.junit import write_junit
+from fuzz.models import MODELS
 from fuzz.progress import FuzzProgress
-from fuzz.report import RunReport, TargetReport, render_table, write_reports
+from fuzz.report import RunReport, render_table, report_json, report_markdown
+from fuzz.schedule import run_campaigns
+from fuzz.signature import ExpectationError, expected_failures
 from fuzz.spaces import PROFILES, default_profile, space_for
+from fuzz.strategies import Space
+from fuzz.workers import WorkerPool
+from golden import GOLDEN_DIR
 from verify.case import CaseError, CaseSpec, read_case
-from verify.kernels.interpreter import use_interpreter_without_cuda
+from verify.jobs import Job
+from verify.kernels.interpreter import interpreter_patches, use_interpreter_without_cuda
+from verify.limits import Limits, memory_limit
 from verify.materialize import materialize
-from verify.runner import TruthCache, evaluate
-from verify.targets import Target, available_targets, get_target
+from verify.plotting import PlotsUnavailable
+from verify.runner import TruthCache
+from verify.target import Target
+from verify.targets import available_targets, get_target
+from verify.versions import device_description, suite_version, versions
 
-EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE = 0, 1, 2
+EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 # Seconds of exploration when neither --budget nor --examples is given: the whole
 # default run (imports, every CPU target, reports) stays near a minute.
 DEFAULT_BUDGET = 45.0
-DEFAULT_SHRINK_BUDGET = 30.0
+DEFAULT_SHRINK_SECONDS = 20.0
+# A target's call may take this long: a first FA4 compile takes up to ~16 s, and a pack
+# of the largest GPU cases some seconds more.
+DEFAULT_CASE_TIMEOUT = 120.0
+DEFAULT_MIN_CASES = 10
+DEFAULT_MAX_FAILURES = 5
+# Cases and keys per pack: small on a CPU (cases are small, a pack is latency), large on
+# a GPU (one kernel call, one reference for many cases).
+PACK_SIZES = {"cpu": (8, 1024), "cuda": (32, 32768)}
 COMMANDS = ("run", "replay", "golden")
 PROG = "python -m fuzz"
 
@@ -66,59 +90,91 @@ def _positive(kind: type[int] | type[float]) -> type:
 
 
 def _seed(text: str) -> int:
-    if not text.isdigit():
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text!r}")
+    if not text.isdigit() or int(text) >= 2**63:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}")
     return int(text)
 
 
-def _device_option(parser: argparse.ArgumentParser) -> None:
+def _version_line() -> str:
+    found = versions()
+    others = ", ".join(f"{name} {found[name]}" for name in ("torch", "triton", "flash-attn-4")
+                       if found[name])
+    return f"prefix-attention-referee {suite_version()} ({others}; python {found['python']})"
+
+
+def _device_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="where cases run (default: cuda if available, else cpu)")
+    parser.add_argument("--isolation", choices=("process", "none"), default="process",
+                        help="run kernels in worker processes that a crash or hang cannot take "
+                             "down (default), or in this process, for a debugger")
+    parser.add_argument("--case-timeout", type=_positive(float), default=DEFAULT_CASE_TIMEOUT,
+                        metavar="SECONDS",
+                        help="a target's call running longer is an error and its worker is "
+                             "restarted (default: %(default)g, which allows for compiling)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version_line())
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser(
         "run", prog=f"{PROG} [run]",
-        description="Fuzz targets against the float64 reference with Hypothesis; shrink "
-                    "each failure to a minimal case and save it as a reproducer.",
+        description="Fuzz targets against the float64 reference; group failures by signature; "
+                    "shrink each distinct one to a small case and save it as a reproducer.",
         epilog=f"Other commands: '{PROG} replay FILE...' reruns reproducers or any case "
-               f"file; '{PROG} golden [--regenerate]' checks (or rewrites) golden/. "
-               "Exit codes: 0 clean, 1 failures found, 2 usage or input error.")
+               f"file; '{PROG} golden [--regenerate]' checks (or rewrites) the golden cases. "
+               "Exit codes: 0 clean, 1 failures, 2 usage or input error, 3 inconclusive, "
+               "130 interrupted.")
     run.add_argument("--target", action="append", metavar="NAME",
                      help="a registered target, fault:<name> or module:callable; repeatable "
                           "(default: every target available on the device)")
+    run.add_argument("--model", choices=sorted(MODELS),
+                     help="draw the attention shapes of this model's layers (docs/models.md)")
     run.add_argument("--budget", type=_positive(float), metavar="SECONDS",
-                     help="seconds of exploration in all, split evenly over the targets "
+                     help="seconds of exploration in all, shared by the targets "
                           f"(default: {DEFAULT_BUDGET:g} unless --examples is given)")
     run.add_argument("--examples", type=_positive(int), metavar="N",
-                     help="cases per target; with --budget, whichever ends first")
+                     help="judged cases per target; with --budget, whichever ends first")
+    run.add_argument("--min-cases", type=_positive(int), default=DEFAULT_MIN_CASES, metavar="N",
+                     help="a target judging fewer cases is inconclusive, not clean "
+                          "(default: %(default)s)")
+    run.add_argument("--max-failures", type=_positive(int), default=DEFAULT_MAX_FAILURES,
+                     metavar="N", help="stop a target after N distinct new failures "
+                                       "(default: %(default)s)")
     run.add_argument("--shrink-budget", type=_positive(float), metavar="SECONDS",
-                     default=DEFAULT_SHRINK_BUDGET,
-                     help="seconds a target's failure may be shrunk for, on top of the budget "
-                          "(default: %(default)g)")
+                     default=DEFAULT_SHRINK_SECONDS,
+                     help="seconds each distinct failure may be shrunk for (default: "
+                          "%(default)g)")
+    run.add_argument("--expect-failures", action="append", type=Path, metavar="FILE",
+                     default=[], help="known failures (a reproducer, or "
+                     '{"expected": [{"target": ..., "signature": ...}]}): reported, not '
+                     "failing; repeatable")
     run.add_argument("--seed", type=_seed, help="seed of the case stream (default: random; "
                      "the report records it)")
     run.add_argument("--profile", choices=sorted(PROFILES),
                      help="the space cases are drawn from, narrowed per target to what it "
                           "declares it accepts (default: gpu on cuda, cpu on cpu)")
-    _device_option(run)
+    run.add_argument("--devices", metavar="LIST",
+                     help="with --device cuda: the GPUs to use, e.g. cuda:0,cuda:1 (default: "
+                          "every visible one); each runs its own workers")
+    _device_options(run)
     run.add_argument("--report-dir", type=Path, default=Path("fuzz-out"), metavar="DIR",
-                     help="where reproducers and reports go (default: %(default)s)")
+                     help="each run writes into a new directory here (default: %(default)s)")
     run.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
     run.set_defaults(handler=run_command)
 
     replay = commands.add_parser(
         "replay", prog=f"{PROG} replay",
         description="Rerun case files (reproducers, golden files, any case JSON) and print "
-                    "each verdict. Exit 1 if any target fails.")
+                    "each verdict. Exit 1 if any target fails, 2 if a target asked for "
+                    "(--target, or a file's 'target') cannot run here.")
     replay.add_argument("files", nargs="+", type=Path, metavar="FILE")
     replay.add_argument("--target", action="append", metavar="NAME",
                         help="run on this target (repeatable; default: the file's 'target' "
                              "annotation, else the targets of its 'expect' annotation)")
-    _device_option(replay)
+    _device_options(replay)
     replay.set_defaults(handler=replay_command)
 
     golden = commands.add_parser(
@@ -130,13 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rewrite the golden files from fuzz/golden_cases.py instead")
     golden.add_argument("--dir", type=Path, default=GOLDEN_DIR, metavar="DIR",
                         help="the golden directory (default: the cases shipped with the suite)")
-    _device_option(golden)
+    golden.add_argument("--device", choices=("cpu", "cuda"),
+                        help="where cases run (default: cuda if available, else cpu)")
     golden.set_defaults(handler=golden_command)
     return parser
 
 
 def _resolve_device(requested: str | None) -> str:
-    """The device to run on; on CPU, also one torch thread unless OMP_NUM_THREADS says.
+    """The device type to run on; on CPU, also one torch thread unless OMP_NUM_THREADS says.
 
     Cases are small: a thread pool only adds synchronisation per tiny op, which on a
     busy 2-core machine made the CPU fuzzer ten times slower.
@@ -147,6 +204,22 @@ def _resolve_device(requested: str | None) -> str:
     if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
         torch.set_num_threads(1)
     return device
+
+
+def _devices(device: str, listed: str | None) -> tuple[str, ...]:
+    if device == "cpu":
+        if listed:
+            raise UsageError("--devices needs --device cuda")
+        return ("cpu",)
+    count = torch.cuda.device_count()
+    if not listed:
+        return tuple(f"cuda:{i}" for i in range(count))
+    devices = tuple(d.strip() for d in listed.split(",") if d.strip())
+    for d in devices:
+        index = d.removeprefix("cuda:")
+        if not d.startswith("cuda:") or not index.isdigit() or int(index) >= count:
+            raise UsageError(f"--devices: {d!r} is not one of cuda:0..cuda:{count - 1}")
+    return tuple(dict.fromkeys(devices))
 
 
 def _target(name: str) -> Target:
@@ -181,66 +254,136 @@ def select_targets(names: Sequence[str] | None, device: str) -> list[Target]:
     return targets
 
 
-def _fuzz_each(targets: list[Target], args: argparse.Namespace, device: str, profile: str,
-               seconds: float | None, base_seed: int) -> list[TargetReport]:
-    """Explore the targets one after the other, each with an even share of the time left."""
-    explored_seconds = 0.0
-    reports = []
-    with FuzzProgress(len(targets)) as progress:
-        for index, target in enumerate(targets):
-            share = None if seconds is None else max(
-                0.0, (seconds - explored_seconds) / (len(targets) - index))
-            budget = Budget(share, args.examples, args.shrink_budget)
-            progress.start_target(target.name, budget)
-            exploration = explore(target, space_for(target.capabilities, PROFILES[profile]),
-                                  device=device, budget=budget, base_seed=base_seed,
-                                  on_case=progress.case)
-            progress.finish_target()
-            explored_seconds += exploration.explore_seconds
-            reproducer = None
-            if exploration.failure is not None:
-                reproducer = save_reproducer(exploration.failing_spec, exploration.failure,
-                                             args.report_dir)
-            reports.append(TargetReport(exploration, reproducer))
-    return reports
+def _spaces(targets: list[Target], base: list[Space], named: bool,
+            console: Console) -> list[tuple[Target, list[Space]]]:
+    """Each target with the spaces it accepts; a target that accepts none is left out (or,
+    named explicitly, is a usage error)."""
+    chosen = []
+    for target in targets:
+        spaces = [s for s in (space_for(target.capabilities, b) for b in base) if s is not None]
+        if spaces:
+            chosen.append((target, spaces))
+        elif named:
+            raise UsageError(f"target {target.name} accepts none of the cases of this profile "
+                             "or model (head dims, dtypes or page sizes)")
+        else:
+            console.print(f"skipping {target.name}: it accepts none of these cases",
+                          markup=False)
+    if not chosen:
+        raise UsageError("no target accepts these cases")
+    return chosen
 
 
-def _publish(report: RunReport, report_dir: Path, junit: Path | None) -> None:
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, treated like Ctrl-C: stop, write the partial report, exit 130."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted
+
+
+def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
+             console: Console) -> None:
     """The table and replay hints on stdout; the report files on disk."""
-    # A log or a pipe gets a wide table rather than rich's default 80 columns.
-    console = Console(width=None if sys.stdout.isatty() else 200)
     console.print(render_table(report))
-    written = write_reports(report, report_dir)
+    run_dir.snapshot("report.json", report_json(report), force=True)
+    (run_dir.path / "report.md").write_text(report_markdown(report))
+    written = [run_dir.path / "report.json", run_dir.path / "report.md"]
+    try:
+        from fuzz.plots import plot_ratios
+
+        plot_ratios({t.target: t.stats for t in report.targets}, run_dir.path / "ratios.png")
+        written.append(run_dir.path / "ratios.png")
+    except PlotsUnavailable as exc:
+        console.print(f"no ratios.png: {exc}", markup=False)
     if junit is not None:
         write_junit(report, junit)
         written.append(junit)
-    for target in report.targets:
-        if target.reproducer is not None:
-            console.print(f"{target.exploration.target}: replay with "
-                          f"'{PROG} replay {target.reproducer}'", soft_wrap=True, markup=False)
-    console.print("reports: " + ", ".join(str(p) for p in written), soft_wrap=True,
+    for run in report.targets:
+        for failure in run.new_failures:
+            if failure.path is not None:
+                console.print(f"{run.target} [{failure.signature}]: replay with "
+                              f"'{failure.path and _replay_hint(failure.path)}'",
+                              soft_wrap=True, markup=False)
+    console.print("reports: " + ", ".join(relative(p) for p in written), soft_wrap=True,
                   markup=False)
+
+
+def _replay_hint(path: Path) -> str:
+    spec = read_case(path)
+    return str(spec.extra.get("replay", f"{PROG} replay {relative(path)}"))
 
 
 def run_command(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
-    targets = select_targets(args.target, device)
-    profile = args.profile or default_profile(device)
-    seconds = args.budget if args.budget is not None or args.examples else DEFAULT_BUDGET
-    base_seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
-    settings = {"targets": [t.name for t in targets], "device": device, "profile": profile,
-                "seed": base_seed, "budget": seconds, "examples": args.examples,
-                "shrink_budget": args.shrink_budget}
-    start = time.perf_counter()
-    reports = _fuzz_each(targets, args, device, profile, seconds, base_seed)
-    report = RunReport(settings, reports, time.perf_counter() - start)
-    _publish(report, args.report_dir, args.junit)
-    return EXIT_FOUND if report.failed else EXIT_CLEAN
-
-
-def _read(path: Path) -> CaseSpec:
+    devices = _devices(device, args.devices)
     try:
-        return read_case(path)
+        if args.junit is not None:
+            check_writable_file(args.junit, "--junit")
+        expected = expected_failures(args.expect_failures)
+    except (JournalError, ExpectationError) as exc:
+        raise UsageError(str(exc)) from None
+    # A log or a pipe gets a wide table rather than rich's default 80 columns.
+    console = Console(width=None if sys.stdout.isatty() else 200)
+    profile = args.profile or default_profile(device)
+    base = [PROFILES[profile]] if args.model is None else MODELS[args.model].spaces(
+        PROFILES[profile])
+    chosen = _spaces(select_targets(args.target, device), base, bool(args.target), console)
+    seconds = args.budget if args.budget is not None or args.examples else DEFAULT_BUDGET
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
+    try:
+        run_dir = RunDirectory(args.report_dir, seed)
+    except JournalError as exc:
+        raise UsageError(str(exc)) from None
+    found_versions = versions()
+    pack_cases, pack_tokens = PACK_SIZES[device]
+    settings = {"targets": [t.name for t, _ in chosen], "device": device,
+                "devices": list(devices), "profile": profile, "model": args.model,
+                "seed": seed, "budget": seconds, "examples": args.examples,
+                "min_cases": args.min_cases, "max_failures": args.max_failures,
+                "shrink_budget": args.shrink_budget, "case_timeout": args.case_timeout,
+                "isolation": args.isolation, "pack_cases": pack_cases,
+                "pack_tokens": pack_tokens, "interpreter": interpreter_patches()}
+    shared = Settings(devices, seed, args.case_timeout, args.isolation, pack_cases, pack_tokens,
+                      args.max_failures, args.shrink_budget, frozenset(expected),
+                      found_versions)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    start = time.perf_counter()
+    campaigns: list[Campaign] = []
+    interrupted = False
+    try:
+        with FuzzProgress(seconds, None if seconds else args.examples) as progress:
+            for target, spaces in chosen:
+                limit = target.capabilities.max_total_tokens
+                own = replace(shared, pack_tokens=min(pack_tokens, limit or pack_tokens))
+                campaigns.append(Campaign(target, spaces, own, run_dir, progress.case))
+            run_campaigns(campaigns, budget=seconds, examples=args.examples,
+                          min_cases=args.min_cases)
+            for campaign in campaigns:
+                if campaign.run.new_failures:
+                    progress.note(f"shrinking {campaign.target.name}")
+                campaign.finish()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        for campaign in campaigns:
+            campaign.close()
+        signal.signal(signal.SIGTERM, previous)
+    report = RunReport(settings, [c.run for c in campaigns], time.perf_counter() - start,
+                       args.min_cases, found_versions, device_description(devices[0]),
+                       run_dir.path, interrupted)
+    _publish(report, run_dir, args.junit, console)
+    run_dir.close()
+    if interrupted:
+        return EXIT_INTERRUPTED
+    if report.failed:
+        return EXIT_FOUND
+    return EXIT_INCONCLUSIVE if report.inconclusive else EXIT_CLEAN
+
+
+def _read(path: Path, limits: Limits) -> CaseSpec:
+    try:
+        return read_case(path, limits)
     except CaseError as exc:
         raise UsageError(f"{path}: {exc}") from None
 
@@ -254,9 +397,9 @@ def _expectations(path: Path, spec: CaseSpec) -> dict[str, str]:
 
 def _replay_targets(path: Path, spec: CaseSpec, requested: Sequence[str] | None
                     ) -> tuple[list[str], bool]:
-    """The targets to rerun a file on, and whether each must exist here: --target or the
+    """The targets to rerun a file on, and whether each must run here: --target or the
     file's ``target`` annotation must; the targets of its ``expect`` annotation may be
-    missing from this checkout (a GPU-only target) and are then skipped."""
+    missing from this checkout or machine (a GPU-only target) and are then skipped."""
     if requested:
         return list(dict.fromkeys(requested)), True
     annotated = spec.extra.get("target")
@@ -270,29 +413,55 @@ def _replay_targets(path: Path, spec: CaseSpec, requested: Sequence[str] | None
     return names, False
 
 
+def _runnable(name: str, device: str) -> str | None:
+    """Why target ``name`` cannot run on ``device`` here, or None."""
+    try:
+        target = get_target(name)
+    except KeyError:
+        return "not registered here"
+    reason = target.unavailable_reason()
+    if reason is None and device not in target.capabilities.devices:
+        reason = f"it runs on {', '.join(sorted(target.capabilities.devices))}"
+    return reason
+
+
 def replay_command(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
-    jobs = []
+    limits = Limits(max_bytes=memory_limit(device))
+    work: dict[str, list[tuple[Path, CaseSpec]]] = {}
+    skipped = 0
     for path in args.files:
-        spec = _read(path)
+        spec = _read(path, limits)
         names, required = _replay_targets(path, spec, args.target)
-        if required:
-            for name in names:
-                _target(name)
-        jobs.append((path, spec, names))
-    failed = False
-    for path, spec, names in jobs:
-        case = materialize(spec, device)
-        truths = TruthCache()
         for name in names:
-            try:
-                target = get_target(name)
-            except KeyError:
-                print(f"{path}: {name}: SKIP: not registered here")
+            reason = _runnable(name, device) if required else None
+            if required and reason is not None:
+                _target(name)  # an unknown name gets its own message
+                raise UsageError(f"target {name} cannot run here: {reason}")
+            if not required and _runnable(name, device) is not None:
+                skipped += 1
                 continue
-            outcome = evaluate(target, case, truths)
-            print(f"{path}: {outcome.summary()}")
-            failed |= outcome.failed
+            work.setdefault(name, []).append((path, spec))
+    failed = False
+    for name, cases in work.items():
+        unsupported = [(p, get_target(name).unsupported_reason(s, device)) for p, s in cases]
+        with WorkerPool(name, [device], case_timeout=args.case_timeout,
+                        isolation=args.isolation) as pool:
+            for job_id, (path, spec) in enumerate(cases):
+                reason = unsupported[job_id][1]
+                if reason is not None:
+                    print(f"{path}: {name}: SKIP: {reason}")
+                    skipped += 1
+                    continue
+                pool.submit(Job(job_id, (spec.to_dict(),), packed=False))
+                results = []
+                while not results:
+                    results = pool.wait(1.0)
+                outcome = results[0].outcomes[0]
+                print(f"{path}: {outcome.summary()}")
+                failed |= outcome.failed
+    if skipped:
+        print(f"{skipped} verdicts skipped (target not runnable here or declines the case)")
     return EXIT_FOUND if failed else EXIT_CLEAN
 
 
@@ -310,7 +479,7 @@ def golden_command(args: argparse.Namespace) -> int:
         raise UsageError(f"no golden files in {args.dir}")
     mismatches = skipped = checked = 0
     for path in files:
-        spec = _read(path)
+        spec = _read(path, Limits())
         case = materialize(spec, device)
         truths = TruthCache()
         for name, verdict in _expectations(path, spec).items():
@@ -329,7 +498,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (never raises for bad input)."""
     use_interpreter_without_cuda()  # before anything imports triton
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if not arguments or arguments[0] not in COMMANDS:
+    if not arguments or (arguments[0] not in COMMANDS and arguments[0] not in
+                         ("-h", "--help", "--version")):
         arguments.insert(0, "run")
     try:
         args = build_parser().parse_args(arguments)
@@ -337,5 +507,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except SystemExit as exc:  # --help
+    except SystemExit as exc:  # --help, --version
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE

@@ -1,36 +1,37 @@
-"""JUnit XML for CI systems: one testcase per target, failures carry the diagnosis."""
+"""JUnit XML for CI systems: one testcase per target, failures carry the diagnoses."""
 
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from fuzz.report import RunReport
+from fuzz.report import COLUMNS, RunReport, row
 
 
 def write_junit(report: RunReport, path: Path) -> None:
     suite = ET.Element("testsuite", name="prefix-fuzz", tests=str(len(report.targets)),
                        time=f"{report.seconds:.3f}")
     tallies = {"failures": 0, "errors": 0, "skipped": 0}
-    for target in report.targets:
-        ex = target.exploration
-        case = ET.SubElement(suite, "testcase", classname="prefix-fuzz", name=ex.target,
-                             time=f"{ex.explore_seconds + ex.shrink_seconds:.3f}")
-        if ex.failure is not None:
+    for run in report.targets:
+        case = ET.SubElement(suite, "testcase", classname="prefix-fuzz", name=run.target,
+                             time=f"{run.seconds['explore'] + run.seconds['shrink']:.3f}")
+        status = report.status(run)
+        if status == "failed":
             tallies["failures"] += 1
-            summary = ex.failure.summary()
-            failure = ET.SubElement(case, "failure", message=summary.splitlines()[0])
-            failure.text = f"{summary}\nreproducer: {target.reproducer}"
-        elif ex.crash is not None:
+            message = run.new_failures[0].outcome.summary().splitlines()[0]
+            failure = ET.SubElement(case, "failure", message=message)
+            failure.text = "\n\n".join(f"{f.signature}: {f.outcome.summary()}\nreproducer: "
+                                       f"{f.path}" for f in run.new_failures)
+        elif status == "broken":
             tallies["errors"] += 1
-            ET.SubElement(case, "error", message=ex.crash)
-        elif target.status == "skipped":
+            ET.SubElement(case, "error", message=run.broken or "")
+        elif status == "inconclusive":
             tallies["skipped"] += 1
-            ET.SubElement(case, "skipped", message="no case could be judged (all skipped)")
+            ET.SubElement(case, "skipped", message=f"inconclusive: {run.judged} judged cases, "
+                          f"fewer than {report.min_cases}")
         ET.SubElement(case, "system-out").text = " ".join(
-            f"{column}={value}" for column, value in zip(
-                ("cases", "passed", "failed", "skipped", "worst_ratio"), target.row()[2:7],
-                strict=True))
+            f"{column}={value}" for column, value in zip(COLUMNS[1:-1], row(report, run)[1:-1],
+                                                         strict=True))
     for key, count in tallies.items():
         suite.set(key, str(count))
     path.parent.mkdir(parents=True, exist_ok=True)

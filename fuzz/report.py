@@ -1,12 +1,14 @@
-"""What a fuzz run found: the terminal table, report.json, report.md and the plots.
+"""What a fuzz run found: the terminal table, report.json, report.md and the plot.
 
-JSON is for machines (CI dashboards, comparing runs), Markdown for a pull request
-or a CI summary page; both carry the rows the terminal table shows.
+JSON is for machines (CI dashboards, comparing runs), Markdown for a pull request or a
+CI summary page; both carry the rows the terminal table shows, plus what the table has
+no room for: every distinct failure, the layout features drawn, the draws declined, and
+where the time went (compiling, the target, the reference and baseline, the policy, the
+rest).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -15,133 +17,167 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from fuzz.casefiles import describe_case
-from fuzz.explore import Exploration
-from fuzz.plots import plot_ratios
-from verify.runner import ERROR, FAIL, PASS, SKIP
+from fuzz.campaign import Failure, TargetRun
+from fuzz.casefiles import describe_case, relative
+from fuzz.coverage import FEATURES
+from verify.compare import POLICY
+from verify.runner import ERROR, FAIL, PASS
 
-COLUMNS = ("target", "status", "cases", "passed", "failed", "skipped", "worst ratio",
-           "worst case")
-
-
-@dataclass(frozen=True)
-class TargetReport:
-    """One target's exploration and, if it failed, the reproducer file."""
-
-    exploration: Exploration
-    reproducer: Path | None = None
-
-    @property
-    def status(self) -> str:
-        """failed, crashed, skipped (nothing could be judged) or clean."""
-        ex = self.exploration
-        if ex.failure is not None:
-            return "failed"
-        if ex.crash is not None:
-            return "crashed"
-        return "clean" if ex.stats.counts[PASS] else "skipped"
-
-    @property
-    def worst_case(self) -> str:
-        """The reproducer for a failure, else a description of the highest-ratio case."""
-        ex = self.exploration
-        if self.reproducer is not None:
-            return str(self.reproducer)
-        if ex.crash is not None:
-            return ex.crash
-        return describe_case(ex.worst_spec) if ex.worst_spec is not None else "-"
-
-    def row(self) -> tuple[str, ...]:
-        counts = self.exploration.stats.counts
-        return (self.exploration.target, self.status, str(self.exploration.stats.cases),
-                str(counts[PASS]), str(counts[FAIL] + counts[ERROR]), str(counts[SKIP]),
-                _ratio_text(self.exploration.worst_ratio), self.worst_case)
+COLUMNS = ("target", "status", "judged", "passed", "failed", "declined", "compiles",
+           "worst ratio", "from exact", "failures", "worst case")
+STATUS_STYLES = {"failed": "bold red", "broken": "bold red", "inconclusive": "yellow",
+                 "expected": "cyan"}
 
 
-@dataclass(frozen=True)
-class RunReport:
-    """A whole run: the settings it ran with and one report per target."""
+def status(run: TargetRun, min_cases: int) -> str:
+    """failed (a new failure), broken (the exploration itself broke), expected (only known
+    failures), inconclusive (fewer than ``min_cases`` judged) or clean."""
+    if run.broken is not None:
+        return "broken"
+    if run.new_failures:
+        return "failed"
+    if run.judged < min_cases:
+        return "inconclusive"
+    return "expected" if run.failures else "clean"
 
-    settings: dict[str, Any]
-    targets: list[TargetReport]
-    seconds: float
 
-    @property
-    def failed(self) -> bool:
-        return any(t.exploration.failed for t in self.targets)
+def distance_text(run: TargetRun) -> str:
+    """An approximate target's distance from exact attention; '-' for exact targets."""
+    d = run.distance
+    if run.exact or not d.judged:
+        return "-"
+    return f"{d.max_ulps:.0f} ulp, {d.beyond_exact}/{d.judged} beyond exact"
 
 
 def _ratio_text(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}"
 
 
-def _json_ratio(ratio: float | None) -> float | str | None:
-    """JSON has no infinity: a non-finite ratio is written as the string "inf"."""
-    return "inf" if ratio is not None and not math.isfinite(ratio) else ratio
+def _json_number(value: float | None) -> float | str | None:
+    """JSON has no infinity: a non-finite number is written as a string."""
+    return str(value) if value is not None and not math.isfinite(value) else value
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """A whole run: its settings, versions, device, and one entry per target."""
+
+    settings: dict[str, Any]
+    targets: list[TargetRun]
+    seconds: float
+    min_cases: int
+    versions: dict[str, str | None]
+    device: str
+    run_dir: Path | None = None
+    interrupted: bool = False
+
+    def status(self, run: TargetRun) -> str:
+        return status(run, self.min_cases)
+
+    @property
+    def failed(self) -> bool:
+        return any(self.status(t) in ("failed", "broken") for t in self.targets)
+
+    @property
+    def inconclusive(self) -> bool:
+        return any(self.status(t) == "inconclusive" for t in self.targets)
+
+
+def worst_case(run: TargetRun) -> str:
+    """The first new failure's reproducer, else the highest-ratio case described."""
+    for failure in run.new_failures:
+        return relative(failure.path) if failure.path else failure.signature
+    if run.broken is not None:
+        return run.broken
+    return describe_case(run.worst_spec) if run.worst_spec is not None else "-"
+
+
+def row(report: RunReport, run: TargetRun) -> tuple[str, ...]:
+    counts = run.stats.counts
+    return (run.target, report.status(run), str(run.judged), str(counts[PASS]),
+            str(counts[FAIL] + counts[ERROR]), str(sum(run.declined.values())), str(run.compiles),
+            _ratio_text(run.worst_ratio), distance_text(run), str(len(run.failures)),
+            worst_case(run))
 
 
 def render_table(report: RunReport) -> Table:
-    table = Table(title=f"prefix-attention fuzz ({report.seconds:.0f} s, "
-                        f"seed {report.settings['seed']})")
+    title = f"prefix-attention fuzz ({report.seconds:.0f} s, seed {report.settings['seed']}"
+    title += ", interrupted)" if report.interrupted else ")"
+    table = Table(title=title)
     for column in COLUMNS:
-        numeric = column in ("cases", "passed", "failed", "skipped", "worst ratio")
+        numeric = column in ("judged", "passed", "failed", "declined", "compiles", "worst ratio",
+                             "failures")
         table.add_column(column, justify="right" if numeric else "left",
                          no_wrap=column != "worst case", overflow="fold")
-    styles = {"failed": "bold red", "crashed": "bold red", "skipped": "yellow"}
-    for target in report.targets:  # Text: a crash message or path is never rich markup
-        table.add_row(*map(Text, target.row()), style=styles.get(target.status))
+    for run in report.targets:  # Text: a message or path is never rich markup
+        table.add_row(*map(Text, row(report, run)), style=STATUS_STYLES.get(report.status(run)))
     return table
 
 
-def _target_json(target: TargetReport) -> dict[str, Any]:
-    ex = target.exploration
-    failure = None
-    if ex.failure is not None:
-        failure = {"reproducer": str(target.reproducer), "diagnosis": ex.failure.summary(),
-                   "case": ex.failing_spec.to_dict(), "shrink_cases": ex.shrink_cases}
+def _failure_json(failure: Failure) -> dict[str, Any]:
+    return {"signature": failure.signature, "expected": failure.expected,
+            "sightings": failure.sightings,
+            "reproducer": None if failure.path is None else relative(failure.path),
+            "diagnosis": failure.outcome.summary(), "shrunk": failure.shrunk,
+            "shrink_cases": failure.shrink_cases, "fails_alone": failure.unpacked,
+            "case": failure.spec.to_dict()}
+
+
+def _time_shares(run: TargetRun) -> dict[str, float]:
+    """Seconds per phase: compiling, the target, reference and baseline, the policy, the rest."""
+    s = run.seconds
+    target = max(0.0, s["target"] - run.compile_seconds)
+    known = run.compile_seconds + target + s["reference"] + s["materialize"] + s["judge"]
+    return {"compile": round(run.compile_seconds, 3), "target": round(target, 3),
+            "reference_and_baseline": round(s["reference"] + s["materialize"], 3),
+            "policy": round(s["judge"], 3),
+            "bookkeeping": round(max(0.0, s["explore"] - known), 3),
+            "explore": round(s["explore"], 3), "shrink": round(s["shrink"], 3)}
+
+
+def _target_json(report: RunReport, run: TargetRun) -> dict[str, Any]:
+    explore = run.seconds["explore"]
     return {
-        "target": ex.target, "status": target.status, "stats": ex.stats.to_dict(),
-        "worst_ratio": _json_ratio(ex.worst_ratio),
-        "worst_case": ex.worst_spec.to_dict() if ex.worst_spec is not None else None,
-        "failure": failure, "crash": ex.crash,
-        "explore_seconds": round(ex.explore_seconds, 3),
-        "shrink_seconds": round(ex.shrink_seconds, 3),
-        "space": asdict(ex.space),
+        "target": run.target, "status": report.status(run), "exact": run.exact,
+        "judged": run.judged, "stats": run.stats.to_dict(),
+        "cases_per_second": round(run.judged / explore, 3) if explore else None,
+        "worst_ratio": _json_number(run.worst_ratio),
+        "worst_case": run.worst_spec.to_dict() if run.worst_spec is not None else None,
+        "distance_from_exact": None if run.exact else {
+            "max_ulps": _json_number(run.distance.max_ulps),
+            "beyond_exact_policy": run.distance.beyond_exact, "judged": run.distance.judged,
+            "worst_case": None if run.distance.worst is None else run.distance.worst.to_dict()},
+        "failures": [_failure_json(f) for f in run.failures.values()],
+        "features": {name: run.features[name] for name in FEATURES},
+        "declined": dict(run.declined.most_common()), "drawn": run.drawn,
+        "compiles": run.compiles, "seconds": _time_shares(run),
+        "worker_restarts": run.restarts, "broken": run.broken,
+        "spaces": [{k: sorted(v) if isinstance(v, frozenset) else v
+                    for k, v in asdict(s).items()} for s in run.spaces],
     }
 
 
 def report_json(report: RunReport) -> dict[str, Any]:
-    return {"settings": report.settings, "seconds": round(report.seconds, 3),
-            "failed": report.failed, "targets": [_target_json(t) for t in report.targets]}
+    return {"settings": report.settings, "versions": report.versions, "device": report.device,
+            "policy": POLICY, "seconds": round(report.seconds, 3),
+            "interrupted": report.interrupted, "failed": report.failed,
+            "inconclusive": report.inconclusive, "min_cases": report.min_cases,
+            "targets": [_target_json(report, t) for t in report.targets]}
 
 
 def report_markdown(report: RunReport) -> str:
     s = report.settings
     lines = ["# Prefix-attention fuzz report", "",
-             f"Device `{s['device']}`, profile `{s['profile']}`, seed {s['seed']}, "
+             f"Device `{report.device}`, profile `{s['profile']}`, seed {s['seed']}, "
              f"budget {s['budget'] or '-'} s, examples {s['examples'] or '-'}, "
-             f"{report.seconds:.0f} s in all.",
-             "", "| " + " | ".join(COLUMNS) + " |",
-             "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(t.row()) + " |" for t in report.targets]
-    for t in report.targets:
-        if t.exploration.failure is not None:
-            lines += ["", f"## {t.exploration.target}", "",
-                      f"Reproducer `{t.reproducer}` "
-                      f"(rerun: `python -m fuzz replay {t.reproducer}`):", "", "```",
-                      t.exploration.failure.summary(), "```"]
-        elif t.exploration.crash is not None:
-            lines += ["", f"## {t.exploration.target}", "",
-                      f"The run crashed: `{t.exploration.crash}`"]
+             f"{report.seconds:.0f} s in all" + (" (interrupted)." if report.interrupted else "."),
+             "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
+    lines += ["| " + " | ".join(row(report, t)) + " |" for t in report.targets]
+    for run in report.targets:
+        for failure in run.failures.values():
+            mark = " (expected)" if failure.expected else ""
+            lines += ["", f"## {run.target}: `{failure.signature}`{mark}", "",
+                      f"Seen {failure.sightings} times. Reproducer "
+                      f"`{relative(failure.path) if failure.path else '-'}`", "", "```",
+                      failure.outcome.summary(), "```"]
     return "\n".join(lines) + "\n"
-
-
-def write_reports(report: RunReport, directory: Path) -> list[Path]:
-    """report.json, report.md and ratios.png in ``directory``; returns their paths."""
-    directory.mkdir(parents=True, exist_ok=True)
-    json_path, md_path, png_path = (directory / n for n in ("report.json", "report.md",
-                                                              "ratios.png"))
-    json_path.write_text(json.dumps(report_json(report), indent=1) + "\n")
-    md_path.write_text(report_markdown(report))
-    plot_ratios({t.exploration.target: t.exploration.stats for t in report.targets}, png_path)
-    return [json_path, md_path, png_path]

@@ -1,14 +1,16 @@
-"""Which cases to draw for a target: a named profile, narrowed to what the target accepts.
+"""Which cases to draw for a target: a named profile (or a model preset), narrowed to what
+the target declares it accepts.
 
-A case the target declines is skipped, not judged; drawing only cases inside its
-declared capabilities keeps the budget on cases that test something (the Triton
-interpreter's token limit, a kernel without softcap, a fixed set of head dims).
+Drawing only inside a target's declared capabilities keeps the budget on cases that test
+something: ``--examples N`` judges N cases instead of skipping the ones the kernel never
+promised to take (the Triton interpreter's token limit, a kernel without softcap, page
+sizes that are multiples of 16, no range cut by the chunk end).
 """
 
 from __future__ import annotations
 
 from fuzz.strategies import CPU_SPACE, GPU_SPACE, INTERPRETER_SPACE, Space
-from verify.targets import Capabilities
+from verify.capabilities import Capabilities
 
 PROFILES: dict[str, Space] = {"cpu": CPU_SPACE, "interpreter": INTERPRETER_SPACE,
                               "gpu": GPU_SPACE}
@@ -16,32 +18,40 @@ PROFILES: dict[str, Space] = {"cpu": CPU_SPACE, "interpreter": INTERPRETER_SPACE
 
 def default_profile(device: str) -> str:
     """The profile a device gets when none is asked for."""
-    return "gpu" if device == "cuda" else "cpu"
+    return "gpu" if device.startswith("cuda") else "cpu"
 
 
-def _within(wanted: tuple, allowed: frozenset | None) -> tuple:
-    """``wanted`` restricted to ``allowed``; the target's own set if they share nothing."""
-    if allowed is None:
-        return wanted
-    return tuple(x for x in wanted if x in allowed) or tuple(sorted(allowed))
-
-
-def space_for(capabilities: Capabilities, base: Space) -> Space:
-    """``base`` narrowed to the dtypes, head dims, features and token limit of a target."""
+def space_for(capabilities: Capabilities, base: Space) -> Space | None:
+    """``base`` narrowed to what a target accepts, or None if nothing of it is left
+    (a model preset's head dims the target does not take, say)."""
     max_requests, max_seq_len = base.max_requests, base.max_seq_len
+    edges = tuple(base.tile_edges)
     limit = capabilities.max_total_tokens
-    if limit is not None and max_requests * max_seq_len > limit:
-        max_seq_len = min(max_seq_len, limit)
-        max_requests = max(1, min(max_requests, limit // max_seq_len))
+    if limit is not None:
+        edges = tuple(e for e in edges if e + 8 <= limit)
+        if max_requests * max_seq_len > limit:
+            max_seq_len = min(max_seq_len, limit)
+            max_requests = max(1, min(max_requests, limit // max_seq_len))
+    head_dims = tuple(d for d in base.head_dims if capabilities.accepts_head_dim(d))
+    page_sizes = tuple(p for p in base.page_sizes if capabilities.accepts_page_size(p))
+    dtypes = tuple(d for d in base.dtypes if d in capabilities.dtypes)
+    if not head_dims or not page_sizes or not dtypes:
+        return None
+    max_ranges = base.max_ranges
+    if capabilities.max_ranges_per_request is not None:
+        max_ranges = min(max_ranges, capabilities.max_ranges_per_request)
     return base.narrowed(
         max_requests=max_requests,
         max_seq_len=max_seq_len,
-        dtypes=_within(tuple(base.dtypes), capabilities.dtypes),
-        head_dims=tuple(d for d in base.head_dims if capabilities.accepts_head_dim(d))
-        or tuple(sorted(capabilities.head_dims or ())),
-        page_sizes=tuple(p for p in base.page_sizes if capabilities.accepts_page_size(p)),
+        max_ranges=max_ranges,
+        tile_edges=edges,
+        dtypes=dtypes,
+        head_dims=head_dims,
+        page_sizes=page_sizes,
         window=base.window and capabilities.sliding_window,
+        windows=base.windows if capabilities.sliding_window else None,
         softcap=base.softcap and capabilities.softcap,
         value_dims=base.value_dims and capabilities.value_dims == "any",
         overlapping_ranges=base.overlapping_ranges and capabilities.overlapping_ranges,
+        layout=base.layout | capabilities.layout,
     )

@@ -1,17 +1,27 @@
 """Hypothesis strategies for prefix-attention cases.
 
-Layouts are drawn the way engines produce them: varlen batches with decode steps
-and empty requests, cached context, chunks that start or end inside an image,
-several images per request, one-token images, images touching 0 or the last
-position, images cut by the end of the chunk. Every knob has a default for the
-CPU gate; the fuzz runner and the GPU tier widen them.
+Layouts are drawn the way engines produce them: varlen batches with decode steps and
+empty requests, cached context, chunks that start or end inside an image, several images
+per request, one-token images, images touching 0 or the last position, images cut by the
+end of the chunk, lengths around the tile sizes kernels use. A case is drawn in three
+parts, so that a fuzzer can hold the expensive part fixed:
+
+* the **configuration** (dtype, heads, head dims, page size, softcap: what kernels
+  compile for), :func:`config_dicts`;
+* the batch-wide **options** (window, clamp, scale, values, poison, contract knobs),
+  :func:`option_dicts`;
+* the **layout** (requests and their ranges, the seed), :func:`layout_dicts`.
+
+:func:`case_dicts` draws all three. Every knob has a default for the CPU gate; the fuzz
+runner, the GPU tier and the model presets (:mod:`fuzz.models`) narrow or widen them,
+and a target's declared layout predicates (``Space.layout``) are honoured while drawing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from hypothesis import example
 from hypothesis import strategies as st
@@ -24,62 +34,144 @@ GQA_RATIOS = (1, 2, 4)
 SOFTCAPS = (5.0, 30.0)
 # Explicit softmax scales: Gemma's query_pre_attn_scalar-style values, one cooler, one hotter.
 SOFTMAX_SCALES = (0.0625, 0.25, 0.5)
+# A range straddling a tile edge starts up to this many tokens before it and ends as far after.
+EDGE_REACH = 8
 
 
 @dataclass(frozen=True)
 class Space:
-    """The bounds cases are drawn from."""
+    """The bounds cases are drawn from.
+
+    ``heads`` fixes (num_heads, num_kv_heads) pairs (else ``max_kv_heads`` x
+    ``gqa_ratios``); ``windows``, ``clamp``, ``softcaps`` and ``softmax_scales`` fix those
+    options when set. ``tile_edges``: lengths and ranges around these tile sizes are drawn
+    too, for edges up to twice ``max_seq_len``. ``image_sizes``: the token counts of
+    images (else any). ``prefix_lm``: each request's range is one prefix ``[0, L - 1]``
+    (PaliGemma's image + prompt). ``layout`` names predicates of
+    :data:`verify.capabilities.LAYOUT_PREDICATES` to honour.
+    """
 
     max_requests: int = 3
     max_seq_len: int = 64
     max_ranges: int = 3
     max_kv_heads: int = 2
     gqa_ratios: Sequence[int] = GQA_RATIOS
+    heads: Sequence[tuple[int, int]] | None = None
     head_dims: Sequence[int] = HEAD_DIMS
     dtypes: Sequence[str] = ("bfloat16", "float16")
     page_sizes: Sequence[int | None] = PAGE_SIZES
     window: bool = True
+    windows: Sequence[int] | None = None
+    clamp: bool | None = None
     softcap: bool = True
+    softcaps: Sequence[float] = SOFTCAPS
     value_dims: bool = True  # head_dim_v may differ from head_dim
     scales: bool = True  # an explicit softmax_scale instead of 1/sqrt(head_dim)
+    softmax_scales: Sequence[float] = SOFTMAX_SCALES
     value_profiles: Sequence[str] = VALUE_PROFILES
     poisons: Sequence[str] = POISONS
     overlapping_ranges: bool = False
+    contract_knobs: bool = True  # page-table slack and (0, 0) range padding
+    tile_edges: Sequence[int] = ()
+    image_sizes: Sequence[int] | None = None
+    prefix_lm: bool = False
+    layout: frozenset[str] = frozenset()
 
     def narrowed(self, **changes: object) -> Space:
         return replace(self, **changes)
 
+    @property
+    def edges(self) -> tuple[int, ...]:
+        return tuple(e for e in self.tile_edges if e <= 2 * self.max_seq_len)
 
-CPU_SPACE = Space()
+    @property
+    def longest(self) -> int:
+        """The longest sequence a request may have (tile edges reach one past the edge)."""
+        return max([self.max_seq_len, *(e + EDGE_REACH for e in self.edges)])
+
+
+CPU_SPACE = Space(tile_edges=(64, 128))
 # The Triton interpreter runs every program instance in Python: keep shapes tiny.
 INTERPRETER_SPACE = Space(max_requests=2, max_seq_len=40, head_dims=(16, 32, 64),
                           dtypes=("float32", "bfloat16"), max_kv_heads=2)
 GPU_SPACE = Space(max_requests=6, max_seq_len=2048, max_ranges=6, max_kv_heads=4,
-                  page_sizes=(None, 16, 64, 128))
+                  page_sizes=(None, 16, 64, 128), tile_edges=(64, 128, 256))
+
+
+def _has(space: Space, predicate: str) -> bool:
+    return predicate in space.layout
 
 
 @st.composite
-def image_ranges(draw: st.DrawFn, seq_len: int, context_len: int, max_ranges: int
-                 ) -> list[list[int]]:
-    """Non-overlapping inclusive ranges, biased toward the boundaries that break kernels."""
-    # Requests without images stay in, but most requests carry at least one.
-    count = draw(st.sampled_from([0, *range(1, max_ranges + 1), *range(1, max_ranges + 1)]))
+def _sequence_length(draw: st.DrawFn, space: Space, low: int) -> int:
+    """A length in ``[low, max]``, often one around a tile edge."""
+    edges = [e + d for e in space.edges for d in (-1, 0, 1) if e + d >= low]
+    if edges and draw(st.integers(0, 3)) == 0:
+        return draw(st.sampled_from(edges))
+    return draw(st.integers(low, max(low, space.max_seq_len)))
+
+
+@st.composite
+def _range_length(draw: st.DrawFn, space: Space, room: int) -> int:
+    if space.image_sizes:
+        fits = [n for n in space.image_sizes if n <= room]
+        if fits:
+            return draw(st.sampled_from(fits))
+    minimum = 2 if _has(space, "no_one_token_ranges") else 1
+    short = [n for n in (1, 2) if n >= minimum]
+    length = draw(st.sampled_from([*short, 0, 0])) or draw(st.integers(2, max(2, room)))
+    return max(length, minimum)
+
+
+@st.composite
+def image_ranges(draw: st.DrawFn, seq_len: int, context_len: int, space: Space,
+                 window: int | None = None, edge: int | None = None) -> list[list[int]]:
+    """Non-overlapping inclusive ranges, biased toward the boundaries that break kernels.
+
+    ``window`` (when ranges must fit in it) caps their length; ``edge``: the first range
+    straddles this tile edge.
+    """
+    if space.prefix_lm:  # one prefix: the image, then the prompt
+        fits = [n for n in space.image_sizes or () if n <= seq_len]
+        image = draw(st.sampled_from(fits) if fits else st.integers(1, max(1, seq_len)))
+        end = image + draw(st.integers(0, 32)) - 1
+        if _has(space, "ranges_within_sequence"):
+            end = min(end, seq_len - 1)
+        return [[0, end]]
+    count = draw(st.sampled_from([0, *range(1, space.max_ranges + 1),
+                                  *range(1, space.max_ranges + 1)]))
+    if edge is not None:
+        count = max(count, 1)
     ranges: list[list[int]] = []
     cursor = 0
     # Up to 8 positions past the end: an image the chunk has only partly reached.
-    limit = seq_len + draw(st.sampled_from([0, 0, 8]))
+    past_end = 0 if _has(space, "ranges_within_sequence") else draw(st.sampled_from([0, 0, 8]))
+    limit = seq_len + past_end
+    longest = window or limit
     for k in range(count):
+        straddle = [e for e in space.edges if max(cursor + 1, EDGE_REACH) <= e < limit - 1]
         if cursor >= limit:
             break
-        if k == 0 and context_len > 0 and draw(st.booleans()):
+        if (k == 0 and context_len > 0 and not _has(space, "chunk_starts_outside_ranges")
+                and draw(st.booleans())):
             # The chunk starts inside this image: it began in the cached context.
             start = draw(st.integers(max(0, context_len - 16), context_len - 1))
             end = draw(st.integers(context_len, max(context_len, limit - 1)))
+        elif straddle and (edge in straddle or draw(st.integers(0, 3)) == 0):
+            # An image across a tile edge: a key loop that stops at the tile's causal limit
+            # drops its future keys.
+            across = edge if edge in straddle else draw(st.sampled_from(straddle))
+            start = max(cursor, draw(st.integers(across - EDGE_REACH, across - 1)))
+            end = draw(st.integers(max(start, across), min(limit - 1, across + EDGE_REACH)))
+            edge = None
         else:
             start = cursor + draw(st.integers(0, max(0, min(limit - cursor - 1, 24))))
-            length = draw(st.sampled_from([1, 2, 0, 0])) or draw(
-                st.integers(2, max(2, limit - start)))
-            end = min(start + length - 1, limit - 1)
+            end = start + draw(_range_length(space, max(1, limit - start))) - 1
+        end = min(end, limit - 1, start + longest - 1)
+        if _has(space, "chunk_starts_outside_ranges") and start < context_len <= end:
+            end = context_len - 1
+        if end < start or (_has(space, "no_one_token_ranges") and end == start):
+            continue
         ranges.append([start, end])
         cursor = end + 1 + draw(st.integers(0, 1))  # adjacent images (gap 0) happen too
     return ranges
@@ -97,61 +189,119 @@ def overlapping_ranges(draw: st.DrawFn, seq_len: int, max_ranges: int) -> list[l
 
 
 @st.composite
-def request_dicts(draw: st.DrawFn, space: Space) -> dict:
-    kind = draw(st.sampled_from(["prefill", "prefill", "chunk", "decode", "empty"]))
-    max_len = space.max_seq_len
-    if kind == "decode":
-        context_len, query_len = draw(st.integers(0, max_len - 1)), 1
+def request_dicts(draw: st.DrawFn, space: Space, window: int | None = None) -> dict:
+    kinds = ["prefill", "prefill", "chunk", "decode", "empty"]
+    if space.edges:
+        kinds.append("tile_edge")
+    if _has(space, "decode_only"):
+        kinds = ["decode", "decode", "empty"]
+    if _has(space, "prefill_only"):
+        kinds = [k for k in kinds if k in ("prefill", "empty")] or ["decode"]
+    if _has(space, "no_empty_requests"):
+        kinds = [k for k in kinds if k != "empty"]
+    kind = draw(st.sampled_from(kinds))
+    edge = None
+    if kind == "tile_edge":  # a prefill just past a tile edge, an image across it
+        edge = draw(st.sampled_from(space.edges))
+        context_len, query_len = 0, edge + draw(st.integers(1, EDGE_REACH))
+    elif kind == "decode":
+        context_len = 0 if _has(space, "prefill_only") else draw(_sequence_length(space, 1)) - 1
+        query_len = 1
     elif kind == "empty":
-        context_len, query_len = draw(st.integers(0, max_len)), 0
+        context_len, query_len = draw(st.integers(0, space.max_seq_len)), 0
     elif kind == "chunk":
-        context_len = draw(st.integers(1, max_len - 1))
-        query_len = draw(st.integers(1, max_len - context_len))
+        seq_len = draw(_sequence_length(space, 2))
+        context_len = draw(st.integers(1, seq_len - 1))
+        query_len = seq_len - context_len
     else:
-        context_len, query_len = 0, draw(st.integers(1, max_len))
+        context_len, query_len = 0, draw(_sequence_length(space, 1))
     seq_len = context_len + query_len
     if space.overlapping_ranges:
         ranges = draw(overlapping_ranges(seq_len, space.max_ranges))
     else:
-        ranges = draw(image_ranges(seq_len, context_len, space.max_ranges))
+        cap = window if _has(space, "ranges_within_window") else None
+        ranges = draw(image_ranges(seq_len, context_len, space, cap, edge))
     return {"context_len": context_len, "query_len": query_len, "ranges": ranges}
 
 
 @st.composite
-def case_dicts(draw: st.DrawFn, space: Space = CPU_SPACE) -> dict:
-    """A JSON case (see DESIGN.md section 5) drawn from ``space``."""
-    requests = draw(st.lists(request_dicts(space), min_size=1, max_size=space.max_requests))
-    if all(r["query_len"] == 0 for r in requests):
-        requests[0] = {**requests[0], "query_len": 1}
-    num_kv_heads = draw(st.integers(1, space.max_kv_heads))
-    window = None
-    clamp = False
-    if space.window and draw(st.booleans()):
-        window = draw(st.integers(1, space.max_seq_len))
-        clamp = draw(st.booleans())
+def config_dicts(draw: st.DrawFn, space: Space) -> dict:
+    """What a kernel compiles for: dtype, heads, head dims, page size, softcap."""
+    if space.heads:
+        num_heads, num_kv_heads = draw(st.sampled_from(list(space.heads)))
+    else:
+        num_kv_heads = draw(st.integers(1, space.max_kv_heads))
+        num_heads = num_kv_heads * draw(st.sampled_from(list(space.gqa_ratios)))
     head_dim = draw(st.sampled_from(list(space.head_dims)))
     head_dim_v = None
     others = [d for d in space.head_dims if d != head_dim]
     if space.value_dims and others and draw(st.integers(0, 5)) == 5:  # shrinks toward equal
         head_dim_v = draw(st.sampled_from(others))
     return {
-        "requests": requests,
-        "num_heads": num_kv_heads * draw(st.sampled_from(list(space.gqa_ratios))),
-        "num_kv_heads": num_kv_heads,
-        "head_dim": head_dim,
-        "head_dim_v": head_dim_v,
+        "num_heads": num_heads, "num_kv_heads": num_kv_heads,
+        "head_dim": head_dim, "head_dim_v": head_dim_v,
         "dtype": draw(st.sampled_from(list(space.dtypes))),
         "page_size": draw(st.sampled_from(list(space.page_sizes))),
+        "softcap": draw(st.sampled_from([None, *space.softcaps])) if space.softcap else None,
+    }
+
+
+@st.composite
+def option_dicts(draw: st.DrawFn, space: Space, config: dict) -> dict:
+    """The batch-wide options that compile nothing: window, clamp, scale, values, poison."""
+    window = None
+    clamp = False
+    if space.windows is not None:
+        window = draw(st.sampled_from(list(space.windows)))
+    elif space.window and draw(st.booleans()):
+        window = draw(st.integers(1, space.longest))
+    if window is not None:
+        clamp = draw(st.booleans()) if space.clamp is None else space.clamp
+    scale = None
+    if space.scales:
+        scale = draw(st.sampled_from([None, None, None, *space.softmax_scales]))
+    knobs: dict[str, Any] = {}
+    paged = config.get("page_size") is not None
+    if space.contract_knobs and paged and draw(st.integers(0, 7)) == 0:
+        knobs["page_table_slack"] = draw(st.integers(1, 4))
+    if space.contract_knobs and draw(st.integers(0, 7)) == 0:
+        knobs["range_padding"] = "zero"
+    return {
         "sliding_window": window,
         "clamp_ranges_to_window": clamp,
-        "softcap": draw(st.sampled_from([None, *SOFTCAPS])) if space.softcap else None,
-        "softmax_scale": draw(st.sampled_from([None, None, None, *SOFTMAX_SCALES]))
-        if space.scales else None,
-        "seed": draw(st.integers(0, 2**16)),
+        "softmax_scale": scale,
         "value_profile": draw(st.sampled_from(list(space.value_profiles))),
         "poison": draw(st.sampled_from(list(space.poisons))),
         "allow_overlapping_ranges": space.overlapping_ranges,
+        **knobs,
     }
+
+
+@st.composite
+def layout_dicts(draw: st.DrawFn, space: Space, options: dict) -> dict:
+    """The requests of one case, and its seed."""
+    window = options.get("sliding_window")
+    requests = draw(st.lists(request_dicts(space, window), min_size=1,
+                             max_size=space.max_requests))
+    if all(r["query_len"] == 0 for r in requests):
+        requests[0] = {**requests[0], "query_len": 1}
+    return {"requests": requests, "seed": draw(st.integers(0, 2**16))}
+
+
+@st.composite
+def pack_dicts(draw: st.DrawFn, space: Space, config: dict, size: int
+               ) -> tuple[dict, list[dict]]:
+    """Options and ``size`` layouts for one configuration: the cases of one pack."""
+    options = draw(option_dicts(space, config))
+    return options, [draw(layout_dicts(space, options)) for _ in range(size)]
+
+
+@st.composite
+def case_dicts(draw: st.DrawFn, space: Space = CPU_SPACE) -> dict:
+    """A JSON case (docs/contract.md) drawn from ``space``."""
+    config = draw(config_dicts(space))
+    options = draw(option_dicts(space, config))
+    return {**draw(layout_dicts(space, options)), **config, **options}
 
 
 def cases(space: Space = CPU_SPACE) -> st.SearchStrategy[CaseSpec]:
@@ -193,6 +343,11 @@ ADVERSARIAL_CASES: dict[str, CaseSpec] = {
     "near_ties_nan_poison_fp16": _case([{"query_len": 29, "ranges": [[3, 20]]}],
                                        dtype="float16", head_dim=256, value_profile="near_ties",
                                        poison="nan", page_size=1),
+    "range_across_tile_128": _case([{"query_len": 131, "ranges": [[120, 130]]}], page_size=None,
+                                   num_heads=2, num_kv_heads=1),
+    "slack_columns_and_zero_padding": _case(
+        [{"context_len": 5, "query_len": 12, "ranges": [[1, 3], [9, 14]]}, {"query_len": 4}],
+        page_table_slack=3, range_padding="zero"),
 }
 
 

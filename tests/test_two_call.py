@@ -35,8 +35,8 @@ from verify.targets.two_call import (
     overlap_weight,
     range_spans,
 )
-from verify.two_call.report import main
 from verify.two_call.error import TV_BOUND, matches_two_call_model, measure
+from verify.two_call.report import main
 
 ENGINES = ("reference", "sdpa", "fa4")
 CPU_DECOMPOSITIONS = ("two_call_reference", "two_call_sdpa", "replace_reference", "replace_sdpa")

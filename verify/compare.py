@@ -242,6 +242,7 @@ class Verdict:
     ratio: float = 0.0  # the larger of out_ratio and lse_ratio
     out_ratio: float = 0.0  # out_error / max(baseline_error, atol)
     ulp_error: float = 0.0
+    scale_ulps: float = 0.0  # out_error in ULPs of the dtype at the output's largest value
     lse_error: float | None = None
     lse_allowed_error: float | None = None
     lse_ratio: float | None = None  # lse_error / max(baseline lse error, lse atol)
@@ -350,7 +351,8 @@ def _verdict(case: MaterializedCase, segment: Segment, numbers: list[float], got
     floor = BASELINE_MULTIPLE * v_max * (math.sqrt(width) * FLOAT32_EPS + 2 * rounding)
     allowed = max(BASELINE_MULTIPLE * base_error + atol, floor)
     verdict = Verdict(True, baseline_error=base_error, allowed_error=allowed,
-                      out_error=out_error, ulp_error=ulp_error)
+                      out_error=out_error, ulp_error=ulp_error,
+                      scale_ulps=out_error / float(ulp(torch.tensor(scale), dtype)))
     if truth_nonfinite or not math.isfinite(allowed):
         verdict.passed, verdict.judgeable, verdict.kind = False, False, "unjudgeable"
         verdict.problems.append("the float64 reference or the baseline is not finite here: "

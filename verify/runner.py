@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -81,10 +82,12 @@ class TruthCache:
 
 @dataclass
 class Judged:
-    """One run of a target on a (packed) case: an outcome per segment, and timings."""
+    """One run of a target on a (packed) case: an outcome per segment, the batch's own
+    outcome when there are several segments (a pack is a case too), and timings."""
 
     outcomes: list[Outcome]
     timings: dict[str, float] = field(default_factory=dict)
+    batch: Outcome | None = None
 
 
 def _fingerprint(t: Tensor) -> int:
@@ -141,11 +144,12 @@ def _synchronize(device: torch.device) -> None:
 
 
 def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment] | None = None,
-                  truths: TruthCache | None = None) -> Judged:
+                  truths: TruthCache | None = None,
+                  on_target_call: Callable[[], None] = lambda: None) -> Judged:
     """Run ``target`` once on ``case`` and judge every segment (default: the whole case).
 
-    Never raises for the target's fault. Timings: ``reference`` (truth), ``target`` (the
-    call, synchronized), ``judge``.
+    Never raises for the target's fault. ``on_target_call`` fires right before the call.
+    Timings: ``reference`` (truth), ``target`` (the call, synchronized), ``judge``.
     """
     segments = segments or [whole(case)]
     truths = truths or TruthCache()
@@ -157,6 +161,7 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
     given = _copy(case)
     _synchronize(case.device)
     timings["reference"] = time.perf_counter() - start
+    on_target_call()
     start = time.perf_counter()
     try:
         out, lse = target.run(given)
@@ -179,16 +184,26 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
         return Judged(_error(target, "wild-write", "memory outside the target's own tensors "
                              "changed during its call (the referee's inputs or truth)",
                              len(segments), seconds), timings)
-    verdicts = judge(case, out, lse, truth, segments, wants_lse=target.capabilities.lse)
-    distances = (judge(case, out, lse, exact, segments, wants_lse=target.capabilities.lse)
+    wants_lse = target.capabilities.lse
+    verdicts = judge(case, out, lse, truth, segments, wants_lse=wants_lse)
+    distances = (judge(case, out, lse, exact, segments, wants_lse=wants_lse)
                  if exact is not None else [None] * len(segments))
+    outcomes = [_outcome(target, v, d, seconds / len(segments))
+                for v, d in zip(verdicts, distances, strict=True)]
+    batch = None
+    if len(segments) > 1:
+        distance = None if exact is None else judge(case, out, lse, exact, wants_lse=wants_lse)[0]
+        batch = _outcome(target, judge(case, out, lse, truth, wants_lse=wants_lse)[0], distance,
+                         seconds)
     timings["judge"] = time.perf_counter() - start
-    outcomes = []
-    for verdict, distance in zip(verdicts, distances, strict=True):
-        status = PASS if verdict.passed else (FAIL if verdict.judgeable else ERROR)
-        outcomes.append(Outcome(target.name, status, verdict, kind=verdict.kind,
-                                seconds=seconds / len(segments), distance=distance))
-    return Judged(outcomes, timings)
+    return Judged(outcomes, timings, batch)
+
+
+def _outcome(target: Target, verdict: Verdict, distance: Verdict | None, seconds: float
+             ) -> Outcome:
+    status = PASS if verdict.passed else (FAIL if verdict.judgeable else ERROR)
+    return Outcome(target.name, status, verdict, kind=verdict.kind, seconds=seconds,
+                   distance=distance)
 
 
 def evaluate(target: Target, case: MaterializedCase, truths: TruthCache | None = None

@@ -28,15 +28,14 @@ class Target:
     def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
         return self.capabilities.unsupported_reason(spec, device)
 
-    def compile_key(self, spec: CaseSpec) -> tuple:
-        """What this target compiles a kernel for: cases with equal keys share one.
+    def compile_key(self, spec: CaseSpec) -> tuple | None:
+        """What this target compiles a kernel for (cases with equal keys share one), or None
+        for a target that compiles nothing.
 
-        The fuzzer keeps a configuration (these fields) for many cases so that a compiling
-        target pays its compile once per configuration; the report counts compiles. The
-        default suits an eager target: the fields of a case no kernel is built for.
+        The fuzzer keeps a configuration for many cases so that a compiling target pays its
+        compile once per configuration, and the report counts compiles and their time.
         """
-        return (spec.dtype, spec.num_heads // spec.num_kv_heads, spec.head_dim,
-                spec.value_dim, spec.page_size is not None, spec.softcap is not None)
+        return None
 
     def model_bias(self, case: MaterializedCase) -> LogWeight | None:
         """The log-weight model this target claims to compute (None: the exact mask)."""

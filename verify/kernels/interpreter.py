@@ -27,3 +27,8 @@ def use_interpreter_without_cuda() -> bool:
 def interpreter_enabled() -> bool:
     """Whether Triton kernels run under the interpreter in this process."""
     return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def interpreter_patches() -> list[str]:
+    """What this process changed in Triton's interpreter (for reports)."""
+    return []

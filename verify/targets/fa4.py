@@ -28,14 +28,18 @@ from torch import Tensor
 from verify.capabilities import Capabilities
 from verify.case import CaseSpec
 from verify.gpu import fa4_unavailable_reason
-from verify.materialize import MaterializedCase
+from verify.materialize import TORCH_DTYPES, MaterializedCase
 from verify.target import Target
 
 # Stands in for "no window" in the runtime window slot: wider than any sequence, and
 # p - j stays far from int32 overflow.
 NO_WINDOW = 1 << 30
-# SM90 (H100/H200): FA4 checks 8 <= head_dim <= 256 and 16-byte alignment of a row.
+# FA4's documented SM90 head dims (8..256, 16-byte rows), used only where FA4 itself cannot
+# be asked (no flash-attn-4 installed); with FA4 installed, its own validator decides.
 MIN_HEAD_DIM, MAX_HEAD_DIM, HEAD_DIM_ALIGN = 8, 256, 8
+# FA4's SM90 query tile (a mask_mod call is non-causal): a request longer than one tile
+# (times the query heads packed per KV head) takes another kernel configuration.
+SM90_TILE_M = 128
 FINDING_TMA_TAIL_NAN = "fa4_tma_page_tail_nan"
 
 
@@ -103,10 +107,26 @@ def mask_params(case: MaterializedCase) -> Tensor:
                         device=case.device)
 
 
-def _head_dim_reason(name: str, dim: int) -> str | None:
-    if not MIN_HEAD_DIM <= dim <= MAX_HEAD_DIM or dim % HEAD_DIM_ALIGN:
-        return (f"unsupported: {name} {dim} (FA4 on SM90 takes {MIN_HEAD_DIM}..{MAX_HEAD_DIM}, "
-                f"a multiple of {HEAD_DIM_ALIGN})")
+@functools.cache
+def head_dim_reason(head_dim: int, head_dim_v: int, element_size: int) -> str | None:
+    """Why FA4 rejects these head dims on this device, in FA4's own words, or None.
+
+    Asks FA4's validator (``flash_attn.cute.interface._validate_head_dims``) for the
+    device's architecture, so a release that takes head_dim 512 is used at 512 with no
+    change here. Without flash-attn-4 (the CPU tests), FA4's documented SM90 limits.
+    """
+    try:
+        from flash_attn.cute.interface import _get_device_arch, _validate_head_dims
+    except ImportError:
+        if all(MIN_HEAD_DIM <= d <= MAX_HEAD_DIM and d % HEAD_DIM_ALIGN == 0
+               for d in (head_dim, head_dim_v)):
+            return None
+        return (f"unsupported: head_dim {head_dim}, head_dim_v {head_dim_v} (FA4 on SM90 takes "
+                f"{MIN_HEAD_DIM}..{MAX_HEAD_DIM}, a multiple of {HEAD_DIM_ALIGN})")
+    try:
+        _validate_head_dims(head_dim, head_dim_v, _get_device_arch() // 10, 16 // element_size)
+    except AssertionError as exc:
+        return f"unsupported: head_dim {head_dim}, head_dim_v {head_dim_v}: FA4 says {exc}"
     return None
 
 
@@ -143,8 +163,22 @@ class FA4Target(Target):
 
     def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
         return (super().unsupported_reason(spec, device)
-                or _head_dim_reason("head_dim", spec.head_dim)
+                or head_dim_reason(spec.head_dim, spec.value_dim,
+                                   torch.finfo(TORCH_DTYPES[spec.dtype]).bits // 8)
                 or tma_tail_nan_reason(spec))
+
+    def compile_key(self, spec: CaseSpec) -> tuple:
+        """FA4 compiles per dtype, head dims, GQA ratio, K/V layout (packed, paged by cp.async,
+        paged by TMA when a page is one key tile), softcap value, and whether the longest
+        request (query heads packed per KV head) fits one query tile."""
+        ratio = spec.num_heads // spec.num_kv_heads
+        kv = "packed"
+        if spec.page_size is not None:
+            tile = sm90_tile_n(spec.head_dim, spec.value_dim)
+            kv = "tma" if spec.page_size == tile else "cp.async"
+        longest = max(r.query_len for r in spec.requests) * ratio
+        return (spec.dtype, spec.head_dim, spec.value_dim, ratio, kv, spec.softcap,
+                longest <= SM90_TILE_M)
 
     def mask_mod(self) -> Callable[..., Any]:
         """The mask function handed to FA4 (a planted-fault test overrides it)."""

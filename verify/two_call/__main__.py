@@ -2,4 +2,5 @@
 
 from verify.two_call.report import main
 
-raise SystemExit(main())
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,115 @@
+"""Shrinking a failing case to a small reproducer that fails the same way.
+
+Greedy delta debugging on the case itself (not on Hypothesis' choices), so any failing
+case shrinks: one drawn by the fuzzer, a pack of cases, a golden file. Candidates come
+simplest first, layout before configuration: drop requests, drop ranges, shorten
+sequences and ranges, then simplify the options, and last the configuration (fewer heads,
+a smaller head dim), which costs a compile on kernels that compile. A candidate is kept
+when it still fails with the same signature; shrinking stops when no candidate does or
+the deadline passes, and the smallest failure so far is the result.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from copy import deepcopy
+from typing import Any
+
+from verify.case import CaseError, CaseSpec, parse_case, without_annotations
+
+Data = dict[str, Any]
+# Option values a failure is simplest at, tried in this order.
+SIMPLE_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("sliding_window", None), ("clamp_ranges_to_window", False), ("softcap", None),
+    ("softmax_scale", None), ("value_profile", "normal"), ("poison", "finite"),
+    ("page_table_slack", 0), ("range_padding", "negative"), ("page_size", None),
+    ("head_dim_v", None), ("allow_overlapping_ranges", False), ("seed", 0),
+)
+
+
+def _smaller(n: int, least: int = 0) -> list[int]:
+    """Values below ``n`` to try, boldest first."""
+    return sorted({least, n // 2, n - 1} - {n}, key=lambda m: (m != least, m))
+
+
+def _request_candidates(data: Data) -> Iterator[Data]:
+    requests = data["requests"]
+    if len(requests) > 1:
+        for i in range(len(requests)):  # keep one request alone, then drop one
+            yield {**data, "requests": [requests[i]]}
+        for i in range(len(requests)):
+            yield {**data, "requests": requests[:i] + requests[i + 1:]}
+    for i, r in enumerate(requests):
+        def with_request(change: dict, i: int = i, r: dict = r) -> Data:
+            return {**data, "requests": [*requests[:i], {**r, **change}, *requests[i + 1:]]}
+
+        for k in range(len(r.get("ranges", []))):
+            yield with_request({"ranges": r["ranges"][:k] + r["ranges"][k + 1:]})
+        for n in _smaller(r["query_len"], least=1 if r["query_len"] else 0):
+            yield with_request({"query_len": n})
+        for n in _smaller(r.get("context_len", 0)):
+            yield with_request({"context_len": n})
+        for k, (s, e) in enumerate(r.get("ranges", [])):
+            shorter = [[s, m] for m in _smaller(e, least=s) if m >= s]
+            later = [[m, e] for m in (s + 1, (s + e) // 2) if s < m <= e]
+            for pair in [*shorter, *later, [0, e - s]]:
+                if pair != [s, e]:
+                    yield with_request({"ranges": [*r["ranges"][:k], pair,
+                                                   *r["ranges"][k + 1:]]})
+        if r.get("seed") is not None:
+            yield with_request({"seed": None})
+
+
+def _option_candidates(data: Data) -> Iterator[Data]:
+    for key, simple in SIMPLE_OPTIONS:
+        if key in data and data[key] != simple:
+            yield {**data, key: simple}
+
+
+def _config_candidates(data: Data) -> Iterator[Data]:
+    heads, kv_heads = data["num_heads"], data.get("num_kv_heads", data["num_heads"])
+    if heads != kv_heads:
+        yield {**data, "num_heads": kv_heads}
+    if kv_heads > 1:
+        yield {**data, "num_kv_heads": 1, "num_heads": heads // kv_heads}
+    for dim in _smaller(data["head_dim"], least=16):
+        if dim % 16 == 0 and dim >= 16:
+            yield {**data, "head_dim": dim}
+
+
+def candidates(spec: CaseSpec) -> Iterator[CaseSpec]:
+    """Valid cases a little simpler than ``spec``, simplest first."""
+    data = without_annotations(spec).to_dict()
+    for generate in (_request_candidates, _option_candidates, _config_candidates):
+        for candidate in generate(deepcopy(data)):
+            try:
+                yield parse_case(candidate)
+            except CaseError:
+                continue
+
+
+def shrink(spec: CaseSpec, still_fails: Callable[[CaseSpec], bool],
+           accepts: Callable[[CaseSpec], bool], deadline: float) -> tuple[CaseSpec, int]:
+    """The smallest case found that still fails, and how many candidates were run.
+
+    ``accepts`` filters candidates the target declines; ``still_fails`` runs one.
+    """
+    current = spec
+    tried = 0
+    seen = {without_annotations(spec).to_json()}
+    improved = True
+    while improved and time.monotonic() < deadline:
+        improved = False
+        for candidate in candidates(current):
+            if time.monotonic() >= deadline:
+                break
+            key = candidate.to_json()
+            if key in seen or not accepts(candidate):
+                continue
+            seen.add(key)
+            tried += 1
+            if still_fails(candidate):
+                current, improved = candidate, True
+                break
+    return current, tried

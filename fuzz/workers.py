@@ -1,0 +1,261 @@
+"""Each target runs in worker processes, one per device, supervised (docs/design.md).
+
+A kernel under test may segfault, abort, call ``os._exit``, poison its CUDA context or
+hang. None of that may take the run down or blame another target: the supervisor sees
+the worker die (or pass ``--case-timeout`` inside the target's own call), turns that
+into an ``error`` outcome for the job it was running, starts a fresh worker and hands it
+the jobs that were still queued. Workers come from a fork server that has imported torch
+and the suite, so a new one costs milliseconds, and a worker's CUDA context is its own.
+Only the target's call is timed: the supervisor learns from the worker when it starts.
+
+``isolation="none"`` runs jobs in this process instead (for a debugger); then nothing
+protects the run from the kernel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+
+from verify.jobs import Job, JobResult, WorkerState, execute
+from verify.runner import ERROR, Outcome
+from verify.targets import get_target
+
+# Modules the fork server imports once, so each worker starts warm.
+PRELOAD = ["torch", "verify.jobs", "verify.targets", "fuzz.workers"]
+# How long the referee's own work on one job may take before the worker counts as stuck:
+# materializing and the float64 reference of the largest packs take seconds, not minutes.
+REFEREE_TIMEOUT = 600.0
+# Jobs queued per worker: one running, one waiting, so the device never waits for the
+# main process to draw the next one.
+DEPTH = 2
+
+
+def _context() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)
+    return context
+
+
+def _serve(conn: Connection, target_name: str, device: str, log: str | None) -> None:
+    """The worker's loop: jobs in, ``("call", id)`` before each target call, results out."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
+    if log is not None:  # what the kernel prints must not garble the progress display
+        descriptor = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(descriptor, 1)
+        os.dup2(descriptor, 2)
+    import torch
+
+    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)  # small cases: a thread pool only adds synchronization
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    try:
+        state = WorkerState(get_target(target_name), device)
+    except Exception as exc:
+        conn.send(("fatal", f"{type(exc).__name__}: {exc}"))
+        return
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        try:
+            result = execute(job, state, lambda job=job: conn.send(("call", job.id)))
+        except Exception as exc:  # the referee's own failure: said so, never blamed on the target
+            traceback.print_exc()
+            result = failed_result(job, state.target.name, "referee",
+                                   f"the referee failed on this job: {type(exc).__name__}: {exc}")
+        conn.send(("done", job.id, result))
+        if result.restart:
+            return
+
+
+def describe_exit(code: int | None) -> str:
+    """'SIGSEGV', 'exit code 3', ... for a process's exit code."""
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        try:
+            return signal.Signals(-code).name
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def failed_result(job: Job, target: str, kind: str, reason: str, seconds: float = 0.0
+                  ) -> JobResult:
+    """The result of a job the worker could not finish: an error for each case and the batch."""
+    def outcome() -> Outcome:
+        return Outcome(target, ERROR, reason=reason, kind=kind, seconds=seconds)
+
+    batch = outcome() if job.packed and len(job.cases) > 1 else None
+    return JobResult(job.id, [outcome() for _ in job.cases], batch)
+
+
+@dataclass
+class _Worker:
+    device: str
+    process: multiprocessing.process.BaseProcess
+    conn: Connection
+    jobs: deque[Job] = field(default_factory=deque)
+    in_target: bool = False
+    since: float = field(default_factory=time.perf_counter)
+
+
+class WorkerPool:
+    """Workers for one target, one per device; submit jobs, collect results."""
+
+    def __init__(self, target_name: str, devices: Iterable[str], *, case_timeout: float,
+                 isolation: str = "process", log: Path | None = None) -> None:
+        self.target_name = target_name
+        self.case_timeout = case_timeout
+        self.isolation = isolation
+        self.log = None if log is None else str(log)
+        self.devices = list(devices)
+        self.restarts = 0
+        self._done: list[JobResult] = []
+        self._workers: list[_Worker] = []
+        self._local: WorkerState | None = None
+        if isolation == "none":
+            self._local = WorkerState(get_target(target_name), self.devices[0])
+        elif isolation != "process":
+            raise ValueError(f"isolation must be 'process' or 'none', got {isolation!r}")
+        else:
+            self._workers = [self._start(device) for device in self.devices]
+
+    def _start(self, device: str) -> _Worker:
+        parent, child = _context().Pipe()
+        process = _context().Process(target=_serve, args=(child, self.target_name, device,
+                                                          self.log), daemon=True)
+        process.start()
+        child.close()
+        return _Worker(device, process, parent)
+
+    @property
+    def capacity(self) -> int:
+        """Jobs that can be submitted now without queueing past ``DEPTH`` per worker."""
+        if self._local is not None:
+            return 1
+        return sum(DEPTH - len(w.jobs) for w in self._workers)
+
+    @property
+    def busy(self) -> bool:
+        return any(w.jobs for w in self._workers)
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job`` on the least loaded worker (or run it now, without isolation)."""
+        if self._local is not None:
+            self._done.append(execute(job, self._local))
+            return
+        worker = min(self._workers, key=lambda w: len(w.jobs))
+        if not worker.jobs:
+            worker.since, worker.in_target = time.perf_counter(), False
+        worker.jobs.append(job)
+        worker.conn.send(job)
+
+    def wait(self, timeout: float) -> list[JobResult]:
+        """Results that are ready within ``timeout`` seconds (crashes and hangs included)."""
+        if self._done or self._local is not None:
+            done, self._done = self._done, []
+            return done
+        deadline = time.perf_counter() + timeout
+        while not self._done:
+            now = time.perf_counter()
+            waits = [deadline - now, *(self._deadline(w) - now for w in self._workers if w.jobs)]
+            ready = wait([w.conn for w in self._workers] + [w.process.sentinel
+                                                            for w in self._workers],
+                         max(0.0, min(waits)))
+            for worker in list(self._workers):
+                self._service(worker, ready)
+            if time.perf_counter() >= deadline:
+                break
+        done, self._done = self._done, []
+        return done
+
+    def _deadline(self, worker: _Worker) -> float:
+        return worker.since + (self.case_timeout if worker.in_target else REFEREE_TIMEOUT)
+
+    def _service(self, worker: _Worker, ready: list) -> None:
+        if worker.conn in ready:
+            try:
+                while worker.conn.poll():
+                    self._message(worker, worker.conn.recv())
+            except (EOFError, OSError):
+                pass
+        if not worker.process.is_alive():
+            worker.process.join()
+            self._replace(worker, "crash" if worker.in_target else "referee",
+                          f"the worker died ({describe_exit(worker.process.exitcode)}) "
+                          + ("during the target's call" if worker.in_target
+                             else "outside the target's call"))
+        elif worker.jobs and time.perf_counter() > self._deadline(worker):
+            seconds = time.perf_counter() - worker.since
+            worker.process.kill()
+            worker.process.join()
+            self._replace(worker, "timeout" if worker.in_target else "referee",
+                          f"timeout: the target's call ran {seconds:.0f} s "
+                          f"(--case-timeout {self.case_timeout:g})" if worker.in_target
+                          else f"the referee's work on this job ran past {REFEREE_TIMEOUT:g} s")
+
+    def _message(self, worker: _Worker, message: tuple) -> None:
+        kind = message[0]
+        if kind == "call":
+            worker.in_target, worker.since = True, time.perf_counter()
+        elif kind == "done":
+            worker.jobs.popleft()
+            self._done.append(message[2])
+            worker.in_target, worker.since = False, time.perf_counter()
+        elif kind == "fatal":
+            for job in worker.jobs:
+                self._done.append(failed_result(job, self.target_name, "error:load",
+                                                f"the target cannot load in a worker: "
+                                                f"{message[1]}"))
+            worker.jobs.clear()
+
+    def _replace(self, worker: _Worker, kind: str, reason: str) -> None:
+        """The running job fails with ``reason``; a fresh worker takes the queued ones."""
+        if worker.jobs:
+            seconds = time.perf_counter() - worker.since
+            self._done.append(failed_result(worker.jobs.popleft(), self.target_name, kind,
+                                            reason, seconds))
+        pending = list(worker.jobs)
+        self._workers.remove(worker)
+        worker.conn.close()
+        self.restarts += 1
+        fresh = self._start(worker.device)
+        self._workers.append(fresh)
+        for job in pending:
+            fresh.jobs.append(job)
+            fresh.conn.send(job)
+        fresh.since = time.perf_counter()
+
+    def close(self) -> None:
+        """Stop every worker (politely, then for good)."""
+        for worker in self._workers:
+            with contextlib.suppress(OSError):
+                worker.conn.send(None)
+        for worker in self._workers:
+            worker.process.join(timeout=2)
+            if worker.process.is_alive():
+                worker.process.kill()
+                worker.process.join()
+            worker.conn.close()
+        self._workers = []
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,90 @@
+"""A job: the unit of work a worker process runs for one target (docs/design.md).
+
+Case JSON goes in (never tensors, so a job crosses a process boundary cheaply), small
+:class:`verify.runner.Outcome` records come out, one per case plus one for the batch
+when the cases were packed, with the time spent materializing, in the reference, in
+the target and in the policy. The worker also says whether the job compiled a new
+kernel configuration (the first time this process saw the target's compile key).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from verify.case import CaseSpec, parse_case
+from verify.compare import Segment
+from verify.materialize import materialize
+from verify.pack import pack
+from verify.runner import Outcome, run_and_judge
+from verify.target import Target
+
+
+@dataclass(frozen=True)
+class Job:
+    """Run ``cases`` (JSON mappings) as one batch (``packed``) or the first one alone."""
+
+    id: int
+    cases: tuple[dict[str, Any], ...]
+    packed: bool = True
+
+
+@dataclass
+class JobResult:
+    """Outcomes in the job's case order, the batch's own when packed, timings, compile."""
+
+    id: int
+    outcomes: list[Outcome]
+    batch: Outcome | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    compiled: bool = False
+    compile_key: str = ""
+    restart: bool = False  # the worker's device may be unusable: start a fresh one
+
+
+@dataclass
+class WorkerState:
+    """What a worker keeps between jobs: its target, device and the kernels it compiled."""
+
+    target: Target
+    device: str
+    compiled: set[str] = field(default_factory=set)
+
+
+def _device_works(device: str) -> bool:
+    """Whether the CUDA context survived (an illegal access poisons it for good)."""
+    if not device.startswith("cuda"):
+        return True
+    try:
+        torch.ones(1, device=device).add_(1).item()
+        torch.cuda.synchronize(device)
+    except Exception:
+        return False
+    return True
+
+
+def execute(job: Job, state: WorkerState,
+            on_target_call: Callable[[], None] = lambda: None) -> JobResult:
+    """Materialize, judge and time one job; ``on_target_call`` fires before the target runs
+    (so a supervisor times the target, not the referee)."""
+    start = time.perf_counter()
+    specs: list[CaseSpec] = [parse_case(c) for c in job.cases]
+    segments: list[Segment] | None = None
+    spec = specs[0]
+    if job.packed and len(specs) > 1:
+        spec, segments = pack(specs)
+    case = materialize(spec, state.device)
+    materialize_seconds = time.perf_counter() - start
+    key = state.target.compile_key(spec)
+    compiled = key is not None and repr(key) not in state.compiled
+    state.compiled.add(repr(key))
+    judged = run_and_judge(state.target, case, segments, on_target_call=on_target_call)
+    restart = any(o.kind.startswith("error:") for o in judged.outcomes) and not _device_works(
+        state.device)
+    return JobResult(job.id, judged.outcomes, judged.batch,
+                     {"materialize": materialize_seconds, **judged.timings}, compiled,
+                     "" if key is None else repr(key), restart)
