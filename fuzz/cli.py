@@ -51,12 +51,12 @@ EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 
 # Seconds of exploration when neither --budget nor --examples is given: the whole
 # default run (imports, every CPU target, reports) stays near a minute.
 DEFAULT_BUDGET = 45.0
-DEFAULT_SHRINK_SECONDS = 20.0
+DEFAULT_SHRINK_SECONDS = 10.0
 # A target's call may take this long: a first FA4 compile takes up to ~16 s, and a pack
 # of the largest GPU cases some seconds more.
 DEFAULT_CASE_TIMEOUT = 120.0
 DEFAULT_MIN_CASES = 10
-DEFAULT_MAX_FAILURES = 5
+DEFAULT_MAX_FAILURES = 8
 # Cases and keys per pack: small on a CPU (cases are small, a pack is latency), large on
 # a GPU (one kernel call, one reference for many cases).
 PACK_SIZES = {"cpu": (8, 1024), "cuda": (32, 32768)}

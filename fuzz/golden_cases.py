@@ -56,6 +56,10 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
                 "queries of the first 16-row tile inside image [4, 35] must see keys up to 35, "
                 "past the tile's causal limit",
                 [{"query_len": 40, "ranges": [[4, 35]]}]),
+    _fault_case("causal_tile_key_loop_128",
+                "image [120, 135] across the 128-token tile edge: queries 120..127 must see "
+                "keys 128..135",
+                [{"query_len": 136, "ranges": [[120, 135]]}], num_heads=2, num_kv_heads=1),
     _fault_case("exclusive_range_end",
                 "image [3, 10]: its queries must see key 10 (ends are inclusive)",
                 [{"query_len": 16, "ranges": [[3, 10]]}]),

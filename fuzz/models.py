@@ -46,6 +46,7 @@ class ModelPreset:
         return [base.narrowed(
             heads=((kind.num_heads, kind.num_kv_heads),), head_dims=(kind.head_dim,),
             value_dims=False, softcap=False, scales=True, softmax_scales=(kind.softmax_scale,),
+            default_scale=False,
             window=kind.sliding_window is not None,
             windows=None if kind.sliding_window is None else (kind.sliding_window,),
             clamp=kind.clamp_ranges_to_window, max_seq_len=longest,

@@ -49,6 +49,12 @@ def distance_text(run: TargetRun) -> str:
     return f"{d.max_ulps:.0f} ulp, {d.beyond_exact}/{d.judged} beyond exact"
 
 
+def declined_text(run: TargetRun) -> str:
+    """Draws the target's declared limits rejected, as a share of all draws."""
+    declined = sum(run.declined.values())
+    return f"{declined} ({100 * declined / run.drawn:.0f}%)" if run.drawn else "0"
+
+
 def _ratio_text(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}"
 
@@ -95,7 +101,7 @@ def worst_case(run: TargetRun) -> str:
 def row(report: RunReport, run: TargetRun) -> tuple[str, ...]:
     counts = run.stats.counts
     return (run.target, report.status(run), str(run.judged), str(counts[PASS]),
-            str(counts[FAIL] + counts[ERROR]), str(sum(run.declined.values())), str(run.compiles),
+            str(counts[FAIL] + counts[ERROR]), declined_text(run), str(run.compiles),
             _ratio_text(run.worst_ratio), distance_text(run), str(len(run.failures)),
             worst_case(run))
 

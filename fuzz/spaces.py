@@ -9,7 +9,7 @@ sizes that are multiples of 16, no range cut by the chunk end).
 
 from __future__ import annotations
 
-from fuzz.strategies import CPU_SPACE, GPU_SPACE, INTERPRETER_SPACE, Space
+from fuzz.strategies import CPU_SPACE, EDGE_REACH, GPU_SPACE, INTERPRETER_SPACE, Space
 from verify.capabilities import Capabilities
 
 PROFILES: dict[str, Space] = {"cpu": CPU_SPACE, "interpreter": INTERPRETER_SPACE,
@@ -28,10 +28,9 @@ def space_for(capabilities: Capabilities, base: Space) -> Space | None:
     edges = tuple(base.tile_edges)
     limit = capabilities.max_total_tokens
     if limit is not None:
-        edges = tuple(e for e in edges if e + 8 <= limit)
-        if max_requests * max_seq_len > limit:
-            max_seq_len = min(max_seq_len, limit)
-            max_requests = max(1, min(max_requests, limit // max_seq_len))
+        max_seq_len = min(max_seq_len, limit)
+        max_requests = max(1, min(max_requests, limit // max_seq_len))
+        edges = tuple(e for e in edges if max_requests * (e + EDGE_REACH) <= limit)
     head_dims = tuple(d for d in base.head_dims if capabilities.accepts_head_dim(d))
     page_sizes = tuple(p for p in base.page_sizes if capabilities.accepts_page_size(p))
     dtypes = tuple(d for d in base.dtypes if d in capabilities.dtypes)

@@ -68,6 +68,7 @@ class Space:
     value_dims: bool = True  # head_dim_v may differ from head_dim
     scales: bool = True  # an explicit softmax_scale instead of 1/sqrt(head_dim)
     softmax_scales: Sequence[float] = SOFTMAX_SCALES
+    default_scale: bool = True  # 1/sqrt(head_dim) is drawn too
     value_profiles: Sequence[str] = VALUE_PROFILES
     poisons: Sequence[str] = POISONS
     overlapping_ranges: bool = False
@@ -195,8 +196,8 @@ def request_dicts(draw: st.DrawFn, space: Space, window: int | None = None) -> d
         kinds.append("tile_edge")
     if _has(space, "decode_only"):
         kinds = ["decode", "decode", "empty"]
-    if _has(space, "prefill_only"):
-        kinds = [k for k in kinds if k in ("prefill", "empty")] or ["decode"]
+    if _has(space, "prefill_only"):  # a decode then has no context: one query, one key
+        kinds = [k for k in kinds if k != "chunk"]
     if _has(space, "no_empty_requests"):
         kinds = [k for k in kinds if k != "empty"]
     kind = draw(st.sampled_from(kinds))
@@ -208,7 +209,8 @@ def request_dicts(draw: st.DrawFn, space: Space, window: int | None = None) -> d
         context_len = 0 if _has(space, "prefill_only") else draw(_sequence_length(space, 1)) - 1
         query_len = 1
     elif kind == "empty":
-        context_len, query_len = draw(st.integers(0, space.max_seq_len)), 0
+        context_len = 0 if _has(space, "prefill_only") else draw(st.integers(0, space.max_seq_len))
+        query_len = 0
     elif kind == "chunk":
         seq_len = draw(_sequence_length(space, 2))
         context_len = draw(st.integers(1, seq_len - 1))
@@ -235,7 +237,7 @@ def config_dicts(draw: st.DrawFn, space: Space) -> dict:
     head_dim = draw(st.sampled_from(list(space.head_dims)))
     head_dim_v = None
     others = [d for d in space.head_dims if d != head_dim]
-    if space.value_dims and others and draw(st.integers(0, 5)) == 5:  # shrinks toward equal
+    if space.value_dims and others and draw(st.integers(0, 3)) == 3:  # shrinks toward equal
         head_dim_v = draw(st.sampled_from(others))
     return {
         "num_heads": num_heads, "num_kv_heads": num_kv_heads,
@@ -259,7 +261,8 @@ def option_dicts(draw: st.DrawFn, space: Space, config: dict) -> dict:
         clamp = draw(st.booleans()) if space.clamp is None else space.clamp
     scale = None
     if space.scales:
-        scale = draw(st.sampled_from([None, None, None, *space.softmax_scales]))
+        defaults = [None, None, None] if space.default_scale else []
+        scale = draw(st.sampled_from([*defaults, *space.softmax_scales]))
     knobs: dict[str, Any] = {}
     paged = config.get("page_size") is not None
     if space.contract_knobs and paged and draw(st.integers(0, 7)) == 0:

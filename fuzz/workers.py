@@ -38,6 +38,9 @@ REFEREE_TIMEOUT = 600.0
 # Jobs queued per worker: one running, one waiting, so the device never waits for the
 # main process to draw the next one.
 DEPTH = 2
+# Workers that die before beginning any job, in a row, before the job is failed instead
+# (a target whose import crashes the process would otherwise restart forever).
+MAX_STARTUP_DEATHS = 3
 
 
 def _context() -> multiprocessing.context.BaseContext:
@@ -71,6 +74,7 @@ def _serve(conn: Connection, target_name: str, device: str, log: str | None) -> 
             return
         if job is None:
             return
+        conn.send(("start", job.id))
         try:
             result = execute(job, state, lambda job=job: conn.send(("call", job.id)))
         except Exception as exc:  # the referee's own failure: said so, never blamed on the target
@@ -110,6 +114,7 @@ class _Worker:
     process: multiprocessing.process.BaseProcess
     conn: Connection
     jobs: deque[Job] = field(default_factory=deque)
+    started: int | None = None  # the job the worker said it began
     in_target: bool = False
     since: float = field(default_factory=time.perf_counter)
 
@@ -125,6 +130,7 @@ class WorkerPool:
         self.log = None if log is None else str(log)
         self.devices = list(devices)
         self.restarts = 0
+        self._startup_deaths = 0
         self._done: list[JobResult] = []
         self._workers: list[_Worker] = []
         self._local: WorkerState | None = None
@@ -163,7 +169,8 @@ class WorkerPool:
         if not worker.jobs:
             worker.since, worker.in_target = time.perf_counter(), False
         worker.jobs.append(job)
-        worker.conn.send(job)
+        with contextlib.suppress(OSError):  # a dead worker: seen in wait(), the job moves on
+            worker.conn.send(job)
 
     def wait(self, timeout: float) -> list[JobResult]:
         """Results that are ready within ``timeout`` seconds (crashes and hangs included)."""
@@ -211,12 +218,16 @@ class WorkerPool:
 
     def _message(self, worker: _Worker, message: tuple) -> None:
         kind = message[0]
-        if kind == "call":
+        if kind == "start":
+            worker.started, worker.since = message[1], time.perf_counter()
+            self._startup_deaths = 0
+        elif kind == "call":
             worker.in_target, worker.since = True, time.perf_counter()
         elif kind == "done":
             worker.jobs.popleft()
             self._done.append(message[2])
-            worker.in_target, worker.since = False, time.perf_counter()
+            worker.started, worker.in_target = None, False
+            worker.since = time.perf_counter()
         elif kind == "fatal":
             for job in worker.jobs:
                 self._done.append(failed_result(job, self.target_name, "error:load",
@@ -225,11 +236,18 @@ class WorkerPool:
             worker.jobs.clear()
 
     def _replace(self, worker: _Worker, kind: str, reason: str) -> None:
-        """The running job fails with ``reason``; a fresh worker takes the queued ones."""
-        if worker.jobs:
+        """The job the worker began fails with ``reason``; a fresh worker takes the others
+        (a job the worker never began is not its fault)."""
+        began = bool(worker.jobs) and worker.started == worker.jobs[0].id
+        if not began and worker.jobs:
+            self._startup_deaths += 1
+            if self._startup_deaths >= MAX_STARTUP_DEATHS:
+                began, reason = True, f"the worker dies before it can begin ({reason})"
+        if began:
             seconds = time.perf_counter() - worker.since
             self._done.append(failed_result(worker.jobs.popleft(), self.target_name, kind,
                                             reason, seconds))
+            self._startup_deaths = 0
         pending = list(worker.jobs)
         self._workers.remove(worker)
         worker.conn.close()

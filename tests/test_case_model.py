@@ -10,6 +10,7 @@ from hypothesis import given
 
 from fuzz.strategies import ADVERSARIAL_CASES, case_dicts, cases
 from verify import CaseError, load_case, parse_case, read_case
+from verify.limits import Limits
 from verify.materialize import FINITE_POISON, materialize
 
 VALID = {"format": 2, "requests": [{"context_len": 0, "query_len": 37, "ranges": [[3, 20]]}],
@@ -61,6 +62,18 @@ def _request(**changes: object) -> dict:
     (_with(poison="zero"), "poison", "one of"),
     (_with(head_dims=128), "head_dims", "unknown key"),
     (_with(allow_overlapping_ranges="yes"), "allow_overlapping_ranges", "true or false"),
+    (_request(query_len=10**7), "requests", "more than the limit"),
+    (_with(num_heads=10**6, num_kv_heads=1), "num_heads", "<= 256"),
+    (_with(head_dim=10**5), "head_dim", "<= 1024"),
+    (_with(seed=2**64), "seed", "below 2**63"),
+    (_request(ranges=[[3, 2**31]]), "requests[0].ranges[0]", "overflows int32"),
+    (_request(context_len=2**31 - 2, query_len=5), "requests[0].query_len", "overflows int32"),
+    (_with(softcap=1e308), "softcap", "<= 10000"),
+    (_with(softmax_scale=1e308), "softmax_scale", "<= 10000"),
+    (_with(format=3), "format", "<= 2"),
+    (_request(seed=-1), "requests[0].seed", ">= 0"),
+    (_with(page_table_slack=-1), "page_table_slack", ">= 0"),
+    (_with(range_padding="ones"), "range_padding", "one of"),
 ])
 def test_invalid_case_is_one_line_naming_the_field(data: dict, field: str, says: str) -> None:
     with pytest.raises(CaseError) as info:
@@ -140,3 +153,38 @@ def test_query_ranges_mark_the_range_holding_each_query() -> None:
     overlapping = load_case(_with(allow_overlapping_ranges=True, requests=[
         {"query_len": 4, "ranges": [[0, 1], [1, 3]]}]))
     assert overlapping.query_ranges.tolist() == [[0, 1], [0, 3], [1, 3], [1, 3]]
+
+
+def test_memory_is_checked_before_anything_is_allocated() -> None:
+    big = _request(query_len=200_000) | {"num_heads": 64, "num_kv_heads": 8, "head_dim": 256}
+    with pytest.raises(CaseError, match=r"^requests: needs about [0-9.]+ GiB to judge"):
+        parse_case(big, Limits(max_bytes=8 << 30))
+    assert parse_case(big).total_q == 200_000  # within the default limits
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b'{"requests": \xc3\x28}', "not a text file"), (bytes(range(256)), "invalid JSON")])
+def test_binary_files_are_one_line_errors(content: bytes, says: str, tmp_path) -> None:
+    path = tmp_path / "case.json"
+    path.write_bytes(content)
+    with pytest.raises(CaseError, match=f"^case: {says}"):
+        read_case(path)
+
+
+def test_page_table_slack_points_at_poisoned_pages() -> None:
+    spec = parse_case(_request(query_len=10) | {"page_size": 4, "page_table_slack": 3,
+                                                "poison": "nan"})
+    case = materialize(spec)
+    pages = -(-spec.requests[0].seq_len // 4)
+    assert case.page_table.shape == (1, pages + 3)
+    for column in range(pages, pages + 3):
+        assert case.k_cache[int(case.page_table[0, column])].isnan().all()
+
+
+def test_range_padding_is_minus_one_or_zero() -> None:
+    two = [{"query_len": 9, "ranges": [[1, 3], [5, 6]]}, {"query_len": 4, "ranges": [[0, 1]]}]
+    negative = materialize(parse_case(_with(requests=two)))
+    zero = materialize(parse_case(_with(requests=two, range_padding="zero")))
+    assert negative.seq_ranges[1, 1].tolist() == [-1, -1]
+    assert zero.seq_ranges[1, 1].tolist() == [0, 0]
+    assert torch.equal(negative.query_ranges, zero.query_ranges)  # (-1, -1) outside ranges

@@ -115,3 +115,30 @@ def test_ulp_is_the_spacing_of_the_dtype() -> None:
 def test_describe_position(position: int, where: str) -> None:
     assert describe_position(position, ((5, 9), (14, 20))) == where
     assert describe_position(position, ()) == "no image ranges"
+
+
+def test_float32_diagnoses_print_enough_digits_and_the_layout_fact() -> None:
+    spec = parse_case({"requests": [{"context_len": 30, "query_len": 6, "ranges": [[28, 80]]}],
+                       "num_heads": 2, "head_dim": 16, "dtype": "float32"})
+    case = materialize(spec)
+    truth = expected(case)
+    out, lse = _exact(case, truth)
+    out = out.clone()
+    out[2, 1, 3] += 1e-3
+    verdict = check(case, out, lse, truth)
+    assert not verdict.passed and verdict.worst.kind == "range-past-seq-len"
+    text = verdict.summary()
+    assert "range [28, 80] reaches past seq_len 36" in text
+    expected_value = f"{verdict.worst.expected:.9g}"
+    assert f"expected {expected_value}" in text and len(expected_value.strip("-.0")) >= 7
+
+
+def test_a_non_finite_baseline_is_an_error_never_a_pass() -> None:
+    """fp16 scores past 65504 overflow in the baseline: the case cannot be judged."""
+    spec = parse_case({"requests": [{"query_len": 8}], "num_heads": 1, "head_dim": 64,
+                       "dtype": "float16", "softmax_scale": 1e4, "value_profile": "peaky"})
+    case = materialize(spec)
+    truth = expected(case)
+    for out in (truth.out.to(case.dtype), truth.out.to(case.dtype) + 1):
+        verdict = check(case, out, truth.lse.float(), truth)
+        assert not verdict.passed and not verdict.judgeable and verdict.kind == "unjudgeable"

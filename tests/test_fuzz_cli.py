@@ -1,8 +1,8 @@
-"""``python -m fuzz`` end to end: planted faults are found, shrunk, saved and replayed.
+"""``python -m fuzz`` end to end: planted faults are found, grouped, shrunk, saved, replayed
+and reported; usage and input errors are one line and exit 2.
 
-Runs call :func:`fuzz.cli.main` in-process with a fixed seed and an example count
-(no time budget), so they are deterministic; one subprocess run proves the entry
-point.
+Runs call :func:`fuzz.cli.main` in-process with a fixed seed and a case count (no time
+budget), so they are deterministic; subprocess runs prove the entry point.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from fuzz.cli import main, select_targets
+from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, main, select_targets
 from fuzz.spaces import space_for
 from fuzz.strategies import CPU_SPACE, cases
 from verify.case import CaseSpec, read_case
@@ -27,45 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 FAULTS_FOUND = {"fault:chunk_local_position": 1, "fault:gqa_head_modulo": 6}
 # A shrunk reproducer is at most this big (requests, keys).
 MAX_REQUESTS, MAX_TOKENS = 2, 64
-# Cases per target: enough for both faults to show up with seed 0.
-EXAMPLES = 10
+EXAMPLES = 16
+
+
+def _run_dir(out: Path) -> Path:
+    return out / "latest"
 
 
 def _report(out: Path) -> dict:
-    return {t["target"]: t for t in json.loads((out / "report.json").read_text())["targets"]}
-
-
-def _assert_found_and_shrunk(out: Path) -> list[str]:
-    """Each planted fault failed with a small annotated reproducer; sdpa stayed clean."""
-    report = _report(out)
-    reproducers = []
-    for target, bug_class in FAULTS_FOUND.items():
-        assert report[target]["status"] == "failed"
-        reproducers.append(report[target]["failure"]["reproducer"])
-        spec = read_case(reproducers[-1])
-        assert len(spec.requests) <= MAX_REQUESTS and spec.total_k <= MAX_TOKENS, spec
-        assert spec.extra["target"] == target
-        assert spec.extra["bug_class"] == bug_class
-        assert spec.extra["diagnosis"].startswith(f"{target}: FAIL")
-    assert report["sdpa"]["status"] == "clean"
-    assert report["sdpa"]["stats"]["counts"] == {"pass": EXAMPLES}
-    return reproducers
-
-
-def _assert_reports(out: Path, junit: Path) -> None:
-    report = json.loads((out / "report.json").read_text())
-    assert report["failed"] is True
-    assert report["settings"]["seed"] == 0
-    markdown = (out / "report.md").read_text()
-    for target in (*FAULTS_FOUND, "sdpa"):
-        assert f"| {target} |" in markdown
-    assert "python -m fuzz replay" in markdown
-    assert (out / "ratios.png").read_bytes().startswith(b"\x89PNG")
-    cases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
-    assert set(cases) == {*FAULTS_FOUND, "sdpa"}
-    for target in FAULTS_FOUND:
-        assert cases[target].find("failure").get("message").startswith(f"{target}: FAIL")
-    assert cases["sdpa"].find("failure") is None
+    return {t["target"]: t for t in json.loads((_run_dir(out) / "report.json").read_text())
+            ["targets"]}
 
 
 def test_planted_faults_are_found_shrunk_saved_replayed_and_reported(
@@ -73,15 +44,36 @@ def test_planted_faults_are_found_shrunk_saved_replayed_and_reported(
     junit = tmp_path / "junit.xml"
     argv = [arg for name in (*FAULTS_FOUND, "sdpa") for arg in ("--target", name)]
     assert main([*argv, "--examples", str(EXAMPLES), "--seed", "0", "--device", "cpu",
-                 "--report-dir", str(tmp_path), "--junit", str(junit)]) == 1
-    reproducers = _assert_found_and_shrunk(tmp_path)
-    _assert_reports(tmp_path, junit)
+                 "--report-dir", str(tmp_path), "--junit", str(junit)]) == EXIT_FOUND
+    report = _report(tmp_path)
+    for target, bug_class in FAULTS_FOUND.items():
+        assert report[target]["status"] == "failed"
+        for failure in report[target]["failures"]:
+            spec = read_case(_run_dir(tmp_path).parent / failure["reproducer"]
+                             if not Path(failure["reproducer"]).exists()
+                             else failure["reproducer"])
+            assert failure["shrunk"] and failure["fails_alone"]
+            assert len(spec.requests) <= MAX_REQUESTS and spec.total_k <= MAX_TOKENS, spec
+            assert spec.extra["target"] == target and spec.extra["bug_class"] == bug_class
+            assert spec.extra["signature"] == failure["signature"]
+            assert spec.extra["versions"]["suite"] and spec.extra["versions"]["torch"]
+            assert spec.extra["replay"].startswith("python -m fuzz replay ")
+            assert main(["replay", str(spec.extra["replay"].split()[-1]), "--device",
+                         "cpu"]) == EXIT_FOUND
+    assert report["sdpa"]["status"] == "clean"
+    assert report["sdpa"]["stats"]["counts"] == {"pass": EXAMPLES}
+    whole = json.loads((_run_dir(tmp_path) / "report.json").read_text())
+    assert whole["versions"]["torch"] == torch.__version__ and whole["policy"]
+    markdown = (_run_dir(tmp_path) / "report.md").read_text()
+    assert all(f"| {t} |" in markdown for t in (*FAULTS_FOUND, "sdpa"))
+    assert (_run_dir(tmp_path) / "ratios.png").read_bytes().startswith(b"\x89PNG")
+    assert len((_run_dir(tmp_path) / "cases.jsonl").read_text().splitlines()) == 3 * EXAMPLES
+    testcases = {c.get("name"): c for c in ET.parse(junit).getroot().iter("testcase")}
+    assert set(testcases) == {*FAULTS_FOUND, "sdpa"}
+    for target in FAULTS_FOUND:
+        assert testcases[target].find("failure").get("message").startswith(f"{target}: FAIL")
+    assert testcases["sdpa"].find("failure") is None
     capsys.readouterr()
-    for target, reproducer in zip(FAULTS_FOUND, reproducers, strict=True):
-        assert main(["replay", reproducer, "--device", "cpu"]) == 1
-        assert main(["replay", reproducer, "--target", "sdpa", "--device", "cpu"]) == 0
-        printed = capsys.readouterr().out
-        assert f"{target}: FAIL" in printed and "sdpa: PASS" in printed
 
 
 # A target like the Triton interpreter: few tokens, some head dims, no softcap.
@@ -107,8 +99,12 @@ USAGE_ERRORS = {
     "negative budget": ["--budget", "-5"],
     "non-numeric budget": ["--budget", "soon"],
     "fractional examples": ["--examples", "2.5"],
+    "seed past 2**63": ["--seed", str(2**64)],
     "unknown profile": ["--profile", "huge"],
+    "unknown model": ["--model", "gpt-7"],
     "unknown option": ["--frobnicate"],
+    "devices on cpu": ["--device", "cpu", "--devices", "cuda:0"],
+    "unreadable expect file": ["--expect-failures", "no/such/file.json"],
     "replay without files": ["replay"],
     "replay of a missing file": ["replay", "no/such/case.json"],
 }
@@ -117,18 +113,21 @@ USAGE_ERRORS = {
 @pytest.mark.parametrize("argv", USAGE_ERRORS.values(), ids=USAGE_ERRORS.keys())
 def test_usage_errors_exit_2_with_one_line(argv: list[str],
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(argv) == 2
+    assert main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("python -m fuzz: error: ") and err.count("\n") == 1, err
 
 
-INVALID_CASES = {
+INVALID_CASES: dict[str, str | bytes] = {
     "not JSON": "{requests: nope",
+    "binary": bytes(range(256)) * 4,
     "missing field": json.dumps({"requests": [{"query_len": 4}], "dtype": "bfloat16",
                                  "head_dim": 64, "target": "sdpa"}),
     "bad range": json.dumps({"requests": [{"query_len": 4, "ranges": [[3, 1]]}],
                              "num_heads": 2, "head_dim": 64, "dtype": "bfloat16",
                              "target": "sdpa"}),
+    "huge": json.dumps({"requests": [{"query_len": 10**7}], "num_heads": 2, "head_dim": 64,
+                        "dtype": "bfloat16", "target": "sdpa"}),
     "no target annotation": json.dumps({"requests": [{"query_len": 4}], "num_heads": 2,
                                         "head_dim": 64, "dtype": "bfloat16"}),
     "unknown annotated target": json.dumps({"requests": [{"query_len": 4}], "num_heads": 2,
@@ -137,34 +136,44 @@ INVALID_CASES = {
 }
 
 
-@pytest.mark.parametrize("text", INVALID_CASES.values(), ids=INVALID_CASES.keys())
-def test_invalid_case_files_exit_2_with_one_line(text: str, tmp_path: Path,
+@pytest.mark.parametrize("content", INVALID_CASES.values(), ids=INVALID_CASES.keys())
+def test_invalid_case_files_exit_2_with_one_line(content: str | bytes, tmp_path: Path,
                                                  capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "case.json"
-    path.write_text(text)
-    assert main(["replay", str(path), "--device", "cpu"]) == 2
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    assert main(["replay", str(path), "--device", "cpu"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert err.startswith("python -m fuzz: error: ") and err.count("\n") == 1, err
 
 
+def test_utf16_case_files_are_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "case.json"
+    path.write_text(json.dumps({"requests": [{"query_len": 4, "ranges": [[1, 2]]}],
+                                "num_heads": 2, "head_dim": 16, "dtype": "float32",
+                                "target": "sdpa"}), encoding="utf-16")
+    assert main(["replay", str(path), "--device", "cpu"]) == EXIT_CLEAN
+    assert "sdpa: PASS" in capsys.readouterr().out
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
 def test_cuda_requested_without_a_device_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--device", "cuda", "--examples", "1"]) == 2
+    assert main(["--device", "cuda", "--examples", "1"]) == EXIT_USAGE
     assert "no CUDA device" in capsys.readouterr().err
 
 
-def test_python_dash_m_fuzz_with_shrinking_cut_short(tmp_path: Path) -> None:
-    """The entry point; and past --shrink-budget no new case runs, yet the failure is kept."""
+def test_python_dash_m_fuzz_and_its_version(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "fuzz", "--target", "fault:gqa_head_modulo", "--examples", "8",
-         "--budget", "60", "--shrink-budget", "1e-9", "--seed", "0", "--device", "cpu",
+         "--shrink-budget", "1e-9", "--seed", "0", "--device", "cpu",
          "--report-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == EXIT_FOUND, result.stderr
     assert "fault:gqa_head_modulo" in result.stdout and "failed" in result.stdout
-    failure = _report(tmp_path)["fault:gqa_head_modulo"]["failure"]
+    failure = _report(tmp_path)["fault:gqa_head_modulo"]["failures"][0]
     assert failure["shrink_cases"] == 0
-    assert main(["replay", failure["reproducer"], "--device", "cpu"]) == 1
+    version = subprocess.run([sys.executable, "-m", "fuzz", "--version"], cwd=REPO,
+                             capture_output=True, text=True, timeout=120, check=True).stdout
+    assert version.startswith("prefix-attention-referee ") and "torch" in version
 
 
 def test_case_description_names_every_option_that_changes_the_computation() -> None:
@@ -175,7 +184,9 @@ def test_case_description_names_every_option_that_changes_the_computation() -> N
                        "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "head_dim_v": 32,
                        "dtype": "float16", "page_size": 16, "sliding_window": 4,
                        "clamp_ranges_to_window": True, "softcap": 5.0, "softmax_scale": 0.25,
-                       "value_profile": "peaky", "poison": "nan", "seed": 9})
+                       "value_profile": "peaky", "poison": "nan", "seed": 9,
+                       "page_table_slack": 2, "range_padding": "zero"})
     assert describe_case(spec) == (
         "1 req (3+5 [1, 6]), float16, 4/2 heads, D 64/32, page 16, window 4 clamped, "
-        "softcap 5, scale 0.25, peaky, nan poison, seed 9")
+        "softcap 5, scale 0.25, peaky, nan poison, 2 slack page columns, zero range padding, "
+        "seed 9")

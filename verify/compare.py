@@ -4,10 +4,11 @@ FlashAttention's rule: a target's max error against the float64 reference must s
 within ``BASELINE_MULTIPLE`` times the max error of a plain PyTorch implementation
 computed in the input dtype, plus an absolute slack of one output ULP at the output's
 scale. Where that baseline is itself nearly exact (float32), the allowance never drops
-below what rounding costs a correct float32 kernel: its scores carry the float32
-rounding of a ``head_dim``-term dot product, and its output accumulates over the visible
-keys. The LSE is held to the same rule separately; its slack is that score rounding,
-since the LSE is a smooth max of the scores and inherits it however exactly it is formed.
+below what rounding costs a correct float32 kernel: each weight carries the rounding of
+its exponent (about eps |score|), and the output accumulates over the visible keys.
+The LSE is held to the same rule separately; its slack is the float32 rounding of a
+``head_dim``-term dot product, since the LSE is a smooth max of the scores and inherits
+that error however exactly it is formed.
 
 A packed batch is judged case by case (each with its own baseline, scale and slack, as
 if alone) through segmented reductions on the device, with one host transfer. Nothing
@@ -37,7 +38,7 @@ FLOAT32_EPS = torch.finfo(torch.float32).eps
 # Significant digits that tell two values of a dtype apart in a diagnosis.
 DIGITS = {torch.float32: 9, torch.float16: 5, torch.bfloat16: 4, torch.float64: 17}
 POLICY = {"baseline_multiple": BASELINE_MULTIPLE, "atol_ulps": ATOL_ULPS,
-          "float32_floor": "2 x max|v| x (sqrt(visible keys) u + 2 score rounding)",
+          "float32_floor": "2 x max|v| x eps32 x (sqrt(visible keys) + 2 max|score|)",
           "lse_slack": "sqrt(D) u scale max|q| max|k| (float32 score rounding)"}
 
 
@@ -347,8 +348,14 @@ def _verdict(case: MaterializedCase, segment: Segment, numbers: list[float], got
     k_norm, v_max = rest[-2:]
     dtype = case.dtype
     atol = ATOL_ULPS * float(ulp(torch.tensor(scale), dtype))
+    largest_score = case.softmax_scale * q_norm * k_norm
+    if case.softcap is not None:
+        largest_score = min(largest_score, case.softcap)
     rounding = math.sqrt(case.head_dim) * FLOAT32_EPS * case.softmax_scale * q_norm * k_norm
-    floor = BASELINE_MULTIPLE * v_max * (math.sqrt(width) * FLOAT32_EPS + 2 * rounding)
+    # A correct float32 kernel: its weights carry the rounding of their exponent (the
+    # score, about eps |s| absolute), its sum the rounding of accumulating visible keys.
+    floor = (BASELINE_MULTIPLE * v_max * FLOAT32_EPS
+             * (math.sqrt(width) + 2 * largest_score))
     allowed = max(BASELINE_MULTIPLE * base_error + atol, floor)
     verdict = Verdict(True, baseline_error=base_error, allowed_error=allowed,
                       out_error=out_error, ulp_error=ulp_error,

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from verify.capabilities import Capabilities
 from verify.target import Target
+from verify.targets.external import ExternalTarget, prefix_kernel
 
 # name -> "module:factory"; imported on first use so that a missing optional package
 # (triton, flash-attn-4) only makes its own target unavailable.
@@ -85,8 +86,6 @@ def get_target(name: str) -> Target:
                                      + ", ".join(f"fault:{f}" for f in FAULTS))
         target = fault_target(name.removeprefix("fault:"))
     elif ":" in name:
-        from verify.targets.external import ExternalTarget
-
         target = ExternalTarget(name)
     else:
         raise UnknownTargetError(
@@ -108,4 +107,4 @@ def available_targets(device: str | None = None) -> list[str]:
 
 
 __all__ = ["Capabilities", "Target", "UnknownTargetError", "available_targets", "get_target",
-           "register", "target_names"]
+           "prefix_kernel", "register", "target_names"]

@@ -1,34 +1,62 @@
-"""``module:callable`` targets: a user's own kernel, without editing the suite."""
+"""``module:callable`` targets: an engine's own kernel, without editing the suite.
+
+The callable takes a :class:`verify.materialize.MaterializedCase` and returns ``(out, lse)``
+(``lse`` may be None). What it accepts is data attached to it with :func:`prefix_kernel`
+(docs/adapting.md), so the fuzzer draws only cases the kernel promises to take::
+
+    @prefix_kernel(Capabilities(needs_paged=True, page_size_multiple=16,
+                                layout=frozenset({"ranges_within_sequence"})))
+    def my_kernel(case):
+        ...
+"""
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from typing import TypeVar
 
 from torch import Tensor
 
 from verify.capabilities import Capabilities
+from verify.case import CaseSpec
 from verify.materialize import MaterializedCase
 from verify.target import Target
 
+Kernel = TypeVar("Kernel", bound=Callable[..., tuple[Tensor, Tensor | None]])
+
+
+def prefix_kernel(capabilities: Capabilities | None = None, *, exact: bool = True,
+                  compile_key: Callable[[CaseSpec], tuple | None] | None = None
+                  ) -> Callable[[Kernel], Kernel]:
+    """Declare what a kernel accepts (``capabilities``), whether it claims exact attention,
+    and (for a kernel that compiles per configuration) what it compiles a kernel for."""
+
+    def attach(fn: Kernel) -> Kernel:
+        fn.capabilities = capabilities or Capabilities()  # type: ignore[attr-defined]
+        fn.exact = exact  # type: ignore[attr-defined]
+        fn.compile_key = compile_key  # type: ignore[attr-defined]
+        return fn
+
+    return attach
+
 
 class ExternalTarget(Target):
-    """Wraps a callable ``f(case) -> (out, lse_or_None)``.
+    """Wraps a callable ``f(case) -> (out, lse_or_None)`` named ``module:callable``.
 
-    The callable may carry a ``capabilities`` attribute (a :class:`Capabilities`) and an
-    ``exact`` attribute; otherwise it is assumed to accept every case.
+    Without :func:`prefix_kernel` it is assumed to accept every case and claim exactness.
     """
 
     def __init__(self, spec: str) -> None:
         super().__init__(spec, f"external callable {spec}")
-        self._spec = spec
         self._fn: Callable[[MaterializedCase], tuple[Tensor, Tensor | None]] | None = None
+        self._compile_key: Callable[[CaseSpec], tuple | None] | None = None
         self._error: str | None = None
         module_name, _, attr = spec.partition(":")
         try:
             fn = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            self._error = f"cannot load {spec}: {exc}"
+        except Exception as exc:  # a broken module is the target's problem, said in one line
+            self._error = f"cannot load {spec}: {type(exc).__name__}: {exc}"
             return
         if not callable(fn):
             self._error = f"{spec} is not callable"
@@ -36,9 +64,13 @@ class ExternalTarget(Target):
         self._fn = fn
         self.capabilities = getattr(fn, "capabilities", Capabilities())
         self.exact = getattr(fn, "exact", True)
+        self._compile_key = getattr(fn, "compile_key", None)
 
     def unavailable_reason(self) -> str | None:
         return self._error
+
+    def compile_key(self, spec: CaseSpec) -> tuple | None:
+        return self._compile_key(spec) if self._compile_key is not None else None
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
         if self._fn is None:

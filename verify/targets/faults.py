@@ -22,8 +22,9 @@ from verify.mask import block_mask
 from verify.materialize import MaterializedCase, RequestView
 from verify.target import Target
 
-# Query-tile height of the "key loop stops at the causal tile" fault.
-FAULT_TILE = 16
+# Query-tile heights of the "key loop stops at the causal tile" faults: a small one the
+# gate's short sequences reach, and one real kernels use.
+SMALL_TILE, KERNEL_TILE = 16, 128
 
 Positions = Callable[[MaterializedCase, RequestView], Tensor]
 Keys = Callable[[MaterializedCase, RequestView], tuple[Tensor, Tensor]]
@@ -65,10 +66,14 @@ def _batch_offset(case: MaterializedCase, view: RequestView) -> Tensor:
     return torch.arange(view.query_len, device=case.device) + case.max_seqlen_k - case.max_seqlen_q
 
 
-def _causal_tile_loop(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
-                      ) -> Tensor:
-    tile_end = view.context_len + ((q_pos - view.context_len) // FAULT_TILE + 1) * FAULT_TILE
-    return block_mask(case, view, q_pos, k_pos) & (k_pos[None, :] < tile_end[:, None])
+def _causal_tile_loop(tile: int) -> Mask:
+    """The exact mask, cut at the end of each query's ``tile``-row query tile."""
+
+    def mask(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor) -> Tensor:
+        tile_end = view.context_len + ((q_pos - view.context_len) // tile + 1) * tile
+        return block_mask(case, view, q_pos, k_pos) & (k_pos[None, :] < tile_end[:, None])
+
+    return mask
 
 
 def _exclusive_end(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
@@ -155,8 +160,12 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
           "query position taken inside the chunk (i), not absolute (context_len + i)",
           positions=_chunk_local),
     Fault("causal_tile_key_loop", 2,
-          f"key loop stops at the query tile's causal limit ({FAULT_TILE}-row tiles): "
-          "a range's future keys are dropped", mask=_causal_tile_loop),
+          f"key loop stops at the query tile's causal limit ({SMALL_TILE}-row tiles): "
+          "a range's future keys are dropped", mask=_causal_tile_loop(SMALL_TILE)),
+    Fault("causal_tile_key_loop_128", 2,
+          f"key loop stops at the query tile's causal limit ({KERNEL_TILE}-row tiles, as "
+          "kernels tile): a range across the tile edge loses its future keys",
+          mask=_causal_tile_loop(KERNEL_TILE)),
     Fault("exclusive_range_end", 3, "range end treated as exclusive", mask=_exclusive_end),
     Fault("merged_image_groups", 3,
           "all image ranges of a request merged into one group: image 1 sees image 2",
