@@ -4,10 +4,10 @@ FlashAttention's rule: a target's max error against the float64 reference must s
 within ``BASELINE_MULTIPLE`` times the max error of a plain PyTorch implementation
 computed in the input dtype, plus an absolute slack of one output ULP at the output's
 scale. No element's allowance drops below what rounding costs a correct kernel there
-(the rounding floor, plus the same ULP): its weights rounded to the input dtype for ``P @ V`` (as every
-FlashAttention kernel does), each weight carrying the float32 rounding of its exponent
-(about eps |score|), and the accumulation over the visible keys; all scale with
-``sum_j p_j |v_j|``, the reference's attention over ``|V|``. Where the baseline's own
+(the rounding floor, plus the same ULP): its weights rounded to the input dtype for
+``P @ V`` (as every FlashAttention kernel does), each weight carrying the float32 rounding
+of its exponent (about eps |score|), and the accumulation over the visible keys; all scale
+with ``sum_j p_j |v_j|``, the reference's attention over ``|V|``. Where the baseline's own
 error is a max over few elements (a decode row) or nearly zero (float32), this floor is
 what keeps a correct kernel from failing on rounding alone.
 The LSE is held to the same rule separately; its slack is the float32 rounding of a
