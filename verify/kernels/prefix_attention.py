@@ -25,6 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
+from verify.kernels.interpreter import interpreter_enabled, patch_interpreter_dot
 from verify.mask import visible_intervals
 
 _LOG2E = tl.constexpr(1.4426950408889634)
@@ -98,16 +99,6 @@ def _tanh(x):
 
 
 @triton.jit
-def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    if UPCAST_DOT:
-        # The interpreter multiplies bf16 as raw uint16 bits; fp32 products of bf16 are exact.
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT_PRECISION)
-    else:
-        out = tl.dot(a, b, input_precision=DOT_PRECISION)
-    return out
-
-
-@triton.jit
 def _attend_tiles(
     acc,
     l_i,
@@ -134,7 +125,6 @@ def _attend_tiles(
     HAS_SOFTCAP: tl.constexpr,
     MASKED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
 ):
     """Online-softmax update over key tiles [tile_begin, tile_end); MASKED applies [lo, hi]."""
     # Count from 0: triton's pipeliner left loops whose lower bound came out of another loop
@@ -159,7 +149,7 @@ def _attend_tiles(
             mask=load_ok,
             other=0.0,
         )
-        s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if HAS_SOFTCAP:
             s = softcap * _tanh(s * (sm_scale / softcap)) * _LOG2E
         else:
@@ -176,7 +166,7 @@ def _attend_tiles(
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -225,7 +215,6 @@ def _prefix_attention_kernel(
     CLAMP_RANGES: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
 ):
     tile_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -296,19 +285,19 @@ def _prefix_attention_kernel(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
         tile_begin, full_begin, sm_scale, softcap, offs_d, d_ok,
-        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
         full_begin, full_end, sm_scale, softcap, offs_d, d_ok,
-        BLOCK_N, HAS_SOFTCAP, False, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_N, HAS_SOFTCAP, False, DOT_PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
         full_end, tile_end, sm_scale, softcap, offs_d, d_ok,
-        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION, UPCAST_DOT,
+        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION,
     )  # fmt: skip
 
     has_keys = l_i > 0.0
@@ -467,7 +456,8 @@ def prefix_attention_paged(
         short_config or config or default_short_config(head_dim, q.dtype),
         config or default_config(head_dim, q.dtype),
     )
-    upcast_dot = q.dtype == torch.bfloat16 and q.device.type == "cpu"  # CPU means interpreter
+    if interpreter_enabled():
+        patch_interpreter_dot()  # the interpreter's bf16 dot multiplies bit patterns
     launches = [
         (ids, rows, cfg)
         for ids, rows, cfg in zip(groups, group_max, configs, strict=True)
@@ -494,8 +484,7 @@ def prefix_attention_paged(
             HAS_WINDOW=sliding_window is not None,
             CLAMP_RANGES=clamp_ranges_to_window,
             HAS_SOFTCAP=softcap is not None,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast_dot else "tf32",
-            UPCAST_DOT=upcast_dot,
+            DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
