@@ -34,8 +34,8 @@ def decode_heavy(dtype: str = "bfloat16", page_size: int | None = None) -> CaseS
     return _spec(decodes + chunks, dtype, page_size)
 
 
-# Gemma 4 (brief from the engines): local layers slide a 1024-token window, clamping image
-# ranges to it; global layers see everything at head dim 512. One batch serves both: an
+# Gemma 4: local layers slide a 1024-token window and clamp image ranges to it; global layers
+# see every key, at head dim 512. One batch serves both: an
 # 8192-token prompt with four 280-token images, a 2048-token chunk whose cached context ends
 # inside an image, and 8 decode steps over cached prompts with an image each; 16-token pages.
 GEMMA4_LAYERS: dict[str, dict[str, Any]] = {

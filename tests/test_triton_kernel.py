@@ -127,7 +127,7 @@ def test_value_head_dim_differs(head_dim: int, head_dim_v: int) -> None:
 
 
 # Head dim 512 (Gemma 4's global layers) with each feature, at interpreter sizes: a few
-# tokens, 1-2 heads, one small tile.
+# tokens, two query heads on one KV head (GQA), small tiles.
 WIDE = {"head_dim": 512, "num_heads": 2, "num_kv_heads": 1, "dtype": "bfloat16"}
 WIDE_LAYOUTS = {
     "window_clamp": {"requests": [{"context_len": 6, "query_len": 12, "ranges": [[3, 14]]}],
@@ -136,9 +136,8 @@ WIDE_LAYOUTS = {
                "sliding_window": 4},
     "softcap": {"requests": [{"context_len": 3, "query_len": 13, "ranges": [[4, 9]]}],
                 "softcap": 30.0},
-    "gqa_decode": {"requests": [{"context_len": 9, "query_len": 1, "ranges": [[5, 12]]},
-                                {"context_len": 14, "query_len": 2}],
-                   "num_heads": 2, "num_kv_heads": 1},
+    "decode": {"requests": [{"context_len": 9, "query_len": 1, "ranges": [[5, 12]]},
+                            {"context_len": 14, "query_len": 2}]},
     "paged": {"requests": [{"context_len": 5, "query_len": 11, "ranges": [[2, 8]]},
                            {"query_len": 6, "ranges": [[0, 3]]}], "page_size": 4},
     "value_dim_256": {"requests": [{"context_len": 2, "query_len": 14, "ranges": [[6, 10]]}],

@@ -165,8 +165,8 @@ def patch_interpreter_dot() -> list[str]:
         return []
     builder = interp.InterpreterBuilder
     for name, fix in _FIXES.items():
-        method = getattr(builder, name)
-        if not hasattr(method, _PATCH_MARK):
+        method = getattr(builder, name, None)  # None: a Triton without this method
+        if method is not None and not hasattr(method, _PATCH_MARK):
             setattr(builder, name, fix(method, interp))
     return interpreter_patches()
 
@@ -176,5 +176,5 @@ def interpreter_patches() -> list[str]:
     interp = sys.modules.get("triton.runtime.interpreter")
     if interp is None:
         return []
-    methods = (getattr(interp.InterpreterBuilder, name) for name in _FIXES)
+    methods = (getattr(interp.InterpreterBuilder, name, None) for name in _FIXES)
     return [getattr(m, _PATCH_MARK) for m in methods if hasattr(m, _PATCH_MARK)]
