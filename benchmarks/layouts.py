@@ -32,3 +32,33 @@ def decode_heavy(dtype: str = "bfloat16", page_size: int | None = None) -> CaseS
     chunks = [{"context_len": 1024 * (i + 1), "query_len": CHUNK,
                "ranges": [[1024 * (i + 1) - 300, 1024 * (i + 1) + 700]]} for i in range(2)]
     return _spec(decodes + chunks, dtype, page_size)
+
+
+# Gemma 4: local layers slide a 1024-token window and clamp image ranges to it; global layers
+# see every key, at head dim 512. One batch serves both: an
+# 8192-token prompt with four 280-token images, a 2048-token chunk whose cached context ends
+# inside an image, and 8 decode steps over cached prompts with an image each; 16-token pages.
+GEMMA4_LAYERS: dict[str, dict[str, Any]] = {
+    "local": {"num_heads": 32, "num_kv_heads": 16, "head_dim": 256, "sliding_window": 1024,
+              "clamp_ranges_to_window": True},
+    "global": {"num_heads": 32, "num_kv_heads": 4, "head_dim": 512},
+}
+GEMMA4_IMAGE, GEMMA4_PROMPT, GEMMA4_CHUNK, GEMMA4_DECODES, GEMMA4_PAGE = 280, 8192, 2048, 8, 16
+
+
+def _image(start: int) -> list[int]:
+    return [start, start + GEMMA4_IMAGE - 1]
+
+
+def gemma4(layer: str, dtype: str = "bfloat16", page_size: int | None = GEMMA4_PAGE
+           ) -> CaseSpec:
+    """The Gemma 4 batch for a ``local`` or ``global`` layer (see :data:`GEMMA4_LAYERS`)."""
+    prompt = {"query_len": GEMMA4_PROMPT,
+              "ranges": [_image(s) for s in (300, 2500, 4700, 7000)]}
+    # The chunk's context (4096 tokens) ends 140 tokens into its second image.
+    chunk = {"context_len": 4096, "query_len": GEMMA4_CHUNK,
+             "ranges": [_image(1000), _image(4096 - GEMMA4_IMAGE // 2)]}
+    decodes = [{"context_len": 2048 + 512 * i, "query_len": 1, "ranges": [_image(200 + 97 * i)]}
+               for i in range(GEMMA4_DECODES)]
+    return parse_case({"requests": [prompt, chunk, *decodes], "dtype": dtype,
+                       "page_size": page_size, "seed": 0, **GEMMA4_LAYERS[layer]})

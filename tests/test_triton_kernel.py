@@ -1,12 +1,19 @@
 """The paged prefix-attention Triton kernel, called directly, against the float64 reference.
 
 Compiled on a CUDA GPU with the kernel's default tiles; elsewhere under the Triton
-interpreter (importing :mod:`verify` sets it up) with small tiles. The target wrapper and
-random cases are tested in test_triton_target.py; this file pins the kernel's own
-arguments, tiling and input checks.
+interpreter (conftest turns it on) with small tiles. The default tiles are also compiled
+offline for sm90 here, to check they fit an H100/H200. The target wrapper and random cases
+are tested in test_triton_target.py; this file pins the kernel's own arguments, tiling and
+input checks.
 """
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,6 +117,44 @@ def test_head_dims(head_dim: int) -> None:
     """80 is not a power of two: the kernel pads it to a 128-wide tile and masks the rest."""
     layout = {"requests": [{"context_len": 4, "query_len": 20, "ranges": [[2, 12]]}]}
     _check(layout, num_heads=2, num_kv_heads=1, head_dim=head_dim)
+
+
+@pytest.mark.parametrize(("head_dim", "head_dim_v"), [(64, 128), (128, 32), (80, 48)])
+def test_value_head_dim_differs(head_dim: int, head_dim_v: int) -> None:
+    """V (and out) padded and masked apart from Q/K; 80/48 pad both."""
+    layout = {"requests": [{"context_len": 4, "query_len": 20, "ranges": [[2, 12]]}]}
+    _check(layout, num_heads=2, num_kv_heads=1, head_dim=head_dim, head_dim_v=head_dim_v)
+
+
+# Head dim 512 (Gemma 4's global layers) with each feature, at interpreter sizes: a few
+# tokens, two query heads on one KV head (GQA), small tiles.
+WIDE = {"head_dim": 512, "num_heads": 2, "num_kv_heads": 1, "dtype": "bfloat16"}
+WIDE_LAYOUTS = {
+    "window_clamp": {"requests": [{"context_len": 6, "query_len": 12, "ranges": [[3, 14]]}],
+                     "sliding_window": 4, "clamp_ranges_to_window": True},
+    "window": {"requests": [{"context_len": 6, "query_len": 12, "ranges": [[8, 12]]}],
+               "sliding_window": 4},
+    "softcap": {"requests": [{"context_len": 3, "query_len": 13, "ranges": [[4, 9]]}],
+                "softcap": 30.0},
+    "decode": {"requests": [{"context_len": 9, "query_len": 1, "ranges": [[5, 12]]},
+                            {"context_len": 14, "query_len": 2}]},
+    "paged": {"requests": [{"context_len": 5, "query_len": 11, "ranges": [[2, 8]]},
+                           {"query_len": 6, "ranges": [[0, 3]]}], "page_size": 4},
+    "value_dim_256": {"requests": [{"context_len": 2, "query_len": 14, "ranges": [[6, 10]]}],
+                      "head_dim_v": 256, "dtype": "float32"},
+}
+
+
+@pytest.mark.parametrize("layout", WIDE_LAYOUTS)
+def test_head_dim_512(layout: str) -> None:
+    _check({**WIDE, **WIDE_LAYOUTS[layout]})
+
+
+@pytest.mark.parametrize("head_dim", [8, 24, 528])
+def test_rejects_head_dims_outside_16_to_512(head_dim: int) -> None:
+    case = _case({"requests": [{"query_len": 4}]})
+    with pytest.raises(ValueError, match=r"multiple of 16 in \[16, 512\]"):
+        _run(case, v_cache=case.v_cache.new_zeros(*case.v_cache.shape[:3], head_dim))
 
 
 @pytest.mark.parametrize("clamp", [False, True])
@@ -248,6 +293,24 @@ def test_decode_batch_launches_once_without_reading_back(monkeypatch) -> None:
     case = _case(LAYOUTS["decode"])
     seen = _launches(monkeypatch, case, max_seqlen_q=1)
     assert [grid for grid, *_ in seen] == [(1, case.num_heads, 3)]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_default_configs_fit_sm90(dtype: str, tmp_path: Path) -> None:
+    """Each tier's default configs (widest dims, every flag on) compile offline for sm90
+    within shared memory, without spills, all key loops pipelined. Compiled in a child
+    process: here the kernel may be interpreted. fp16 shares bf16's configs; the whole
+    table: ``python -m benchmarks.prefix_kernels --sm90``."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    table = tmp_path / "sm90.json"
+    run = subprocess.run([sys.executable, "-m", "benchmarks.prefix_kernels", "--sm90",
+                          "--dtype", dtype, "--dims", "128,256,512", "--json", str(table)],
+                         env=env, cwd=Path(__file__).parents[1], capture_output=True,
+                         text=True, timeout=600)
+    if run.returncode == 3:
+        pytest.skip(run.stdout.strip())
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert len(json.loads(table.read_text())) == 6
 
 
 def test_rejects_bad_inputs() -> None:

@@ -6,17 +6,20 @@ import dataclasses
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 
 from fuzz.spaces import space_for
 from fuzz.strategies import ADVERSARIAL_CASES, GPU_SPACE, INTERPRETER_SPACE, cases
-from verify import CaseSpec, materialize
+from verify import CaseSpec, materialize, parse_case
 from verify.mask import mask_differs_from_causal
 from verify.runner import FAIL, PASS, SKIP, evaluate
 from verify.targets import get_target
+from verify.targets import triton as triton_target
 from verify.targets.triton import TritonTarget
 
 pytest.importorskip("triton", reason="triton not installed")
+
+from verify.kernels import prefix_attention
 
 TARGET = get_target("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -50,6 +53,66 @@ def test_kernel_fed_no_ranges_is_caught() -> None:
                 and TARGET.unsupported_reason(s, DEVICE) is None)
     outcome = evaluate(RangesDropped(), materialize(spec, DEVICE))
     assert outcome.status == FAIL and "inside range" in outcome.summary()
+
+
+@pytest.mark.gpu
+@settings(max_examples=20)
+@given(cases(SPACE.narrowed(head_dims=(256, 512), max_seq_len=512)))
+def test_triton_passes_policy_at_head_dims_to_512(spec: CaseSpec) -> None:
+    """Gemma 4's head dims (512 global, 256 local), and value dims between them."""
+    outcome = evaluate(TARGET, materialize(spec, DEVICE))
+    assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
+
+
+def test_declared_limits_are_the_kernels() -> None:
+    assert (triton_target.HEAD_DIM_MULTIPLE, triton_target.MAX_HEAD_DIM,
+            triton_target.SHORT_QUERY_LEN) == (prefix_attention.HEAD_DIM_MULTIPLE,
+                                               prefix_attention.MAX_HEAD_DIM,
+                                               prefix_attention.SHORT_QUERY_LEN)
+    accepted = [d for d in range(1, 600) if TARGET.capabilities.accepts_head_dim(d)]
+    assert accepted == list(range(16, 513, 16))
+    assert TARGET.capabilities.value_dims == "any"
+
+
+def test_head_dim_512_with_another_value_dim_through_the_target() -> None:
+    spec = parse_case({"requests": [{"context_len": 3, "query_len": 12, "ranges": [[1, 8]]}],
+                       "num_heads": 2, "num_kv_heads": 1, "head_dim": 512, "head_dim_v": 128,
+                       "dtype": "bfloat16", "sliding_window": 5, "softcap": 30.0})
+    outcome = evaluate(TARGET, materialize(spec, DEVICE))
+    assert outcome.status == PASS, outcome.summary()
+
+
+KEY_BASE = {"requests": [{"context_len": 4, "query_len": 20, "ranges": [[2, 9]]}],
+            "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "dtype": "bfloat16"}
+
+
+@pytest.mark.parametrize("change", [
+    {"requests": [{"query_len": 40, "ranges": [[0, 30], [33, 35]]}, {"query_len": 17}]},
+    {"page_size": 16}, {"page_size": 3}, {"softmax_scale": 0.5}, {"seed": 9},
+    {"num_heads": 8, "num_kv_heads": 2}, {"head_dim_v": 64},
+], ids=repr)
+def test_compile_key_ignores_runtime_data(change: dict) -> None:
+    assert TARGET.compile_key(parse_case({**KEY_BASE, **change})) == TARGET.compile_key(
+        parse_case(KEY_BASE))
+
+
+@pytest.mark.parametrize("change", [
+    {"dtype": "float16"}, {"head_dim": 80}, {"head_dim_v": 128}, {"num_kv_heads": 4},
+    {"sliding_window": 8}, {"softcap": 5.0},
+    {"requests": [{"context_len": 4, "query_len": 16}]},  # short launch only
+    {"requests": [{"query_len": 20}, {"context_len": 9, "query_len": 1}]},  # both launches
+], ids=repr)
+def test_compile_key_tells_kernel_variants_apart(change: dict) -> None:
+    assert TARGET.compile_key(parse_case({**KEY_BASE, **change})) != TARGET.compile_key(
+        parse_case(KEY_BASE))
+
+
+def test_compile_key_of_window_values_and_clamp() -> None:
+    windowed = parse_case({**KEY_BASE, "sliding_window": 8})
+    assert TARGET.compile_key(windowed) == TARGET.compile_key(windowed.with_changes(
+        sliding_window=300))
+    assert TARGET.compile_key(windowed) != TARGET.compile_key(windowed.with_changes(
+        clamp_ranges_to_window=True))
 
 
 @pytest.mark.gpu

@@ -17,6 +17,8 @@ waste 127/128 of the tile's MMA work. Each program reads its request from the gr
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -25,11 +27,15 @@ import torch
 import triton
 import triton.language as tl
 
+from verify.kernels.interpreter import interpreter_enabled, patch_interpreter_dot
 from verify.mask import visible_intervals
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# Head dims (q/k and v each): multiples of 16 (tl.dot's least K) up to 512 (Gemma 4's global
+# layers); non-powers of two are padded to the next power of two and masked.
+HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 16, 512
 # Requests with at most this many query tokens run in 16-row query tiles (tl.dot's minimum).
 SHORT_QUERY_LEN = 16
 
@@ -44,31 +50,54 @@ class KernelConfig:
     num_stages: int
 
 
-def default_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
-    """H100 tiles that compile for sm90 with all three loops pipelined and no register spills.
+def _tile_width(head_dim: int, head_dim_v: int | None) -> int:
+    """The wider padded head dim (q/k or v): what registers and shared memory scale with."""
+    return triton.next_power_of_2(max(head_dim, head_dim_v or head_dim))
 
-    fp32 runs exact FMA dots (for checking, not speed), which only fit in small tiles.
+
+# (fp32?, widest padded head dim up to) -> (long-request config, short-request config).
+# fp32 runs exact FMA dots (for checking, not speed), which only fit in small tiles. At 512 a
+# 64-row bf16 tile spills (its fp32 accumulator alone takes 128 registers a thread), so long
+# tiles drop to 32 rows (mma.sync instead of wgmma). Key tiles are equally wide in both
+# configs of a row, so ``kv_tiles_visited`` counts the same tiles for either group. Where
+# two configs fit the equal head dims, the one ptxas keeps spill-free for unequal ones too.
+_CONFIGS: dict[tuple[bool, int], tuple[KernelConfig, KernelConfig]] = {
+    (False, 128): (KernelConfig(128, 64, 8, 3), KernelConfig(16, 64, 4, 3)),
+    (False, 256): (KernelConfig(64, 32, 8, 2), KernelConfig(16, 32, 4, 3)),
+    (False, 512): (KernelConfig(32, 32, 8, 3), KernelConfig(16, 32, 8, 3)),
+    (True, 128): (KernelConfig(32, 32, 4, 2), KernelConfig(16, 32, 4, 2)),
+    (True, 256): (KernelConfig(32, 32, 8, 2), KernelConfig(16, 32, 4, 2)),
+    (True, 512): (KernelConfig(16, 16, 4, 2), KernelConfig(16, 16, 4, 2)),
+}
+
+
+def _configs(head_dim: int, dtype: torch.dtype, head_dim_v: int | None
+             ) -> tuple[KernelConfig, KernelConfig]:
+    width, fp32 = _tile_width(head_dim, head_dim_v), dtype == torch.float32
+    return next(configs for (is_fp32, up_to), configs in _CONFIGS.items()
+                if is_fp32 == fp32 and width <= up_to)
+
+
+def default_config(head_dim: int, dtype: torch.dtype, head_dim_v: int | None = None
+                   ) -> KernelConfig:
+    """sm90 (H100/H200) tiles for requests of more than ``SHORT_QUERY_LEN`` query tokens.
+
+    Chosen per dtype and widest padded head dim so that every variant compiles for sm90
+    within shared memory, with all three key loops pipelined and no register spills
+    (:func:`sm90_resources` checks it; ``python -m benchmarks.prefix_kernels --sm90``
+    prints the table). ``head_dim_v`` defaults to ``head_dim``.
     """
-    if dtype == torch.float32:
-        return KernelConfig(block_m=32, block_n=32, num_warps=4, num_stages=2)
-    if head_dim <= 128:
-        return KernelConfig(block_m=128, block_n=64, num_warps=8, num_stages=3)
-    return KernelConfig(block_m=64, block_n=32, num_warps=8, num_stages=2)
+    return _configs(head_dim, dtype, head_dim_v)[0]
 
 
-def default_short_config(head_dim: int, dtype: torch.dtype) -> KernelConfig:
+def default_short_config(head_dim: int, dtype: torch.dtype, head_dim_v: int | None = None
+                         ) -> KernelConfig:
     """Tiles for requests of at most ``SHORT_QUERY_LEN`` query tokens (decode steps).
 
-    16 query rows, the least tl.dot takes, and key tiles as wide as the default config's,
-    so that ``kv_tiles_visited`` counts the same tiles for either group. bf16/fp16 use one
-    warpgroup; fp32 (exact FMA dots) takes 8 warps to compile without spills. All compile
-    for sm90 (triton 3.8 + ptxas) with all three loops pipelined and no register spills.
+    16 query rows, the least tl.dot takes, and key tiles as wide as :func:`default_config`'s.
+    Same compile guarantees.
     """
-    if dtype == torch.float32:
-        return KernelConfig(block_m=16, block_n=32, num_warps=8, num_stages=2)
-    if head_dim <= 128:
-        return KernelConfig(block_m=16, block_n=64, num_warps=4, num_stages=3)
-    return KernelConfig(block_m=16, block_n=32, num_warps=4, num_stages=3)
+    return _configs(head_dim, dtype, head_dim_v)[1]
 
 
 def split_requests(
@@ -98,13 +127,14 @@ def _tanh(x):
 
 
 @triton.jit
-def _dot(a, b, DOT_PRECISION: tl.constexpr, UPCAST_DOT: tl.constexpr):
-    if UPCAST_DOT:
-        # The interpreter multiplies bf16 as raw uint16 bits; fp32 products of bf16 are exact.
-        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision=DOT_PRECISION)
+def _columns(BLOCK: tl.constexpr, DIM: tl.constexpr):
+    """Column offsets of a head dim padded to a power of two, and which are real."""
+    offs = tl.arange(0, BLOCK)
+    if BLOCK == DIM:
+        ok = tl.full([BLOCK], True, tl.int1)  # no mask: loads stay vectorized
     else:
-        out = tl.dot(a, b, input_precision=DOT_PRECISION)
-    return out
+        ok = offs < DIM
+    return offs, ok
 
 
 @triton.jit
@@ -130,11 +160,12 @@ def _attend_tiles(
     softcap,
     offs_d,
     d_ok,
+    offs_dv,
+    dv_ok,
     BLOCK_N: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     MASKED: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
 ):
     """Online-softmax update over key tiles [tile_begin, tile_end); MASKED applies [lo, hi]."""
     # Count from 0: triton's pipeliner left loops whose lower bound came out of another loop
@@ -148,18 +179,17 @@ def _attend_tiles(
             kv_ok = tl.full([BLOCK_N], True, tl.int1)
         page = tl.load(page_row_ptr + offs_n // page_size, mask=kv_ok, other=0).to(tl.int64)
         slot = offs_n % page_size
-        load_ok = kv_ok[:, None] & d_ok[None, :]
         k = tl.load(
             k_head_ptr + (page * stride_kp + slot * stride_ks)[:, None] + offs_d[None, :],
-            mask=load_ok,
+            mask=kv_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
         v = tl.load(
-            v_head_ptr + (page * stride_vp + slot * stride_vs)[:, None] + offs_d[None, :],
-            mask=load_ok,
+            v_head_ptr + (page * stride_vp + slot * stride_vs)[:, None] + offs_dv[None, :],
+            mask=kv_ok[:, None] & dv_ok[None, :],
             other=0.0,
         )
-        s = _dot(q, tl.trans(k), DOT_PRECISION, UPCAST_DOT)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if HAS_SOFTCAP:
             s = softcap * _tanh(s * (sm_scale / softcap)) * _LOG2E
         else:
@@ -176,7 +206,7 @@ def _attend_tiles(
         alpha = tl.exp2(m_i - m_ref)
         p = tl.exp2(s - m_ref[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, DOT_PRECISION, UPCAST_DOT)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
 
@@ -219,13 +249,14 @@ def _prefix_attention_kernel(
     softcap,
     HEAD_DIM: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    HEAD_DIM_V: tl.constexpr,
+    BLOCK_DV: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
     CLAMP_RANGES: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
-    UPCAST_DOT: tl.constexpr,
 ):
     tile_m = tl.program_id(0)
     head = tl.program_id(1)
@@ -272,11 +303,8 @@ def _prefix_attention_kernel(
     full_begin = tl.where(no_full, tile_end, full_begin)
     full_end = tl.where(no_full, tile_end, full_end)
 
-    offs_d = tl.arange(0, BLOCK_D)
-    if BLOCK_D == HEAD_DIM:
-        d_ok = tl.full([BLOCK_D], True, tl.int1)
-    else:
-        d_ok = offs_d < HEAD_DIM
+    offs_d, d_ok = _columns(BLOCK_D, HEAD_DIM)
+    offs_dv, dv_ok = _columns(BLOCK_DV, HEAD_DIM_V)
     q_rows = (q_begin + offs_m).to(tl.int64)
     q = tl.load(
         q_ptr + q_rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
@@ -288,27 +316,27 @@ def _prefix_attention_kernel(
     v_head_ptr = v_ptr + kv_head * stride_vh
     page_row_ptr = page_table_ptr + batch * stride_pt
 
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     # Masked tiles before the fully visible run, the run itself, masked tiles after it.
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
-        tile_begin, full_begin, sm_scale, softcap, offs_d, d_ok,
-        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION, UPCAST_DOT,
+        tile_begin, full_begin, sm_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
+        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
-        full_begin, full_end, sm_scale, softcap, offs_d, d_ok,
-        BLOCK_N, HAS_SOFTCAP, False, DOT_PRECISION, UPCAST_DOT,
+        full_begin, full_end, sm_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
+        BLOCK_N, HAS_SOFTCAP, False, DOT_PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
-        full_end, tile_end, sm_scale, softcap, offs_d, d_ok,
-        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION, UPCAST_DOT,
+        full_end, tile_end, sm_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
+        BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION,
     )  # fmt: skip
 
     has_keys = l_i > 0.0
@@ -316,11 +344,23 @@ def _prefix_attention_kernel(
     out = acc / l_safe[:, None]
     lse = tl.where(has_keys, (m_i + tl.log2(l_safe)) * _LN2, float("-inf"))
     tl.store(
-        out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+        out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
         out.to(out_ptr.dtype.element_ty),
-        mask=row_ok[:, None] & d_ok[None, :],
+        mask=row_ok[:, None] & dv_ok[None, :],
     )
     tl.store(lse_ptr + head.to(tl.int64) * stride_lh + q_rows, lse, mask=row_ok)
+
+
+def _constexprs(head_dim: int, head_dim_v: int, dtype: torch.dtype, config: KernelConfig,
+                has_window: bool, clamp_ranges: bool, has_softcap: bool) -> dict[str, object]:
+    """The kernel's compile-time arguments: what one variant is compiled for."""
+    return {
+        "HEAD_DIM": head_dim, "BLOCK_D": triton.next_power_of_2(head_dim),
+        "HEAD_DIM_V": head_dim_v, "BLOCK_DV": triton.next_power_of_2(head_dim_v),
+        "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
+        "HAS_WINDOW": has_window, "CLAMP_RANGES": clamp_ranges, "HAS_SOFTCAP": has_softcap,
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+    }
 
 
 def _check_inputs(
@@ -337,17 +377,19 @@ def _check_inputs(
     """Reject malformed inputs with one-line errors before they become wrong numbers."""
     if q.dim() != 3:
         raise ValueError(f"q must be (total_q, H, D), got shape {tuple(q.shape)}")
-    if k_cache.dim() != 4 or v_cache.shape != k_cache.shape:
+    if k_cache.dim() != 4 or v_cache.dim() != 4 or v_cache.shape[:3] != k_cache.shape[:3]:
         raise ValueError(
-            f"k_cache and v_cache must share shape (num_pages, page_size, Hkv, D), "
-            f"got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
+            f"k_cache and v_cache must be (num_pages, page_size, Hkv, D) and (..., Dv) with "
+            f"the same first three sizes, got {tuple(k_cache.shape)} and {tuple(v_cache.shape)}"
         )
     heads, head_dim = q.shape[1], q.shape[2]
     kv_heads = k_cache.shape[2]
     if k_cache.shape[3] != head_dim:
         raise ValueError(f"kv head dim {k_cache.shape[3]} != q head dim {head_dim}")
-    if head_dim % 16 or not 16 <= head_dim <= 256:
-        raise ValueError(f"head dim must be a multiple of 16 in [16, 256], got {head_dim}")
+    for name, dim in (("head dim", head_dim), ("value head dim", v_cache.shape[3])):
+        if dim % HEAD_DIM_MULTIPLE or not HEAD_DIM_MULTIPLE <= dim <= MAX_HEAD_DIM:
+            raise ValueError(f"{name} must be a multiple of {HEAD_DIM_MULTIPLE} in "
+                             f"[{HEAD_DIM_MULTIPLE}, {MAX_HEAD_DIM}], got {dim}")
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"query heads {heads} must be a multiple of kv heads {kv_heads}")
     if q.dtype not in _DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
@@ -421,7 +463,9 @@ def prefix_attention_paged(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of packed varlen queries over a paged KV cache with causal-OR-range masking.
 
-    Returns ``out`` (total_q, H, D) in q's dtype and ``lse`` (H, total_q) float32, natural log.
+    ``k_cache`` is (num_pages, page_size, Hkv, D) and ``v_cache`` (num_pages, page_size, Hkv,
+    Dv): the value head dim may differ from the query/key one. Returns ``out`` (total_q, H, Dv)
+    in q's dtype and ``lse`` (H, total_q) float32, natural log.
 
     Requests of at most ``short_query_len`` query tokens run in one launch with
     ``short_config`` (default: :func:`default_short_config`), the others in one launch with
@@ -437,6 +481,7 @@ def prefix_attention_paged(
         sliding_window, softcap,
     )  # fmt: skip
     total_q, heads, head_dim = q.shape
+    head_dim_v = v_cache.shape[3]
     batch = seqused_k.shape[0]
     if query_lens_host is not None:
         query_lens = [int(n) for n in query_lens_host]
@@ -458,16 +503,17 @@ def prefix_attention_paged(
         groups, group_max = [[], []], [0, 0]
     if total_q == 0 or max(group_max) == 0:
         lse = torch.full((heads, total_q), float("-inf"), dtype=torch.float32, device=q.device)
-        return torch.zeros_like(q), lse
-    out = torch.empty_like(q)
+        return q.new_zeros(total_q, heads, head_dim_v), lse
+    out = q.new_empty(total_q, heads, head_dim_v)
     lse = torch.empty((heads, total_q), dtype=torch.float32, device=q.device)
     if seq_ranges.shape[1] == 0:
         seq_ranges = torch.full((batch, 1, 2), -1, dtype=torch.int32, device=q.device)
     configs = (
-        short_config or config or default_short_config(head_dim, q.dtype),
-        config or default_config(head_dim, q.dtype),
+        short_config or config or default_short_config(head_dim, q.dtype, head_dim_v),
+        config or default_config(head_dim, q.dtype, head_dim_v),
     )
-    upcast_dot = q.dtype == torch.bfloat16 and q.device.type == "cpu"  # CPU means interpreter
+    if interpreter_enabled():
+        patch_interpreter_dot()  # the interpreter's bf16 dot multiplies bit patterns
     launches = [
         (ids, rows, cfg)
         for ids, rows, cfg in zip(groups, group_max, configs, strict=True)
@@ -487,19 +533,119 @@ def prefix_attention_paged(
             seq_ranges.shape[1],
             k_cache.shape[1], heads // k_cache.shape[2],
             float(softmax_scale), sliding_window or 0, float(softcap or 0.0),
-            HEAD_DIM=head_dim,
-            BLOCK_D=triton.next_power_of_2(head_dim),
-            BLOCK_M=cfg.block_m,
-            BLOCK_N=cfg.block_n,
-            HAS_WINDOW=sliding_window is not None,
-            CLAMP_RANGES=clamp_ranges_to_window,
-            HAS_SOFTCAP=softcap is not None,
-            DOT_PRECISION="ieee" if q.dtype == torch.float32 or upcast_dot else "tf32",
-            UPCAST_DOT=upcast_dot,
+            **_constexprs(head_dim, head_dim_v, q.dtype, cfg, sliding_window is not None,
+                          clamp_ranges_to_window, softcap is not None),
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
     return out, lse
+
+
+# H100/H200: the most shared memory one block can opt into (227 KiB).
+SM90_MAX_SHARED_BYTES = 227 * 1024
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+# Arguments the launch sees as multiples of 16 (head dims are), which Triton specializes on:
+# the K/V gathers only vectorize and pipeline (cp.async) with them.
+_DIVISIBLE_BY_16 = ("stride_qt", "stride_qh", "stride_kp", "stride_ks", "stride_kh",
+                    "stride_vp", "stride_vs", "stride_vh", "stride_ot", "stride_oh")
+
+
+class Sm90Resources(NamedTuple):
+    """What one kernel variant needs on an sm90 SM, read from an offline compile."""
+
+    shared_bytes: int
+    registers: int  # per thread
+    spill_bytes: int  # spill stores + spill loads, per thread
+    pipelined_loops: int  # key-tile loops that load through cp.async ahead of use (3 is all)
+
+    def problem(self) -> str | None:
+        """Why this variant is not fit for an H100/H200, or None."""
+        if self.shared_bytes > SM90_MAX_SHARED_BYTES:
+            return f"{self.shared_bytes} B of shared memory > {SM90_MAX_SHARED_BYTES}"
+        if self.spill_bytes:
+            return f"{self.spill_bytes} B of register spills"
+        if self.pipelined_loops < 3:
+            return f"only {self.pipelined_loops} of 3 key loops pipelined"
+        return None
+
+
+def _signature(dtype: torch.dtype) -> dict[str, str]:
+    """Triton's type string for each kernel argument, as a launch on ``dtype`` sees them."""
+    data = "*" + _TRITON_TYPES[dtype]
+    types = {"q_ptr": data, "k_ptr": data, "v_ptr": data, "out_ptr": data, "lse_ptr": "*fp32",
+             "sm_scale": "fp32", "softcap": "fp32"}
+    kernel = _prefix_attention_kernel
+    return {name: types.get(name, "constexpr" if name.isupper()
+                            else "*i32" if name.endswith("_ptr") else "i32")
+            for name in kernel.arg_names}
+
+
+def sm90_unavailable_reason() -> str | None:
+    """Why :func:`sm90_resources` cannot compile here, or None."""
+    if not isinstance(_prefix_attention_kernel, triton.runtime.JITFunction):
+        return ("the kernel was decorated under TRITON_INTERPRET=1: compile in a process "
+                "without it")
+    try:
+        ptxas = _ptxas()
+    except Exception as exc:  # no NVIDIA backend in this Triton build, whatever the error
+        return f"Triton's NVIDIA backend is not usable here ({type(exc).__name__}: {exc})"
+    if not os.path.isfile(ptxas):
+        return f"no ptxas at {ptxas}"
+    return None
+
+
+def sm90_resources(head_dim: int, head_dim_v: int, dtype: torch.dtype, config: KernelConfig,
+                   *, has_window: bool = True, clamp_ranges: bool = True,
+                   has_softcap: bool = True) -> Sm90Resources:
+    """Compile one variant for sm90 on this machine (no GPU needed) and read what it needs.
+
+    Uses Triton's NVIDIA backend and its bundled ptxas (:func:`sm90_unavailable_reason` says
+    whether they are here). The flags default to all on, the variant with the most code.
+    """
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    kernel = _prefix_attention_kernel
+    aligned = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]]
+               for name in kernel.arg_names if name.endswith("_ptr") or name in _DIVISIBLE_BY_16}
+    source = ASTSource(fn=kernel, signature=_signature(dtype), attrs=aligned,
+                       constexprs=_constexprs(head_dim, head_dim_v, dtype, config, has_window,
+                                              clamp_ranges, has_softcap))
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                              options={"num_warps": config.num_warps,
+                                       "num_stages": config.num_stages})
+    with tempfile.TemporaryDirectory() as tmp:
+        ptx = Path(tmp, "kernel.ptx")
+        ptx.write_text(compiled.asm["ptx"])
+        log = subprocess.run([_ptxas(), "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx) + ".o"],
+                             capture_output=True, text=True, check=True).stderr
+    registers = re.search(r"Used (\d+) registers", log)
+    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    if registers is None or spills is None:
+        raise RuntimeError(f"unexpected ptxas -v output: {log!r}")
+    loops = compiled.asm["ttgir"].split("scf.for")[1:]
+    return Sm90Resources(
+        shared_bytes=compiled.metadata.shared,
+        registers=int(registers.group(1)),
+        spill_bytes=int(spills.group(1)) + int(spills.group(2)),
+        pipelined_loops=sum("async_wait" in loop.split("scf.yield")[0] for loop in loops),
+    )
+
+
+def _ptxas() -> str:
+    """Triton's bundled ptxas (its location moved between Triton versions)."""
+    try:
+        from triton.backends.nvidia.compiler import get_ptxas
+
+        return get_ptxas(90).path
+    except (ImportError, TypeError):
+        from triton import knobs
+
+        return knobs.nvidia.ptxas.path
 
 
 class TileCounts(NamedTuple):
