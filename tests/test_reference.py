@@ -199,7 +199,11 @@ def test_fast_reference_with_huge_scores_subtracts_the_max(fused: bool) -> None:
                         _device(fused)).batch()
     plain = reference_attention(batch, method="plain")
     assert float(plain[1].max()) > 300
-    _assert_same(_fast(batch, 32, fused=fused), plain)
+    # Scores in the thousands carry float64 rounding of ~1e-12 each, which exp turns into
+    # relative differences of that order times the score: compare at that scale.
+    fast = _fast(batch, 32, fused=fused)
+    torch.testing.assert_close(fast[0].cpu(), plain[0].cpu(), rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(fast[1].cpu(), plain[1].cpu(), rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["torch", "triton"])

@@ -39,8 +39,8 @@ def test_tensor_hash_equals_the_integer_definition() -> None:
     counters = torch.tensor([0, 7, 2**33 + 5, 2**40 - 1], dtype=torch.long)
     key_a, key_b = stream_keys(request_stream(42, 3), "k")
     bits = hashed_bits(counters, torch.tensor(key_a), torch.tensor(key_b)).tolist()
-    want = [_lowbias32(_lowbias32((c & MASK32) ^ key_a) ^ (((c >> 32) * 0x9E3779B9) & MASK32)
-                       ^ key_b) for c in counters.tolist()]
+    want = [_lowbias32((c & MASK32) ^ (((c >> 32) * 0x9E3779B9) & MASK32) ^ key_a) ^ key_b
+            for c in counters.tolist()]
     assert bits == want
 
 
@@ -48,7 +48,7 @@ def test_values_are_standard_normal() -> None:
     bits = hashed_bits(torch.arange(200_000), torch.tensor(5), torch.tensor(9))
     x = normal_from_bits(bits).double()
     assert abs(float(x.mean())) < 0.01 and abs(float(x.std()) - 1) < 0.01
-    assert 3.5 < float(x.abs().max()) < 4.3
+    assert 3.5 < float(x.abs().max()) < 4.4  # the table's outermost quantiles: +-4.33
     tail = float((x.abs() > 2).double().mean())
     assert abs(tail - math.erfc(2 / math.sqrt(2))) < 0.003
 

@@ -297,13 +297,19 @@ def _contract_problems(case: MaterializedCase, out: object, lse: object, truth: 
 
 
 def judge(case: MaterializedCase, out: object, lse: object, truth: Expected,
-          segments: list[Segment] | None = None, wants_lse: bool = True) -> list[Verdict]:
+          segments: list[Segment] | None = None, wants_lse: bool = True,
+          with_batch: bool = False) -> list[Verdict]:
     """Apply the policy to a target's ``out`` (and ``lse``) for every segment (default: the
-    whole case as one)."""
+    whole case as one); ``with_batch`` appends the verdict of the whole batch.
+
+    The whole batch's numbers are the maxima of its segments' (every reduction is a max),
+    so judging it costs no second pass over the tensors.
+    """
     segments = segments or [whole(case)]
     problems = _contract_problems(case, out, lse, truth, wants_lse)
     if problems:
-        return [Verdict(False, list(problems), kind="contract") for _ in segments]
+        return [Verdict(False, list(problems), kind="contract")
+                for _ in range(len(segments) + with_batch)]
     device = case.device
     count = len(segments)
     row_ids = torch.repeat_interleave(
@@ -338,12 +344,13 @@ def judge(case: MaterializedCase, out: object, lse: object, truth: Expected,
         columns.append(_row_max((~empty & ~torch.isfinite(got_lse)).T.to(torch.uint8)).double())
     per_row = torch.stack([_segment_max(c.double(), row_ids, count) for c in columns], dim=1)
     per_key = torch.stack([_segment_max(c.double(), key_ids, count) for c in key_columns], dim=1)
-    table = torch.cat([per_row, per_key], dim=1).tolist()  # the one host transfer
-    verdicts = []
-    for segment, numbers in zip(segments, table, strict=True):
-        verdicts.append(_verdict(case, segment, numbers, got, floor, lse if wants_lse else None,
-                                 truth, rows.start))
-    return verdicts
+    table = torch.cat([per_row, per_key], dim=1)
+    if with_batch:
+        segments = [*segments, Segment(rows.start, rows.stop, keys.start, keys.stop)]
+        table = torch.cat([table, table.amax(dim=0, keepdim=True)])
+    return [_verdict(case, segment, numbers, got, floor, lse if wants_lse else None, truth,
+                     rows.start)
+            for segment, numbers in zip(segments, table.tolist(), strict=True)]  # one transfer
 
 
 def _rounding_floor(case: MaterializedCase, truth: Expected, rows: slice, key_norm: Tensor
@@ -385,7 +392,7 @@ def _verdict(case: MaterializedCase, segment: Segment, numbers: list[float], got
     verdict.out_ratio = out_error / max(base_error, atol)
     rows = slice(segment.r0 - row_offset, segment.r1 - row_offset)
     element_floor = 0.0
-    if segment.r1 > segment.r0:
+    if (nonfinite or beyond_floor > allowed) and segment.r1 > segment.r0:
         reference = truth.out[segment.r0:segment.r1]
         verdict.worst, element_floor = _worst_out(case, got[rows], reference, floor[rows],
                                                   segment.r0)
@@ -426,6 +433,15 @@ def _verdict(case: MaterializedCase, segment: Segment, numbers: list[float], got
     return verdict
 
 
+def _unravel(flat: int, shape: torch.Size) -> tuple[int, ...]:
+    """The index of element ``flat`` of a tensor of ``shape``."""
+    index = []
+    for size in reversed(shape):
+        flat, i = divmod(flat, size)
+        index.append(i)
+    return tuple(reversed(index))
+
+
 def _worst_out(case: MaterializedCase, got: Tensor, ref: Tensor, floor: Tensor,
                first_row: int) -> tuple[Location, float]:
     """The element furthest past its rounding floor (the largest error if none is), and
@@ -433,13 +449,12 @@ def _worst_out(case: MaterializedCase, got: Tensor, ref: Tensor, floor: Tensor,
     err = torch.nan_to_num((got - ref).abs(), nan=math.inf)
     beyond = torch.where(err > floor, err, 0.0)
     worst = beyond if bool(beyond.any()) else err
-    row, head, col = (int(i) for i in torch.unravel_index(torch.argmax(worst).cpu(),
-                                                           worst.shape))
+    row, head, col = _unravel(int(torch.argmax(worst)), worst.shape)
     return (locate(case, first_row + row, head, float(ref[row, head, col]),
                    float(got[row, head, col]), col), float(floor[row, head, col]))
 
 
 def _worst_lse(case: MaterializedCase, got: Tensor, ref: Tensor, first_row: int) -> Location:
     diff = _finite_diff(got.double(), ref)
-    head, row = (int(i) for i in torch.unravel_index(torch.argmax(diff).cpu(), diff.shape))
+    head, row = _unravel(int(torch.argmax(diff)), diff.shape)
     return locate(case, first_row + row, head, float(ref[head, row]), float(got[head, row]))

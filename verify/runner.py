@@ -91,13 +91,9 @@ class Judged:
 
 
 def _fingerprint(t: Tensor) -> int:
-    """A cheap checksum of a tensor's bits (any change of a few elements changes it)."""
-    if not t.numel():
-        return 0
-    bits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
-    flat = t.detach().contiguous().view(-1).view(bits).to(torch.int64)
-    weights = torch.arange(1, flat.numel() + 1, device=flat.device, dtype=torch.int64) % 65521
-    return int((flat * weights).sum())
+    """A cheap checksum of a tensor's bits: a write outside the target's own tensors changes
+    it (a wild write of random bits leaves a sum unchanged about never)."""
+    return int(_bits(t).sum(dtype=torch.int64)) if t.numel() else 0
 
 
 def _copy(case: MaterializedCase) -> MaterializedCase:
@@ -184,19 +180,14 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
         return Judged(_error(target, "wild-write", "memory outside the target's own tensors "
                              "changed during its call (the referee's inputs or truth)",
                              len(segments), seconds), timings)
-    wants_lse = target.capabilities.lse
-    verdicts = judge(case, out, lse, truth, segments, wants_lse=wants_lse)
-    distances = (judge(case, out, lse, exact, segments, wants_lse=wants_lse)
-                 if exact is not None else [None] * len(segments))
+    wants_lse, packed = target.capabilities.lse, len(segments) > 1
+    verdicts = judge(case, out, lse, truth, segments, wants_lse, with_batch=packed)
+    distances = (judge(case, out, lse, exact, segments, wants_lse, with_batch=packed)
+                 if exact is not None else [None] * len(verdicts))
     outcomes = [_outcome(target, v, d, seconds / len(segments))
                 for v, d in zip(verdicts, distances, strict=True)]
-    batch = None
-    if len(segments) > 1:
-        distance = None if exact is None else judge(case, out, lse, exact, wants_lse=wants_lse)[0]
-        batch = _outcome(target, judge(case, out, lse, truth, wants_lse=wants_lse)[0], distance,
-                         seconds)
     timings["judge"] = time.perf_counter() - start
-    return Judged(outcomes, timings, batch)
+    return Judged(outcomes[:len(segments)], timings, outcomes[-1] if packed else None)
 
 
 def _outcome(target: Target, verdict: Verdict, distance: Verdict | None, seconds: float
