@@ -81,8 +81,9 @@ MODELS: dict[str, ModelPreset] = {m.name: m for m in [
                  "global_head_dim 512, no attention softcap)",
                  f"{TRANSFORMERS}/gemma4/modeling_gemma4.py (scaling 1.0: Q/K RMSNorm instead; "
                  "local layers AND(window, OR(causal, image)), i.e. ranges clamped)",
-                 f"{TRANSFORMERS}/gemma4/image_processing_gemma4.py (max_soft_tokens 280; "
-                 "a square image gives 256)")),
+                 f"{TRANSFORMERS}/gemma4/image_processing_gemma4.py (_SUPPORTED_SOFT_TOKENS "
+                 "70, 140, 280, 560, 1120; max_soft_tokens 280 by default; a square image "
+                 "gives 256)")),
     ModelPreset(
         "gemma4-e4b",
         (LayerKind("local", 8, 2, 256, 512, True, 1.0),

@@ -141,6 +141,8 @@ def image_ranges(draw: st.DrawFn, seq_len: int, context_len: int, space: Space,
         return [[0, end]]
     count = draw(st.sampled_from([0, *range(1, space.max_ranges + 1),
                                   *range(1, space.max_ranges + 1)]))
+    if space.max_ranges == 0:
+        return []
     if edge is not None:
         count = max(count, 1)
     ranges: list[list[int]] = []

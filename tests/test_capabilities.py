@@ -62,12 +62,14 @@ def test_unknown_predicates_are_refused() -> None:
 
 
 def test_prefix_kernel_attaches_what_the_kernel_accepts() -> None:
-    @prefix_kernel(Capabilities(dtypes=frozenset({"float16"})), exact=False,
+    @prefix_kernel(Capabilities(dtypes=frozenset({"float16"})), model="two_call",
                    compile_key=lambda spec: (spec.head_dim,))
     def kernel(case):
         raise NotImplementedError
 
-    assert kernel.capabilities.dtypes == frozenset({"float16"}) and kernel.exact is False
+    assert kernel.capabilities.dtypes == frozenset({"float16"}) and kernel.model == "two_call"
+    with pytest.raises(ValueError, match="model must be"):
+        prefix_kernel(model="three_call")
     assert kernel.compile_key(parse_case({"requests": [{"query_len": 1}], "num_heads": 1,
                                           "head_dim": 32, "dtype": "float16"})) == (32,)
 

@@ -28,10 +28,10 @@ from golden import FINDINGS_DIR
 from references import reference_attention
 from verify.case import CaseSpec, parse_case, read_case
 from verify.compare import check, expected
+from verify.mask import overlap_weight
 from verify.materialize import MaterializedCase, materialize
 from verify.runner import FAIL, PASS, SKIP, Outcome, evaluate
 from verify.targets import Target, get_target, target_names
-from verify.targets.two_call import overlap_weight
 
 pytestmark = pytest.mark.gpu
 

@@ -8,6 +8,8 @@ dependency). The graph is checked between packages (``verify.targets`` and
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -104,3 +106,13 @@ def test_references_import_nothing_of_the_suite() -> None:
 def test_the_graph_check_finds_a_cycle() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_importing_the_suite_leaves_triton_alone() -> None:
+    """Triton reads TRITON_INTERPRET once, at import: the entry points set it first, so
+    importing the CLI, the registry or the fuzz loop must not import Triton."""
+    code = ("import sys, fuzz.cli, fuzz.campaign, verify.targets, verify.runner; "
+            "print('triton' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "False"

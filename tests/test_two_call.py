@@ -24,6 +24,7 @@ from references import reference_attention
 from verify import CaseSpec, materialize, parse_case
 from verify.compare import ulp
 from verify.gpu import fa4_unavailable_reason
+from verify.mask import overlap_weight
 from verify.materialize import MaterializedCase
 from verify.runner import FAIL, PASS, SKIP, TruthCache, evaluate
 from verify.targets import Target, get_target, target_names
@@ -32,7 +33,6 @@ from verify.targets.two_call import (
     RangeSpan,
     ReplaceTarget,
     TwoCallTarget,
-    overlap_weight,
     range_spans,
 )
 from verify.two_call.error import TV_BOUND, matches_two_call_model, measure

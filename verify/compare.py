@@ -263,6 +263,8 @@ class Verdict:
 
     def summary(self) -> str:
         head = "PASS" if self.passed else "FAIL"
+        if self.kind in ("contract", "unjudgeable"):  # no error to report: only what is wrong
+            return "\n".join([f"{head}: {self.kind}", *self.problems])
         numbers = (f"max err {self.out_error:.3g} (allowed {self.allowed_error:.3g}, "
                    f"ratio {self.out_ratio:.2f} x baseline, {self.ulp_error:.1f} ulp)")
         if self.lse_error is not None:

@@ -8,10 +8,13 @@ double loop over the definition.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
-from references.mask import key_intervals, range_bounds, visible_keys
+from references import LogWeight
+from references.mask import key_intervals, overlap_intervals, range_bounds, visible_keys
 from verify.case import CaseSpec, Request
 from verify.materialize import MaterializedCase, RequestView
 
@@ -67,3 +70,13 @@ def mask_differs_from_causal(spec: CaseSpec) -> bool:
             if bool((with_ranges != bare).any()):
                 return True
     return False
+
+
+def overlap_weight(case: MaterializedCase) -> LogWeight:
+    """The two-call model: ``ln 2`` on the keys both calls read (the causal keys of the query's
+    range, :func:`references.mask.overlap_intervals`), in packed key rows."""
+    layout = case.layout
+    lo, hi = overlap_intervals(layout.q_positions, layout.range_start, layout.range_end,
+                               layout.seq_lens[layout.q_request], case.sliding_window)
+    offset = layout.k_starts[layout.q_request]
+    return LogWeight(lo + offset, hi + offset, math.log(2.0))

@@ -231,7 +231,7 @@ def _paged(spec: CaseSpec, layout: Layout, k: Tensor, v: Tensor
     """Scatter packed k/v into a poisoned page pool through a random page table.
 
     Columns past a request's pages (padding, then ``page_table_slack`` more) point at a
-    poisoned spare page, never at page 0 or out of bounds.
+    poisoned spare page (never at a page a request owns, never out of bounds).
     """
     ps = spec.page_size
     pages = (layout.seq_lens + ps - 1) // ps

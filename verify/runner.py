@@ -180,7 +180,8 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
         return Judged(_error(target, "wild-write", "memory outside the target's own tensors "
                              "changed during its call (the referee's inputs or truth)",
                              len(segments), seconds), timings)
-    wants_lse, packed = target.capabilities.lse, len(segments) > 1
+    # A kernel without an LSE may return None even if it did not say so: out alone is judged.
+    wants_lse, packed = target.capabilities.lse and lse is not None, len(segments) > 1
     verdicts = judge(case, out, lse, truth, segments, wants_lse, with_batch=packed)
     distances = (judge(case, out, lse, exact, segments, wants_lse, with_batch=packed)
                  if exact is not None else [None] * len(verdicts))

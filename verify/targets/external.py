@@ -18,23 +18,33 @@ from typing import TypeVar
 
 from torch import Tensor
 
+from references import LogWeight
 from verify.capabilities import Capabilities
 from verify.case import CaseSpec
+from verify.mask import overlap_weight
 from verify.materialize import MaterializedCase
 from verify.target import Target
 
 Kernel = TypeVar("Kernel", bound=Callable[..., tuple[Tensor, Tensor | None]])
 
 
-def prefix_kernel(capabilities: Capabilities | None = None, *, exact: bool = True,
+# Models an approximate kernel may claim instead of exact attention.
+MODELS = ("two_call",)
+
+
+def prefix_kernel(capabilities: Capabilities | None = None, *, model: str | None = None,
                   compile_key: Callable[[CaseSpec], tuple | None] | None = None
                   ) -> Callable[[Kernel], Kernel]:
-    """Declare what a kernel accepts (``capabilities``), whether it claims exact attention,
-    and (for a kernel that compiles per configuration) what it compiles a kernel for."""
+    """Declare what a kernel accepts (``capabilities``), the model it claims if it is not
+    exact attention (``"two_call"``: the two-call merge, the overlap keys counted twice;
+    its distance from exact attention is reported too), and for a kernel that compiles per
+    configuration what it compiles a kernel for."""
+    if model is not None and model not in MODELS:
+        raise ValueError(f"model must be one of {', '.join(MODELS)} or None, got {model!r}")
 
     def attach(fn: Kernel) -> Kernel:
         fn.capabilities = capabilities or Capabilities()  # type: ignore[attr-defined]
-        fn.exact = exact  # type: ignore[attr-defined]
+        fn.model = model  # type: ignore[attr-defined]
         fn.compile_key = compile_key  # type: ignore[attr-defined]
         return fn
 
@@ -45,6 +55,7 @@ class ExternalTarget(Target):
     """Wraps a callable ``f(case) -> (out, lse_or_None)`` named ``module:callable``.
 
     Without :func:`prefix_kernel` it is assumed to accept every case and claim exactness.
+    The model key is ``type(self).model_bias`` in the truth cache: one per model kind.
     """
 
     def __init__(self, spec: str) -> None:
@@ -63,7 +74,8 @@ class ExternalTarget(Target):
             return
         self._fn = fn
         self.capabilities = getattr(fn, "capabilities", Capabilities())
-        self.exact = getattr(fn, "exact", True)
+        self._model = getattr(fn, "model", None)
+        self.exact = self._model is None
         self._compile_key = getattr(fn, "compile_key", None)
 
     def unavailable_reason(self) -> str | None:
@@ -71,6 +83,9 @@ class ExternalTarget(Target):
 
     def compile_key(self, spec: CaseSpec) -> tuple | None:
         return self._compile_key(spec) if self._compile_key is not None else None
+
+    def model_bias(self, case: MaterializedCase) -> LogWeight | None:
+        return overlap_weight(case) if self._model == "two_call" else None
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
         if self._fn is None:

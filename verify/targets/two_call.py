@@ -22,16 +22,15 @@ chunk that starts inside an image.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
 
 from references import LogWeight
-from references.mask import overlap_intervals
 from verify.case import CaseSpec
 from verify.kernels.merge_states import merge_attn_states_torch, merge_attn_states_triton
+from verify.mask import overlap_weight
 from verify.materialize import MaterializedCase, cumulative_lengths
 from verify.target import Target
 from verify.targets.engines import ENGINES, Engine
@@ -63,16 +62,6 @@ def range_spans(case: MaterializedCase) -> list[RangeSpan]:
                 spans.append(RangeSpan(view.q_start, view.k_start, view.context_len, s, e,
                                        first, last))
     return spans
-
-
-def overlap_weight(case: MaterializedCase) -> LogWeight:
-    """The two-call model: ``ln 2`` on the keys both calls read (the causal keys of the query's
-    range, :func:`references.mask.overlap_intervals`), in packed key rows."""
-    layout = case.layout
-    lo, hi = overlap_intervals(layout.q_positions, layout.range_start, layout.range_end,
-                               layout.seq_lens[layout.q_request], case.sliding_window)
-    offset = layout.k_starts[layout.q_request]
-    return LogWeight(lo + offset, hi + offset, math.log(2.0))
 
 
 def _window(sliding_window: int | None) -> dict[str, int]:

@@ -20,9 +20,10 @@ from references import reference_attention
 from references.batch import interval_mask, plan_blocks
 from references.reference import scores
 from verify.compare import check, expected
+from verify.mask import overlap_weight
 from verify.materialize import MaterializedCase
 from verify.targets.engines import REFERENCE_ENGINE
-from verify.targets.two_call import TwoCallTarget, overlap_weight
+from verify.targets.two_call import TwoCallTarget
 
 # Query rows per block of explicit (H, rows, seq_len) probabilities.
 QUERY_BLOCK = 256
