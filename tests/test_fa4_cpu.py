@@ -125,7 +125,7 @@ def mask_mod_rows(case: MaterializedCase, *, chunk_local: bool = False) -> list[
 
     Called the way FA4 calls it: indices relative to the request, ``seqlen_info`` from
     cu_seqlens_q / seqused_k, the aux tensors the target passes. ``chunk_local`` plants
-    the BUGS.md class 1 mistake (seqlen_k taken as seqlen_q) to show the comparison bites.
+    the docs/bugs.md class 1 mistake (seqlen_k taken as seqlen_q) to show the comparison bites.
     """
     body = fa4_module._build_mask_mod(STAND_IN_CUTLASS, STAND_IN_CUTE)
     aux = [case.query_ranges, mask_params(case)]

@@ -132,7 +132,7 @@ CHUNKED = parse_case({
 
 @functools.cache
 def planted_masks() -> dict[str, Any]:
-    """FA4 mask_mods with one real-world bug each (BUGS.md classes 1 and 2)."""
+    """FA4 mask_mods with one real-world bug each (docs/bugs.md classes 1 and 2)."""
     import cutlass
     import cutlass.cute as cute
 

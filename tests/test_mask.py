@@ -1,4 +1,4 @@
-"""The mask module against a literal reading of DESIGN.md section 2, and its named facts."""
+"""The mask module against a literal reading of docs/semantics.md, and its named facts."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Every planted fault (one per real bug, BUGS.md) is caught within the CI example budget.
+"""Every planted fault (one per real bug, docs/bugs.md) is caught within the CI example budget.
 
 This is the suite's honesty check: the strategies, the reference and the policy
 together must turn each bug into a failing verdict, and the diagnosis must point

@@ -41,7 +41,7 @@ def test_triton_passes_adversarial_layouts(spec: CaseSpec) -> None:
 
 
 class RangesDropped(TritonTarget):
-    """The real kernel fed no image ranges: a causal-only key loop (BUGS.md class 2)."""
+    """The real kernel fed no image ranges: a causal-only key loop (docs/bugs.md class 2)."""
 
     def run(self, case):
         no_ranges = torch.full_like(case.seq_ranges, -1)

@@ -155,7 +155,7 @@ def test_overlap_error_identities(spec: CaseSpec) -> None:
 
 
 class ClaimsExact(TwoCallTarget):
-    """The two-call path presented as exact attention (the bug BUGS.md warns about)."""
+    """The two-call path presented as exact attention (the bug docs/bugs.md warns about)."""
 
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine)

@@ -65,7 +65,7 @@ class Request:
 
 @dataclass(frozen=True)
 class CaseSpec:
-    """A validated case (DESIGN.md section 5). Build it with :func:`parse_case`."""
+    """A validated case (docs/contract.md). Build it with :func:`parse_case`."""
 
     requests: tuple[Request, ...]
     num_heads: int

@@ -1,6 +1,6 @@
 """The registry of targets: kernels under test, by name.
 
-Names (DESIGN.md section 5): ``reference``, ``sdpa``, ``flex``, ``triton``, ``fa4``,
+Names (docs/contract.md): ``reference``, ``sdpa``, ``flex``, ``triton``, ``fa4``,
 the two-call family ``two_call_<engine>`` / ``replace_<engine>`` for engines
 ``reference``, ``sdpa``, ``fa4``; ``fault:<name>`` for the planted faults of
 :mod:`verify.targets.faults`; and any ``module:callable``.

@@ -61,7 +61,7 @@ def sm90_tile_n(head_dim: int, head_dim_v: int) -> int:
 
 
 def _build_mask_mod(cutlass: ModuleType, cute: ModuleType) -> Callable[..., Any]:
-    """The causal-OR-range mask as a CuTe DSL mask_mod (DESIGN.md section 2).
+    """The causal-OR-range mask as a CuTe DSL mask_mod (docs/semantics.md).
 
     ``cutlass`` and ``cute`` are parameters so that the CPU tests can run the very same
     body on Python stand-ins and compare it with :mod:`verify.mask` pair by pair.
@@ -69,7 +69,7 @@ def _build_mask_mod(cutlass: ModuleType, cute: ModuleType) -> Callable[..., Any]
     relative to the request. The absolute query position is ``m_idx + seqlen_k -
     seqlen_q``; the range row is clamped to the request because FA4 also evaluates
     the rows that pad the last query tile (an unclamped read runs past ``query_ranges``
-    for the last request: BUGS.md class 8).
+    for the last request: docs/bugs.md class 8).
     """
 
     @cute.jit

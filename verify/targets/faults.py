@@ -1,4 +1,4 @@
-"""Planted faults: correct dense attention with one real-world bug each (BUGS.md).
+"""Planted faults: correct dense attention with one real-world bug each (docs/bugs.md).
 
 Every check that guards a kernel must be shown to fail on a planted fault. The
 faults here are targets (``fault:<name>``), so the same machinery that judges a
@@ -45,7 +45,7 @@ def grouped_heads(num_heads: int, num_kv_heads: int) -> Tensor:
 
 @dataclass(frozen=True)
 class Fault:
-    """One bug: the step it replaces, and the BUGS.md class it belongs to."""
+    """One bug: the step it replaces, and the docs/bugs.md class it belongs to."""
 
     name: str
     bug_class: int
