@@ -1,4 +1,4 @@
-"""How far the two-call path is from exact attention, per query and head (docs/semantics.md, docs/two_call.md).
+"""How far the two-call path is from exact attention, per query and head (docs/two_call.md).
 
 Everything is float64 from the case's rounded inputs, so the numbers are the
 approximation alone, free of rounding noise: the two-call result comes from the
