@@ -1,8 +1,8 @@
 """Hypothesis profiles and the GPU marker's skip logic.
 
-Profiles (``HYPOTHESIS_PROFILE``): ``ci`` (the default under ``CI``: derandomized,
-no database, no deadline, a fixed example budget), ``dev`` (the default
-elsewhere: random, a few more examples), ``nightly`` (long exploration) and
+Profiles (``HYPOTHESIS_PROFILE``, defined in :mod:`fuzz.profiles`): ``ci`` (the default
+under ``CI``: derandomized, no database, no deadline, a fixed example budget), ``dev``
+(the default elsewhere: random, a few more examples), ``nightly`` (long exploration) and
 ``gpu`` (the lent H100/H200, larger shapes, fewer examples).
 """
 
@@ -12,8 +12,9 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import settings
 
+from fuzz.profiles import default_hypothesis_profile, register_hypothesis_profiles
 from verify.kernels.interpreter import use_interpreter_without_cuda
 
 # Before anything imports triton: without CUDA, Triton kernels run under the interpreter.
@@ -27,14 +28,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # --stats-file PATH: per-target verdicts and error ratios, merged across xdist workers.
 pytest_plugins = ["fuzz.pytest_stats"]
 
-_COMMON = {"deadline": None, "print_blob": True,
-           "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large]}
-settings.register_profile("ci", derandomize=True, database=None, max_examples=25, **_COMMON)
-settings.register_profile("dev", max_examples=40, **_COMMON)
-settings.register_profile("nightly", max_examples=2000,
-                          phases=list(Phase), **_COMMON)
-settings.register_profile("gpu", derandomize=True, database=None, max_examples=60, **_COMMON)
-settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+register_hypothesis_profiles()
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", default_hypothesis_profile()))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
