@@ -1,0 +1,110 @@
+"""For an engine's own tests: judge its kernel on a case, and draw cases the way the suite does.
+
+An engine keeps its tests in its repository and asserts against the suite's float64
+reference and tolerance policy (docs/plugin.md)::
+
+    from hypothesis import given
+    from fuzz.testing import CPU_SPACE, assert_matches_reference, cases, space_for
+
+    @given(spec=cases(space_for(my_kernel.capabilities, CPU_SPACE)))
+    def test_my_kernel(spec):
+        assert_matches_reference(my_kernel, spec)
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from fuzz.models import MODELS
+from fuzz.spaces import PROFILES, default_profile, space_for
+from fuzz.strategies import (
+    ADVERSARIAL_CASES,
+    CPU_SPACE,
+    GPU_SPACE,
+    Space,
+    cases,
+    with_adversarial_examples,
+)
+from verify.capabilities import Capabilities
+from verify.case import CaseSpec, read_case
+from verify.materialize import MaterializedCase, materialize
+from verify.runner import PASS, SKIP, Outcome, evaluate
+from verify.target import Target
+from verify.targets import get_target, prefix_kernel
+from verify.targets.external import ExternalTarget
+
+Kernel = Callable[[MaterializedCase], tuple[Tensor, Tensor | None]]
+
+
+def _name_of(kernel: Kernel) -> str:
+    """The ``module:callable`` name of a kernel defined at a module's top level.
+
+    The kernel is loaded by that name, exactly as ``--prefix-target`` loads it, so what
+    :func:`prefix_kernel` declares on it means the same in both.
+    """
+    module, name = getattr(kernel, "__module__", None), getattr(kernel, "__qualname__", "")
+    if module in sys.modules and getattr(sys.modules[module], name, None) is kernel:
+        return f"{module}:{name}"
+    raise TypeError(f"{kernel!r} is not a function at a module's top level: pass such a "
+                    "function, its 'module:callable' name, or a Target")
+
+
+def as_target(target: str | Target | Kernel) -> Target:
+    """A registered name (``sdpa``, ``fault:<name>``, ``module:callable``), a
+    :class:`Target`, or a kernel function ``f(case) -> (out, lse_or_None)``, as a Target."""
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        return get_target(target)
+    return ExternalTarget(_name_of(target))
+
+
+def default_device(target: Target) -> str:
+    """Where a case runs unless told: on CUDA when it is here and the target runs there."""
+    on_cuda = torch.cuda.is_available() and "cuda" in target.capabilities.devices
+    return "cuda" if on_cuda else "cpu"
+
+
+def assert_matches_reference(target: str | Target | Kernel,
+                             case: CaseSpec | Mapping[str, Any] | MaterializedCase | str | Path,
+                             *, device: str | None = None, allow_skip: bool = False) -> Outcome:
+    """Run ``target`` on ``case`` and judge it with the suite's policy; the Outcome.
+
+    ``case``: a spec, its JSON mapping (or a file or JSON string), or a materialized case
+    (it keeps its device). Raises AssertionError with the diagnosis (request, position,
+    head, what the query should see) and the case JSON when the target fails or errs; also
+    when it does not run the case (unavailable here, or a case outside its declared
+    capabilities) unless ``allow_skip``, since a test that runs nothing must not pass.
+    """
+    runner = as_target(target)
+    if not isinstance(case, MaterializedCase):
+        case = materialize(read_case(case), device or default_device(runner))
+    outcome = evaluate(runner, case)
+    if outcome.status != PASS and not (allow_skip and outcome.status == SKIP):
+        raise AssertionError(f"{outcome.summary()}\ncase: {case.spec.to_json()}")
+    return outcome
+
+
+__all__ = [
+    "ADVERSARIAL_CASES",
+    "CPU_SPACE",
+    "GPU_SPACE",
+    "MODELS",
+    "PROFILES",
+    "Capabilities",
+    "Space",
+    "as_target",
+    "assert_matches_reference",
+    "cases",
+    "default_device",
+    "default_profile",
+    "prefix_kernel",
+    "space_for",
+    "with_adversarial_examples",
+]
