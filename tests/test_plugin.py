@@ -1,0 +1,191 @@
+"""The pytest plugin, in-process: ``--prefix-target`` collects the packaged tests, which pass a
+correct kernel and fail one that ignores the image ranges, naming where; nothing changes
+without it. (tests/test_wheel.py runs it from an installed wheel, with xdist and JUnit.)
+Then the helper engines' own tests call, ``fuzz.testing.assert_matches_reference``."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+from torch import Tensor
+
+from fuzz.golden import golden_files
+from fuzz.pytest_plugin import SUITE_FILES
+from fuzz.strategies import ADVERSARIAL_CASES
+from fuzz.testing import Capabilities, assert_matches_reference, prefix_kernel
+from verify.case import parse_case
+from verify.mask import causal_only
+from verify.materialize import MaterializedCase, materialize
+from verify.runner import PASS, SKIP
+from verify.targets import get_target
+
+pytest_plugins = ["pytester"]
+
+# The plugin loads through its entry point once the package is installed from this
+# checkout; an older install of the package lacks it, so it is named explicitly then (not
+# both: pytest refuses to register one module under two names).
+PLUGIN = ([] if any(ep.value == "fuzz.pytest_plugin" for ep in entry_points(group="pytest11"))
+          else ["-p", "fuzz.pytest_plugin"])
+# Few random cases: the adversarial layouts run as well, and the golden replay is cheap.
+FAST = ["-p", "no:cacheprovider", "--prefix-profile", "ci", "--prefix-examples", "3"]
+# The kernels below, as module:callable targets of the in-process runs.
+HERE = __name__
+
+CALLS: list[str] = []
+
+
+def reference_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
+    """Exact attention (the suite's reference, as a user's kernel); counts its calls."""
+    CALLS.append(case.spec.to_json())
+    return get_target("reference").run(case)
+
+
+@prefix_kernel(Capabilities(softcap=False))
+def causal_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
+    """Exact attention with every image range dropped: plain causal attention."""
+    return get_target("reference").run(materialize(causal_only(case.spec), case.device))
+
+
+@prefix_kernel(model="two_call")
+def two_call_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
+    """The two-call merge: approximate by design, and declared so."""
+    return get_target("two_call_reference").run(case)
+
+
+def two_call_claiming_exact(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
+    """The same merge, undeclared: it claims exact attention."""
+    return two_call_kernel(case)
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest(*PLUGIN, *args)
+
+
+def test_without_prefix_target_nothing_more_is_collected(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    result = _run(pytester, "--collect-only", "-q")
+    assert result.ret == pytest.ExitCode.OK
+    assert [line for line in result.outlines if "::" in line] == ["test_own.py::test_own"]
+    assert "prefix-referee" not in result.stdout.str()
+
+
+def test_sdpa_passes_the_packaged_tests(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_own="def test_own():\n    pass\n")
+    result = _run(pytester, *FAST, "--prefix-target", "sdpa", "-k",
+                  "test_own or test_matches_reference or edge-one_token_ranges or fault-lse")
+    result.assert_outcomes(passed=4)
+
+
+def test_a_causal_only_kernel_fails_naming_the_request_and_position(
+        pytester: pytest.Pytester) -> None:
+    result = _run(pytester, *FAST, "--prefix-target", f"{HERE}:causal_kernel", "-k",
+                  "test_matches_reference or fault-merged_image_groups")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        "*FAIL: max err*",
+        "*worst: request 0, query * (position *), head *, inside range*",
+        "*case: {*",
+    ])
+
+
+def test_targets_are_deduplicated_and_the_suite_file_collected_once(
+        pytester: pytest.Pytester) -> None:
+    result = _run(pytester, "--collect-only", "-q", "--prefix-target", "sdpa",
+                  "--prefix-target", "sdpa", *map(str, SUITE_FILES))
+    ids = [line for line in result.outlines if "::" in line]
+    assert len(ids) == len(set(ids)) == 1 + len(golden_files())
+    # The ids a checkout gives the file, wherever the package is installed.
+    assert ids[0] == "fuzz/suite/test_target.py::test_matches_reference[sdpa]"
+
+
+@pytest.mark.parametrize(("options", "ci", "profile", "examples"), [
+    ((), None, "dev", 40),
+    ((), "1", "ci", 25),
+    (("--prefix-profile", "nightly"), "1", "nightly", 2000),
+    (("--prefix-profile", "gpu", "--prefix-examples", "7"), None, "gpu", 7),
+], ids=["default", "default under CI", "nightly", "gpu with a budget"])
+def test_prefix_profile_picks_the_hypothesis_profile(
+        pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, options: tuple[str, ...],
+        ci: str | None, profile: str, examples: int) -> None:
+    if ci is None:
+        monkeypatch.delenv("CI", raising=False)
+    else:
+        monkeypatch.setenv("CI", ci)
+    result = _run(pytester, "--collect-only", "--prefix-target", "sdpa", *options)
+    result.stdout.fnmatch_lines([f"prefix-referee: targets sdpa; hypothesis profile {profile}, "
+                                 f"{examples} random cases per target"])
+
+
+def test_the_profile_sets_the_budget_of_the_property_test(pytester: pytest.Pytester) -> None:
+    """Every adversarial layout, then random cases up to the budget asked for."""
+    CALLS.clear()
+    result = _run(pytester, *FAST, "--prefix-target", f"{HERE}:reference_kernel", "-k",
+                  "test_matches_reference")
+    result.assert_outcomes(passed=1)
+    adversarial = {spec.to_json() for spec in ADVERSARIAL_CASES.values()}
+    assert len(adversarial) < len(CALLS) <= len(adversarial) + 3
+    assert adversarial <= set(CALLS)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (("--prefix-target", "nope"), "--prefix-target: unknown target 'nope'; registered: *"),
+    (("--prefix-target", "fault:nope"), "--prefix-target: unknown fault 'fault:nope'; *"),
+    (("--prefix-target", "sdpa", "--prefix-examples", "0"),
+     "--prefix-examples: must be at least 1, got 0"),
+], ids=["unknown target", "unknown fault", "no examples"])
+def test_bad_options_are_one_line_usage_errors(pytester: pytest.Pytester,
+                                               options: tuple[str, ...], message: str) -> None:
+    result = _run(pytester, *options)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: {message}"])
+    assert len([line for line in result.errlines if line.strip()]) == 1
+
+
+def test_an_unloadable_kernel_module_skips_with_the_reason(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, "-rs", "--prefix-target", "no_such_module:kernel", "-k",
+                  "test_matches_reference")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["*cannot load no_such_module:kernel: ModuleNotFoundError*"])
+
+
+# fuzz.testing.assert_matches_reference: what an engine's own tests call.
+
+SMALL_CASE = {"requests": [{"query_len": 16, "ranges": [[2, 5], [9, 14]]}], "num_heads": 2,
+              "num_kv_heads": 1, "head_dim": 32, "dtype": "bfloat16", "page_size": None,
+              "seed": 0}
+
+
+@pytest.mark.parametrize("target", ["sdpa", get_target("flex"), reference_kernel],
+                         ids=["name", "Target", "callable"])
+@pytest.mark.parametrize("case", [SMALL_CASE, parse_case(SMALL_CASE),
+                                  materialize(parse_case(SMALL_CASE))],
+                         ids=["mapping", "CaseSpec", "MaterializedCase"])
+def test_assert_matches_reference_takes_any_target_and_case(target: object, case: object
+                                                            ) -> None:
+    assert assert_matches_reference(target, case).status == PASS
+
+
+def test_assert_matches_reference_raises_with_the_diagnosis() -> None:
+    with pytest.raises(AssertionError, match=r"(?s)FAIL: .*worst: request 0, query \d+ "
+                       r"\(position \d+\), head \d+, inside range .*case: \{"):
+        assert_matches_reference(causal_kernel, SMALL_CASE)
+
+
+def test_a_case_the_target_declines_fails_unless_skips_are_allowed() -> None:
+    softcapped = {**SMALL_CASE, "softcap": 30.0}
+    with pytest.raises(AssertionError, match="SKIP: unsupported: softcap"):
+        assert_matches_reference(causal_kernel, softcapped)
+    outcome = assert_matches_reference(causal_kernel, softcapped, allow_skip=True)
+    assert outcome.status == SKIP and outcome.reason == "unsupported: softcap"
+
+
+def test_a_kernel_function_is_judged_as_its_module_callable_name_is() -> None:
+    """What prefix_kernel declares counts: the two-call merge passes against its declared
+    model and fails when it claims exact attention. Only a module's own functions have a
+    ``module:callable`` name."""
+    assert assert_matches_reference(two_call_kernel, SMALL_CASE).status == PASS
+    with pytest.raises(AssertionError, match="FAIL"):
+        assert_matches_reference(two_call_claiming_exact, SMALL_CASE)
+    with pytest.raises(TypeError, match="not a function at a module's top level"):
+        assert_matches_reference(lambda case: two_call_kernel(case), SMALL_CASE)
