@@ -13,7 +13,6 @@ reference and tolerance policy (docs/plugin.md)::
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,19 +41,6 @@ from verify.targets.external import ExternalTarget
 Kernel = Callable[[MaterializedCase], tuple[Tensor, Tensor | None]]
 
 
-def _name_of(kernel: Kernel) -> str:
-    """The ``module:callable`` name of a kernel defined at a module's top level.
-
-    The kernel is loaded by that name, exactly as ``--prefix-target`` loads it, so what
-    :func:`prefix_kernel` declares on it means the same in both.
-    """
-    module, name = getattr(kernel, "__module__", None), getattr(kernel, "__qualname__", "")
-    if module in sys.modules and getattr(sys.modules[module], name, None) is kernel:
-        return f"{module}:{name}"
-    raise TypeError(f"{kernel!r} is not a function at a module's top level: pass such a "
-                    "function, its 'module:callable' name, or a Target")
-
-
 def as_target(target: str | Target | Kernel) -> Target:
     """A registered name (``sdpa``, ``fault:<name>``, ``module:callable``), a
     :class:`Target`, or a kernel function ``f(case) -> (out, lse_or_None)``, as a Target."""
@@ -62,7 +48,8 @@ def as_target(target: str | Target | Kernel) -> Target:
         return target
     if isinstance(target, str):
         return get_target(target)
-    return ExternalTarget(_name_of(target))
+    name = f"{getattr(target, '__module__', '?')}:{getattr(target, '__qualname__', target)}"
+    return ExternalTarget(name, target)
 
 
 def default_device(target: Target) -> str:

@@ -58,17 +58,20 @@ class ExternalTarget(Target):
     The model key is ``type(self).model_bias`` in the truth cache: one per model kind.
     """
 
-    def __init__(self, spec: str) -> None:
+    def __init__(self, spec: str, fn: Kernel | None = None) -> None:
+        """``spec`` names the callable (``module:callable``); ``fn``, if given, is it (a
+        kernel already in hand: then ``spec`` is only its name in reports)."""
         super().__init__(spec, f"external callable {spec}")
         self._fn: Callable[[MaterializedCase], tuple[Tensor, Tensor | None]] | None = None
         self._compile_key: Callable[[CaseSpec], tuple | None] | None = None
         self._error: str | None = None
-        module_name, _, attr = spec.partition(":")
-        try:
-            fn = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # a broken module is the target's problem, said in one line
-            self._error = f"cannot load {spec}: {type(exc).__name__}: {exc}"
-            return
+        if fn is None:
+            module_name, _, attr = spec.partition(":")
+            try:
+                fn = getattr(importlib.import_module(module_name), attr)
+            except Exception as exc:  # a broken module is the target's problem, in one line
+                self._error = f"cannot load {spec}: {type(exc).__name__}: {exc}"
+                return
         if not callable(fn):
             self._error = f"{spec} is not callable"
             return
