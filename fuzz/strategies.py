@@ -261,6 +261,7 @@ def option_dicts(draw: st.DrawFn, space: Space, config: dict) -> dict:
         window = draw(st.integers(1, space.longest))
     if window is not None:
         clamp = draw(st.booleans()) if space.clamp is None else space.clamp
+        clamp = clamp or _has(space, "clamped_windows")
     scale = None
     if space.scales:
         defaults = [None, None, None] if space.default_scale else []

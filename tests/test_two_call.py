@@ -71,7 +71,7 @@ def test_fa4_engine_targets_report_why_they_cannot_run(name: str) -> None:
 
 @pytest.mark.parametrize("name, spec, words", [
     ("replace_reference", ADVERSARIAL_CASES["window_shorter_than_range"],
-     "sliding window without clamp"),
+     "clamped_windows"),
     ("two_call_reference", parse_case({"requests": [{"query_len": 9, "ranges": [[1, 6], [3, 8]]}],
                                        "num_heads": 2, "head_dim": 16, "dtype": "bfloat16",
                                        "allow_overlapping_ranges": True}), "overlapping ranges"),

@@ -53,6 +53,9 @@ LAYOUT_PREDICATES: dict[str, tuple[str, LayoutCheck]] = {
     "prefill_only": (
         "no request has cached context",
         lambda spec, r: r.context_len == 0),
+    "clamped_windows": (
+        "a sliding window always clamps the ranges too (clamp_ranges_to_window)",
+        lambda spec, r: spec.sliding_window is None or spec.clamp_ranges_to_window),
 }
 
 

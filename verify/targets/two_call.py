@@ -172,13 +172,10 @@ class ReplaceTarget(_Decomposition):
         super().__init__(engine, f"replace_{engine.name}",
                          "causal call; inside an image a dense call over keys [0, e] "
                          "replaces it (exact, no merge)", exact=True)
-
-    def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
-        if spec.sliding_window is not None and not spec.clamp_ranges_to_window:
-            return ("unsupported: sliding window without clamp_ranges_to_window (a query "
-                    "inside an image then sees [min(s, p - W + 1), e], which no dense "
-                    "windowed call over [0, e] gives)")
-        return super().unsupported_reason(spec, device)
+        # Without the clamp, a query inside an image sees [min(s, p - W + 1), e], which no
+        # dense windowed call over [0, e] gives.
+        self.capabilities = replace(self.capabilities,
+                                    layout=self.capabilities.layout | {"clamped_windows"})
 
     def attend(self, case: MaterializedCase) -> tuple[Tensor, Tensor]:
         out, lse = _causal_call(case, self.engine)
