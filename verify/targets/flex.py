@@ -96,8 +96,8 @@ def _distinct_blocks(needed: int, taken: set[int]) -> int:
     return blocks
 
 
-def _shape(case: MaterializedCase) -> _Shape:
-    """Padded sizes: dynamic lengths on CUDA, power-of-two buckets on CPU.
+def _shape(case: MaterializedCase, dynamic: bool) -> _Shape:
+    """Padded sizes: for dynamic lengths (CUDA), or power-of-two buckets (CPU).
 
     Inductor's CPU flex template miscompiles dynamic lengths once a graph has ten size
     symbols (it renames ``ks3`` inside ``ks37``; torch 2.13), so CPU graphs are static:
@@ -110,7 +110,7 @@ def _shape(case: MaterializedCase) -> _Shape:
     group = spec.num_heads // spec.num_kv_heads
     q_need = -(-case.num_kv_heads * case.q.shape[0] // BLOCK)
     k_need = -(-case.num_kv_heads * case.k.shape[0] // BLOCK)
-    if case.device.type == "cpu":
+    if not dynamic:
         blocks = _next_power_of_two(max(q_need, k_need, CPU_MIN_BLOCKS))
         if blocks > CPU_MIN_BLOCKS:
             return _Shape(group, spec.head_dim, spec.value_dim, blocks, blocks)
@@ -221,11 +221,10 @@ def kv_blocks(lo: Tensor, hi: Tensor, q_blocks: int, k_blocks: int
     return (*_ordered(touched & ~full), *_ordered(full))
 
 
-def block_mask(case: MaterializedCase) -> Any:
-    """The case's BlockMask, over the padded folded rows and keys, with its mask_mod."""
+def block_mask(case: MaterializedCase, shape: _Shape) -> Any:
+    """The case's BlockMask over ``shape``'s folded rows and keys, with its mask_mod."""
     from torch.nn.attention.flex_attention import BlockMask
 
-    shape = _shape(case)
     t = _row_tables(case, shape)
     window = torch.tensor(case.sliding_window or NO_WINDOW, dtype=torch.int32,
                           device=case.device)
@@ -310,13 +309,13 @@ class FlexTarget(Target):
         from torch.nn.attention.flex_attention import AuxRequest
 
         cpu = case.device.type == "cpu"
-        shape = _shape(case)
+        shape = _shape(case, dynamic=not cpu)
         kv_heads, total_q = case.num_kv_heads, case.q.shape[0]
         group = case.num_heads // kv_heads
         q = _fold(case.q, kv_heads, shape.q_len, shape.heads, shape.head_dim)
         k = _fold(case.k, kv_heads, shape.k_len, 1, shape.head_dim)
         v = _fold(case.v, kv_heads, shape.k_len, 1, shape.value_dim)
-        mask, score_mod = block_mask(case), _score_mod(case, shape.shared)
+        mask, score_mod = block_mask(case, shape), _score_mod(case, shape.shared)
         graphs, start = _graphs_compiled(), time.perf_counter()
         # Past the recompile limit dynamo would quietly run flex eagerly, with dense scores.
         with torch._dynamo.config.patch(recompile_limit=256, fail_on_recompile_limit_hit=True
