@@ -100,23 +100,23 @@ def _shape(case: MaterializedCase, dynamic: bool) -> _Shape:
     """Padded sizes: for dynamic lengths (CUDA), or power-of-two buckets (CPU).
 
     Inductor's CPU flex template miscompiles dynamic lengths once a graph has ten size
-    symbols (it renames ``ks3`` inside ``ks37``; torch 2.13), so CPU graphs are static:
-    one length bucket for rows and keys. The smallest bucket (every gate case) also pads
-    head dims and heads per KV head, so all its cases of a dtype share one graph; a longer
-    case keeps its own dims, since it compiles its bucket anyway and padding multiplies
-    the work (4x for 2 heads per KV head of 128 dims).
+    symbols (it renames ``ks3`` inside ``ks37``; torch 2.13), so CPU graphs are static,
+    rows and keys each padded to a power of two. The smallest bucket (every gate case)
+    also pads head dims and heads per KV head, so all its cases of a dtype share one
+    graph; a longer case keeps its own dims, since it compiles its buckets anyway and
+    padding multiplies the work (4x for 2 heads per KV head of 128 dims).
     """
     spec = case.spec
     group = spec.num_heads // spec.num_kv_heads
     q_need = -(-case.num_kv_heads * case.q.shape[0] // BLOCK)
     k_need = -(-case.num_kv_heads * case.k.shape[0] // BLOCK)
     if not dynamic:
-        blocks = _next_power_of_two(max(q_need, k_need, CPU_MIN_BLOCKS))
-        if blocks > CPU_MIN_BLOCKS:
-            return _Shape(group, spec.head_dim, spec.value_dim, blocks, blocks)
+        q_blocks, k_blocks = (_next_power_of_two(max(n, CPU_MIN_BLOCKS)) for n in (q_need, k_need))
+        if max(q_blocks, k_blocks) > CPU_MIN_BLOCKS:
+            return _Shape(group, spec.head_dim, spec.value_dim, q_blocks, k_blocks)
         dim = max(CPU_MIN_HEAD_DIM, _next_power_of_two(max(spec.head_dim, spec.value_dim)))
         heads = max(CPU_MIN_HEADS_PER_KV, _next_power_of_two(group))
-        return _Shape(heads, dim, dim, blocks, blocks, shared=True)
+        return _Shape(heads, dim, dim, q_blocks, k_blocks, shared=True)
     taken = {1, BLOCK, group, spec.head_dim, spec.value_dim}
     q_blocks = _distinct_blocks(q_need, taken)
     return _Shape(group, spec.head_dim, spec.value_dim, q_blocks,
@@ -214,7 +214,7 @@ def kv_blocks(lo: Tensor, hi: Tensor, q_blocks: int, k_blocks: int
         one = torch.ones((), dtype=torch.int32, device=lo.device)
         steps.index_put_((rows[keep], first[keep]), one, accumulate=True)
         steps.index_put_((rows[keep], stop[keep]), -one, accumulate=True)
-        return steps.cumsum(1)[:, :k_blocks]
+        return steps.cumsum(1, dtype=torch.int32)[:, :k_blocks]
 
     touched = rows_spanning(lo // BLOCK, hi // BLOCK + 1) > 0
     full = rows_spanning(-(-lo // BLOCK), (hi + 1) // BLOCK) == BLOCK
