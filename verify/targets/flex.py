@@ -84,9 +84,10 @@ class _Shape:
 def _distinct_blocks(needed: int, taken: set[int]) -> int:
     """The smallest block count >= ``needed`` (and >= 2) whose count and length are new.
 
-    Dynamo gives equal sizes one symbol (duck sizing): a length equal to a static size
-    (heads, head dim, the block size) would be specialized with it, and two equal lengths
-    would be tied, each costing a recompile when a later case differs. Sizes 0 and 1 are
+    Dynamo gives equal sizes one symbol (duck sizing). Inductor's flex lowering guards the
+    static sizes (heads, head dims, the block size), which then pins an equal length too,
+    and two equal lengths stay tied: each a recompile when a later case differs (seen on
+    CPU: a first case with 2 query blocks and 2 heads per KV head). Sizes 0 and 1 are
     always specialized, hence at least 2. Adds the chosen count and length to ``taken``.
     """
     blocks = max(needed, 2)
