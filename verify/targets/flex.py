@@ -35,7 +35,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -44,6 +44,9 @@ from verify.case import CaseSpec
 from verify.mask import visible_intervals
 from verify.materialize import MaterializedCase
 from verify.targets.base import Target
+
+if TYPE_CHECKING:  # flex_attention is imported on first use, as every optional engine is
+    from torch.nn.attention.flex_attention import BlockMask
 
 # FlexAttention's sparse block (query and key side): the BlockMask's granularity.
 BLOCK = 128
@@ -222,7 +225,7 @@ def kv_blocks(lo: Tensor, hi: Tensor, q_blocks: int, k_blocks: int
     return (*_ordered(touched & ~full), *_ordered(full))
 
 
-def block_mask(case: MaterializedCase, shape: _Shape) -> Any:
+def block_mask(case: MaterializedCase, shape: _Shape) -> BlockMask:
     """The case's BlockMask over ``shape``'s folded rows and keys, with its mask_mod."""
     from torch.nn.attention.flex_attention import BlockMask
 
@@ -269,7 +272,7 @@ def _score_mod(case: MaterializedCase, shared: bool) -> Callable[..., Tensor]:
 
 
 @cache
-def _compiled_flex(dynamic: bool) -> Any:
+def _compiled_flex(dynamic: bool) -> Callable[..., Any]:
     from torch.nn.attention.flex_attention import flex_attention
 
     return torch.compile(flex_attention, dynamic=dynamic, fullgraph=True)
