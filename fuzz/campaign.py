@@ -230,8 +230,9 @@ class Campaign:
         if self._first_compile_credit is None:
             self._first_compile_credit = seconds
         judged = max(self.run.judged, 1)
-        per_case = (self.run.seconds["target"] + self.run.seconds["reference"]
-                    + self.run.seconds["materialize"] + self.run.seconds["judge"]) / judged
+        s = self.run.seconds
+        per_case = (s["target"] - self.run.compile_seconds + s["reference"] + s["materialize"]
+                    + s["judge"]) / judged
         self.stream.compiled(seconds, per_case)
 
     def _record(self, spec: CaseSpec, outcome: Outcome) -> None:

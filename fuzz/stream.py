@@ -38,10 +38,14 @@ CONFIGS_PER_DRAW = 32
 
 
 def draw_examples(strategy: st.SearchStrategy[Any], count: int, stream_seed: int) -> list[Any]:
-    """``count`` values of ``strategy`` (fewer if its space is smaller), repeatably."""
+    """``count`` values of ``strategy`` (fewer if its space is smaller), repeatably.
+
+    Hypothesis opens every run with its simplest value; a stream makes many runs, so that
+    value is left out (it would be judged once per configuration, in a pack of its own).
+    """
     found: list[Any] = []
 
-    @settings(max_examples=count, database=None, phases=[Phase.generate], deadline=None,
+    @settings(max_examples=count + 1, database=None, phases=[Phase.generate], deadline=None,
               suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet,
               print_blob=False)
     @seed(stream_seed)
@@ -50,7 +54,7 @@ def draw_examples(strategy: st.SearchStrategy[Any], count: int, stream_seed: int
         found.append(value)
 
     collect()
-    return found
+    return found[1:] if len(found) > 1 else found
 
 
 @dataclass
@@ -151,10 +155,11 @@ class CaseStream:
 
     def compiled(self, seconds: float, seconds_per_case: float) -> None:
         """A configuration compiled in ``seconds``: size the quotas so that compiling stays
-        about ``COMPILE_SHARE`` of the time its cases take."""
+        about ``COMPILE_SHARE`` of the time its cases take. Quotas only grow: a slot never
+        loses the packs it has drawn."""
         if seconds_per_case <= 0:
             return
         quota = seconds / seconds_per_case * (1 - COMPILE_SHARE) / COMPILE_SHARE
-        self.quota = max(MIN_QUOTA, min(MAX_QUOTA, int(quota)))
+        self.quota = max(self.quota, min(MAX_QUOTA, int(quota)))
         for slot in self._slots:
-            slot.quota = self.quota
+            slot.quota = max(slot.quota, self.quota)

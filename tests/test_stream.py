@@ -3,8 +3,10 @@ their options; model presets draw every layer kind."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 
+from fuzz.cli import main as fuzz
 from fuzz.coverage import FEATURES, features
 from fuzz.models import MODELS
 from fuzz.spaces import space_for
@@ -70,10 +72,21 @@ def test_gemma4_draws_both_layer_kinds() -> None:
 
 
 def test_the_cpu_profile_covers_the_layout_features() -> None:
-    stream = _stream([CPU_SPACE])
     seen: Counter[str] = Counter()
-    for _ in range(100):
-        for spec in stream.next_pack():
-            seen.update(features(spec))
+    for seed in range(3):  # a few configurations each: three streams cover more of them
+        stream = _stream([CPU_SPACE], seed=seed)
+        for _ in range(50):
+            for spec in stream.next_pack():
+                seen.update(features(spec))
     missing = set(FEATURES) - set(seen) - {"overlapping_ranges"}
     assert not missing, missing
+
+
+def test_a_compiling_kernel_spends_a_small_share_of_its_time_compiling(tmp_path) -> None:
+    assert fuzz(["--target", "tests.compiling:kernel", "--budget", "8", "--seed", "2",
+                 "--device", "cpu", "--report-dir", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "latest" / "report.json").read_text())["targets"][0]
+    seconds = report["seconds"]
+    assert report["compiles"] >= 3  # the pool's first configurations
+    assert report["judged"] >= 10 * report["compiles"]
+    assert seconds["compile"] <= 0.4 * seconds["explore"], seconds

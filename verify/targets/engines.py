@@ -57,6 +57,7 @@ class Engine:
     capabilities: Capabilities
     unavailable_reason: Callable[[], str | None] = lambda: None
     dense_window: bool = True  # the dense call takes sliding_window (left only)
+    compiles: bool = False  # builds a kernel per configuration (FA4): see compile_key
 
 
 def varlen_mask(nq: int, nk: int, causal: bool, sliding_window: int | None,
@@ -149,5 +150,5 @@ FA4_ENGINE = Engine(
     _imported("verify.targets.fa4", "fa4_dense"),
     Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset(DTYPES) - {"float32"},
                  head_dims=frozenset({64, 128, 256}), value_dims="equal"),
-    fa4_unavailable_reason)
+    fa4_unavailable_reason, compiles=True)
 ENGINES: dict[str, Engine] = {e.name: e for e in (REFERENCE_ENGINE, SDPA_ENGINE, FA4_ENGINE)}

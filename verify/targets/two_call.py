@@ -128,6 +128,14 @@ class _Decomposition(Target):
                     f"the {self.engine.name} engine's dense call does not take")
         return super().unsupported_reason(spec, device)
 
+    def compile_key(self, spec: CaseSpec) -> tuple | None:
+        """What a compiling engine builds kernels for: its calls' dtype, head dims, GQA ratio
+        and softcap, and whether they take a window (causal, and dense under the clamp)."""
+        if not self.engine.compiles:
+            return None
+        return (spec.dtype, spec.head_dim, spec.value_dim, spec.num_heads // spec.num_kv_heads,
+                spec.softcap, spec.sliding_window is not None, spec.clamp_ranges_to_window)
+
     def spans(self, case: MaterializedCase) -> list[RangeSpan]:
         """The (request, range) pieces the dense calls cover."""
         return range_spans(case)
