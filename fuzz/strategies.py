@@ -105,11 +105,15 @@ def _has(space: Space, predicate: str) -> bool:
 
 @st.composite
 def _sequence_length(draw: st.DrawFn, space: Space, low: int) -> int:
-    """A length in ``[low, max]``, often one around a tile edge."""
+    """A length in ``[low, max]``, often one around a tile edge, otherwise log-uniform:
+    every scale of length is drawn about as often, so long sequences come up without
+    making every case long (the reference's work grows with the square of the length)."""
     edges = [e + d for e in space.edges for d in (-1, 0, 1) if e + d >= low]
     if edges and draw(st.integers(0, 3)) == 0:
         return draw(st.sampled_from(edges))
-    return draw(st.integers(low, max(low, space.max_seq_len)))
+    high = max(low, space.max_seq_len)
+    octave = draw(st.integers(low.bit_length() - 1, high.bit_length() - 1))
+    return draw(st.integers(max(low, 1 << octave), min(high, (2 << octave) - 1)))
 
 
 @st.composite

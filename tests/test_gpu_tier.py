@@ -39,7 +39,7 @@ TIER_TARGETS = ("fa4", "triton", "two_call_fa4", "replace_fa4")
 FINDINGS = FINDINGS_DIR
 # Judged cases per target: the fuzzer draws many layouts per kernel configuration and packs
 # them, so compiling (seconds per configuration for FA4) stays a small share.
-FUZZ_EXAMPLES = {"fa4": 400, "triton": 400, "two_call_fa4": 200, "replace_fa4": 200}
+FUZZ_EXAMPLES = {"fa4": 300, "triton": 300, "two_call_fa4": 150, "replace_fa4": 150}
 
 
 def pinned_device() -> str:
