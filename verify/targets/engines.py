@@ -35,7 +35,7 @@ from torch import Tensor
 
 from references import expand_kv_heads
 from verify.capabilities import Capabilities
-from verify.case import DTYPES
+from verify.case import DTYPES, CaseSpec
 from verify.gpu import fa4_unavailable_reason
 
 
@@ -58,6 +58,8 @@ class Engine:
     unavailable_reason: Callable[[], str | None] = lambda: None
     dense_window: bool = True  # the dense call takes sliding_window (left only)
     compiles: bool = False  # builds a kernel per configuration (FA4): see compile_key
+    # Why the engine's own calls reject a case's head dims (asked of the library), or None.
+    head_dim_reason: Callable[[CaseSpec], str | None] = lambda spec: None
 
 
 def varlen_mask(nq: int, nk: int, causal: bool, sliding_window: int | None,
@@ -149,6 +151,8 @@ FA4_ENGINE = Engine(
     "fa4", _imported("verify.targets.fa4", "fa4_causal"),
     _imported("verify.targets.fa4", "fa4_dense"),
     Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset(DTYPES) - {"float32"},
-                 head_dims=frozenset({64, 128, 256}), value_dims="equal"),
-    fa4_unavailable_reason, compiles=True)
+                 value_dims="equal"),
+    fa4_unavailable_reason, compiles=True,
+    head_dim_reason=lambda spec: importlib.import_module("verify.targets.fa4")
+    .spec_head_dim_reason(spec))
 ENGINES: dict[str, Engine] = {e.name: e for e in (REFERENCE_ENGINE, SDPA_ENGINE, FA4_ENGINE)}

@@ -130,6 +130,12 @@ def head_dim_reason(head_dim: int, head_dim_v: int, element_size: int) -> str | 
     return None
 
 
+def spec_head_dim_reason(spec: CaseSpec) -> str | None:
+    """:func:`head_dim_reason` for a case's head dims and dtype."""
+    return head_dim_reason(spec.head_dim, spec.value_dim,
+                           torch.finfo(TORCH_DTYPES[spec.dtype]).bits // 8)
+
+
 def tma_tail_nan_reason(spec: CaseSpec) -> str | None:
     """Why ``spec`` is outside FA4's paged-KV contract, or None.
 
@@ -163,8 +169,7 @@ class FA4Target(Target):
 
     def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
         return (super().unsupported_reason(spec, device)
-                or head_dim_reason(spec.head_dim, spec.value_dim,
-                                   torch.finfo(TORCH_DTYPES[spec.dtype]).bits // 8)
+                or spec_head_dim_reason(spec)
                 or tma_tail_nan_reason(spec))
 
     def compile_key(self, spec: CaseSpec) -> tuple:

@@ -278,6 +278,16 @@ def _compiled_flex(dynamic: bool) -> Callable[..., Any]:
     return torch.compile(flex_attention, dynamic=dynamic, fullgraph=True)
 
 
+# Above this head dim the CUDA template's default tiles need more shared memory than an
+# H100/H200 block has (head_dim 512: 263424 bytes of 232448): smaller tiles, one stage.
+WIDE_HEAD_DIM = 256
+WIDE_TILES = {"BLOCK_M": 64, "BLOCK_N": 32, "num_stages": 1, "num_warps": 4}
+
+
+def _kernel_options(head_dim: int) -> dict[str, int] | None:
+    return dict(WIDE_TILES) if head_dim > WIDE_HEAD_DIM else None
+
+
 def _graphs_compiled() -> int:
     from torch._dynamo.utils import counters
 
@@ -329,7 +339,8 @@ class FlexTarget(Target):
                                     DeprecationWarning)
             out, aux = _compiled_flex(dynamic=not cpu)(
                 q, k, v, block_mask=mask, score_mod=score_mod, scale=1.0,
-                enable_gqa=shape.heads > 1, return_aux=AuxRequest(lse=not cpu))
+                enable_gqa=shape.heads > 1, return_aux=AuxRequest(lse=not cpu),
+                kernel_options=None if cpu else _kernel_options(shape.head_dim))
         if _graphs_compiled() > graphs:
             self.compiles += 1
             self.compile_seconds += time.perf_counter() - start

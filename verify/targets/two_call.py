@@ -123,6 +123,9 @@ class _Decomposition(Target):
         return self.engine.unavailable_reason()
 
     def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
+        reason = self.engine.head_dim_reason(spec)
+        if reason is not None:
+            return reason
         if spec.clamp_ranges_to_window and not self.engine.dense_window:
             return (f"unsupported: clamp_ranges_to_window needs a windowed dense call, which "
                     f"the {self.engine.name} engine's dense call does not take")
