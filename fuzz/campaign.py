@@ -9,15 +9,18 @@ as a reproducer at once and shrunk at the end, within its own deadline.
 
 from __future__ import annotations
 
+import random
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import count
 from pathlib import Path
+from typing import NamedTuple
 
 from fuzz.casefiles import write_reproducer
 from fuzz.coverage import features
+from fuzz.drawing import DrawnAhead
 from fuzz.journal import RunDirectory
 from fuzz.shrink import shrink
 from fuzz.signature import signature
@@ -40,7 +43,7 @@ POLL_SECONDS = 0.5
 class Settings:
     """What every campaign of a run shares."""
 
-    devices: tuple[str, ...]
+    devices: tuple[str, ...]  # one entry per worker (a device may be listed more than once)
     seed: int
     case_timeout: float
     isolation: str
@@ -50,6 +53,18 @@ class Settings:
     shrink_seconds: float
     expected: frozenset[tuple[str, str]] = frozenset()
     versions: dict[str, str | None] = field(default_factory=dict)
+
+
+def stream_seed(seed: int, slot: int) -> int:
+    """The seed of worker ``slot``'s stream: the run's own for the first worker (a run on
+    one worker draws what it always drew), one derived from it for the others."""
+    return seed if slot == 0 else random.Random(f"{seed}/{slot}").randrange(2**32)
+
+
+class _Submitted(NamedTuple):
+    cases: list[CaseSpec]
+    confirm: bool  # a case of a pack rerun alone
+    slot: int | None  # the worker whose stream drew it (None: whichever was free)
 
 
 @dataclass
@@ -126,15 +141,16 @@ class Campaign:
         self.journal = journal
         self.on_case = on_case
         device_type = settings.devices[0].split(":")[0]
-        self.stream = CaseStream(spaces, lambda spec: target.unsupported_reason(spec,
-                                                                               device_type),
-                                 settings.seed, pack_cases=settings.pack_cases,
-                                 pack_tokens=settings.pack_tokens)
         self.pool = WorkerPool(target.name, settings.devices, case_timeout=settings.case_timeout,
                                isolation=settings.isolation, log=journal.log)
+        workers = 1 if settings.isolation == "none" else len(settings.devices)
+        self.streams = [DrawnAhead(CaseStream(
+            spaces, lambda spec: target.unsupported_reason(spec, device_type),
+            stream_seed(settings.seed, slot), pack_cases=settings.pack_cases,
+            pack_tokens=settings.pack_tokens)) for slot in range(workers)]
         self.run = TargetRun(target.name, target.exact, spaces)
         self._ids = count()
-        self._jobs: dict[int, tuple[list[CaseSpec], bool]] = {}  # id -> cases, is a confirmation
+        self._jobs: dict[int, _Submitted] = {}
         self._first_compile_credit: float | None = None
         # Packs whose failing case is being rerun alone, by that case's JSON.
         self._pending: dict[str, tuple[list[CaseSpec], Outcome | None]] = {}
@@ -156,13 +172,13 @@ class Campaign:
                     or (target_judged is not None and submitted >= target_judged))
 
         while True:
-            while not done() and self.pool.capacity > 0:
+            while not done() and (slot := self.pool.free_slot()) is not None:
                 limit = None if target_judged is None else target_judged - submitted
-                pack_ = self._next_pack(limit)
+                pack_ = self._next_pack(slot, limit)
                 if not pack_:
                     break
                 submitted += len(pack_)
-                self._submit(pack_, confirm=False)
+                self._submit(pack_, confirm=False, slot=slot)
             if not self.pool.busy and not self._jobs:
                 break
             for result in self.pool.wait(POLL_SECONDS):
@@ -171,29 +187,29 @@ class Campaign:
                 break
         self.run.seconds["explore"] += time.monotonic() - start
 
-    def _next_pack(self, limit: int | None) -> list[CaseSpec]:
+    def _next_pack(self, slot: int, limit: int | None) -> list[CaseSpec]:
         try:
-            pack_ = self.stream.next_pack()
+            pack_ = self.streams[slot].next_pack()
         except RuntimeError as exc:
             self.run.broken = str(exc)
             return []
         finally:
-            self.run.declined = self.stream.declined
-            self.run.drawn = self.stream.drawn
+            self.run.declined = sum((s.declined for s in self.streams), Counter())
+            self.run.drawn = sum(s.drawn for s in self.streams)
         return pack_ if limit is None else pack_[:limit]
 
-    def _submit(self, cases: list[CaseSpec], *, confirm: bool) -> None:
+    def _submit(self, cases: list[CaseSpec], *, confirm: bool, slot: int | None) -> None:
         job = Job(next(self._ids), tuple(c.to_dict() for c in cases), packed=len(cases) > 1)
-        self._jobs[job.id] = (cases, confirm)
-        self.pool.submit(job)
+        self._jobs[job.id] = _Submitted(cases, confirm, slot)
+        self.pool.submit(job, slot)
 
     def _absorb(self, result: JobResult) -> None:
-        cases, confirm = self._jobs.pop(result.id)
+        cases, confirm, slot = self._jobs.pop(result.id)
         self.run.restarts = self.pool.restarts
         for phase, seconds in result.timings.items():
             self.run.seconds[phase] += seconds
         if result.compiled:
-            self._compiled(result)
+            self._compiled(result, slot)
         if confirm:
             self._confirmed(cases[0], result.outcomes[0])
             return
@@ -211,7 +227,7 @@ class Campaign:
                     self.run.failures[sig].sightings += 1
                 elif len(cases) > 1:
                     self._pending[spec.to_json()] = (cases, result.batch)
-                    self._submit([spec], confirm=True)
+                    self._submit([spec], confirm=True, slot=slot)  # where it compiled
                 else:
                     self._failure(spec, outcome)
 
@@ -223,7 +239,7 @@ class Campaign:
             packed, _ = pack(cases)
             self._failure(packed, batch, unpacked=False)
 
-    def _compiled(self, result: JobResult) -> None:
+    def _compiled(self, result: JobResult, slot: int | None) -> None:
         seconds = result.timings.get("target", 0.0)
         self.run.compiles += 1
         self.run.compile_seconds += seconds
@@ -233,7 +249,8 @@ class Campaign:
         s = self.run.seconds
         per_case = (s["target"] - self.run.compile_seconds + s["reference"] + s["materialize"]
                     + s["judge"]) / judged
-        self.stream.compiled(seconds, per_case)
+        for stream in self.streams if slot is None else [self.streams[slot]]:
+            stream.compiled(seconds, per_case)
 
     def _record(self, spec: CaseSpec, outcome: Outcome) -> None:
         run = self.run
@@ -269,10 +286,10 @@ class Campaign:
     # --- shrinking -------------------------------------------------------------------------
 
     def _run_alone(self, spec: CaseSpec) -> Outcome:
-        self._submit([spec], confirm=True)
+        self._submit([spec], confirm=True, slot=None)
         while True:
             for result in self.pool.wait(POLL_SECONDS):
-                cases, _ = self._jobs.pop(result.id)
+                cases = self._jobs.pop(result.id).cases
                 for phase, seconds in result.timings.items():
                     self.run.seconds[phase] += seconds
                 if cases[0] is spec:
@@ -305,4 +322,6 @@ class Campaign:
         return False
 
     def close(self) -> None:
+        for stream in self.streams:
+            stream.close()
         self.pool.close()

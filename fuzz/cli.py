@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--devices", metavar="LIST",
                      help="with --device cuda: the GPUs to use, e.g. cuda:0,cuda:1 (default: "
                           "every visible one); each runs its own workers")
+    run.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                     help="worker processes per device, each with its own case stream "
+                          "(default: %(default)s; on a CPU each takes one core)")
     _device_options(run)
     run.add_argument("--report-dir", type=Path, default=Path("fuzz-out"), metavar="DIR",
                      help="each run writes into a new directory here (default: %(default)s)")
@@ -317,6 +320,7 @@ def _replay_hint(path: Path) -> str:
 def run_command(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     devices = _devices(device, args.devices)
+    workers = tuple(d for _ in range(args.workers) for d in devices)  # devices alternate
     try:
         if args.junit is not None:
             check_writable_file(args.junit, "--junit")
@@ -338,13 +342,14 @@ def run_command(args: argparse.Namespace) -> int:
     found_versions = versions()
     pack_cases, pack_tokens = PACK_SIZES[device]
     settings = {"targets": [t.name for t, _ in chosen], "device": device,
-                "devices": list(devices), "profile": profile, "model": args.model,
+                "devices": list(devices), "workers": args.workers, "profile": profile,
+                "model": args.model,
                 "seed": seed, "budget": seconds, "examples": args.examples,
                 "min_cases": args.min_cases, "max_failures": args.max_failures,
                 "shrink_budget": args.shrink_budget, "case_timeout": args.case_timeout,
                 "isolation": args.isolation, "pack_cases": pack_cases,
                 "pack_tokens": pack_tokens, "interpreter": interpreter_patches()}
-    shared = Settings(devices, seed, args.case_timeout, args.isolation, pack_cases, pack_tokens,
+    shared = Settings(workers, seed, args.case_timeout, args.isolation, pack_cases, pack_tokens,
                       args.max_failures, args.shrink_budget, frozenset(expected),
                       found_versions)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)

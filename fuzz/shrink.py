@@ -50,6 +50,12 @@ def _request_candidates(data: Data) -> Iterator[Data]:
             yield with_request({"query_len": n})
         for n in _smaller(r.get("context_len", 0)):
             yield with_request({"context_len": n})
+        # Drop leading cached keys, the ranges moving with them: a range near the end of
+        # a long context cannot shrink otherwise.
+        lead = min([r.get("context_len", 0), *(s for s, _ in r.get("ranges", []))])
+        for d in sorted({lead, lead // 2} - {0}, reverse=True):
+            yield with_request({"context_len": r["context_len"] - d,
+                                "ranges": [[s - d, e - d] for s, e in r.get("ranges", [])]})
         for k, (s, e) in enumerate(r.get("ranges", [])):
             shorter = [[s, m] for m in _smaller(e, least=s) if m >= s]
             later = [[m, e] for m in (s + 1, (s + e) // 2) if s < m <= e]

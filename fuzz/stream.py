@@ -10,6 +10,10 @@ a worker can judge a pack in one kernel call (docs/design.md).
 
 Hypothesis draws everything (the strategies of :mod:`fuzz.strategies`), seeded from the
 stream's seed, so a run is repeatable; draws a target declines anyway are counted.
+Hypothesis' own provider also mixes in literals it collects from whatever local modules
+are loaded at the time (within a time limit), so the same seed would draw other cases
+after an import, in a thread, or under pytest; the stream's provider leaves them out,
+and a seed names one stream.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 from hypothesis import strategies as st
+from hypothesis.internal.conjecture.providers import AVAILABLE_PROVIDERS, HypothesisProvider
 
 from fuzz.strategies import Space, config_dicts, pack_dicts
 from verify.case import CaseError, CaseSpec, parse_case
@@ -35,6 +40,17 @@ COMPILE_SHARE = 0.2
 # run costs milliseconds to set up: draw many values per run).
 PACKS_PER_DRAW = 16
 CONFIGS_PER_DRAW = 32
+BACKEND = "prefix-referee-stream"
+
+
+class _SeededOnly(HypothesisProvider):
+    """Hypothesis' provider, drawing from its seed alone (no constants from loaded code)."""
+
+    def _maybe_draw_constant(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+AVAILABLE_PROVIDERS[BACKEND] = _SeededOnly
 
 
 def draw_examples(strategy: st.SearchStrategy[Any], count: int, stream_seed: int) -> list[Any]:
@@ -47,7 +63,7 @@ def draw_examples(strategy: st.SearchStrategy[Any], count: int, stream_seed: int
 
     @settings(max_examples=count + 1, database=None, phases=[Phase.generate], deadline=None,
               suppress_health_check=list(HealthCheck), verbosity=Verbosity.quiet,
-              print_blob=False)
+              print_blob=False, backend=BACKEND)
     @seed(stream_seed)
     @given(strategy)
     def collect(value: Any) -> None:

@@ -49,7 +49,8 @@ def _context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def _serve(conn: Connection, target_name: str, device: str, log: str | None) -> None:
+def _serve(conn: Connection, target_name: str, device: str, threads: int,
+           log: str | None) -> None:
     """The worker's loop: jobs in, ``("call", id)`` before each target call, results out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides when to stop
     if log is not None:  # what the kernel prints must not garble the progress display
@@ -58,8 +59,8 @@ def _serve(conn: Connection, target_name: str, device: str, log: str | None) -> 
         os.dup2(descriptor, 2)
     import torch
 
-    if device == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(1)  # small cases: a thread pool only adds synchronization
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(threads)
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     try:
@@ -108,7 +109,7 @@ def failed_result(job: Job, target: str, kind: str, reason: str, seconds: float 
     return JobResult(job.id, [outcome() for _ in job.cases], batch)
 
 
-@dataclass
+@dataclass(eq=False)  # a worker is itself, whatever its jobs
 class _Worker:
     device: str
     process: multiprocessing.process.BaseProcess
@@ -119,8 +120,19 @@ class _Worker:
     since: float = field(default_factory=time.perf_counter)
 
 
+def worker_threads(device: str, workers: int) -> int:
+    """Intra-op threads of one worker: one on a CPU (small cases: a thread pool only adds
+    synchronization, and each worker has a core); a CUDA worker's host work gets its share
+    of the cores (every worker taking every core oversubscribes the host)."""
+    if device == "cpu":
+        return 1
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 class WorkerPool:
-    """Workers for one target, one per device; submit jobs, collect results."""
+    """Workers for one target, one per entry of ``devices`` (a device may be listed more
+    than once); each keeps its slot (its index) across restarts. Submit jobs, collect
+    results."""
 
     def __init__(self, target_name: str, devices: Iterable[str], *, case_timeout: float,
                  isolation: str = "process", log: Path | None = None) -> None:
@@ -143,29 +155,34 @@ class WorkerPool:
 
     def _start(self, device: str) -> _Worker:
         parent, child = _context().Pipe()
+        threads = worker_threads(device, len(self.devices))
         process = _context().Process(target=_serve, args=(child, self.target_name, device,
-                                                          self.log), daemon=True)
+                                                          threads, self.log), daemon=True)
         process.start()
         child.close()
         return _Worker(device, process, parent)
 
-    @property
-    def capacity(self) -> int:
-        """Jobs that can be submitted now without queueing past ``DEPTH`` per worker."""
+    def free_slot(self) -> int | None:
+        """The least loaded worker that can take a job without queueing past ``DEPTH``."""
         if self._local is not None:
-            return 1
-        return sum(DEPTH - len(w.jobs) for w in self._workers)
+            return 0
+        slot = self._least_loaded()
+        return slot if len(self._workers[slot].jobs) < DEPTH else None
+
+    def _least_loaded(self) -> int:
+        return min(range(len(self._workers)), key=lambda i: len(self._workers[i].jobs))
 
     @property
     def busy(self) -> bool:
         return any(w.jobs for w in self._workers)
 
-    def submit(self, job: Job) -> None:
-        """Queue ``job`` on the least loaded worker (or run it now, without isolation)."""
+    def submit(self, job: Job, slot: int | None = None) -> None:
+        """Queue ``job`` on worker ``slot`` (default: the least loaded one), or run it now
+        without isolation."""
         if self._local is not None:
             self._done.append(execute(job, self._local))
             return
-        worker = min(self._workers, key=lambda w: len(w.jobs))
+        worker = self._workers[self._least_loaded() if slot is None else slot]
         if not worker.jobs:
             worker.since, worker.in_target = time.perf_counter(), False
         worker.jobs.append(job)
@@ -249,11 +266,10 @@ class WorkerPool:
                                             reason, seconds))
             self._startup_deaths = 0
         pending = list(worker.jobs)
-        self._workers.remove(worker)
         worker.conn.close()
         self.restarts += 1
         fresh = self._start(worker.device)
-        self._workers.append(fresh)
+        self._workers[self._workers.index(worker)] = fresh
         for job in pending:
             fresh.jobs.append(job)
             fresh.conn.send(job)

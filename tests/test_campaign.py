@@ -84,3 +84,14 @@ def test_shrinking_keeps_the_smallest_case_that_still_fails() -> None:
     assert small.requests[0].query_len == 1 and small.requests[0].context_len == 0
     assert (small.num_heads, small.head_dim, small.sliding_window, small.softcap) == (
         1, 16, None, None)
+
+
+def test_a_range_at_the_end_of_a_long_context_moves_forward_as_it_shrinks() -> None:
+    late = parse_case({"requests": [{"context_len": 128, "query_len": 1, "ranges": [[127, 128]]}],
+                       "num_heads": 1, "head_dim": 16, "dtype": "float32"})
+
+    def fails(spec) -> bool:  # "the chunk starts inside a range"
+        return any(s < r.context_len <= e for r in spec.requests for s, e in r.ranges)
+
+    small, _ = shrink(late, fails, lambda spec: True, deadline=float("inf"))
+    assert small.requests[0].context_len == 1 and small.requests[0].ranges == ((0, 1),)
