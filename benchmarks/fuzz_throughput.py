@@ -3,9 +3,9 @@
 Per target, a fixed-seed run of ``--budget`` seconds (compilation included) on the given
 devices, and where its time went: compiling, the target's calls, reference and baseline
 (with materialization), the policy, and bookkeeping (drawing, packing, the workers'
-round trips). ``--compare-devices`` also runs each target on the first device alone and
-prints the speed-up of all of them together (one worker per GPU). The figures come from
-each run's report.json; docs/gpu.md records them.
+round trips). ``--compare-devices`` also runs each target with one worker on the first
+device and prints the speed-up of all the workers (``--workers`` per device) together.
+The figures come from each run's report.json; docs/gpu.md records them.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ SHARES = ("compile", "target", "reference_and_baseline", "policy", "bookkeeping"
 
 
 def run(target: str, budget: float, seed: int, devices: str | None, device: str,
-        out: Path, isolation: str = "process") -> dict[str, Any]:
+        out: Path, isolation: str = "process", workers: int = 1) -> dict[str, Any]:
     """One fuzz run; its report's entry for ``target`` plus the wall time."""
     argv = ["--target", target, "--budget", str(budget), "--seed", str(seed),
-            "--device", device, "--report-dir", str(out), "--isolation", isolation]
+            "--device", device, "--report-dir", str(out), "--isolation", isolation,
+            "--workers", str(workers)]
     if devices:
         argv += ["--devices", devices]
     start = time.perf_counter()
@@ -35,7 +36,8 @@ def run(target: str, budget: float, seed: int, devices: str | None, device: str,
     wall = time.perf_counter() - start
     report = json.loads((out / "latest" / "report.json").read_text())
     entry = report["targets"][0]
-    return {"target": target, "devices": devices or device, "isolation": isolation,
+    return {"target": target, "devices": devices or device, "workers": workers,
+            "isolation": isolation,
             "exit": code, "wall_s": wall,
             "judged": entry["judged"],
             "cases_per_s": entry["judged"] / max(entry["seconds"]["explore"], 1e-9),
@@ -48,7 +50,8 @@ def run(target: str, budget: float, seed: int, devices: str | None, device: str,
 def _row(r: dict[str, Any]) -> str:
     explore = max(r["seconds"]["explore"], 1e-9)
     shares = " ".join(f"{name} {100 * r['seconds'][name] / explore:4.1f}%" for name in SHARES)
-    return (f"{r['target']:<14} {r['devices']:<16} {r['isolation']:<8} {r['judged']:>6} judged "
+    return (f"{r['target']:<14} {r['devices']:<16} x{r['workers']} {r['isolation']:<8} "
+            f"{r['judged']:>6} judged "
             f"{r['cases_per_s']:7.2f}/s  {r['compiles']:>3} compiles  {shares}"
             f"  failures: {', '.join(r['failures']) or 'none'}")
 
@@ -62,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
     parser.add_argument("--devices", help="e.g. cuda:0,cuda:1 (default: every visible GPU)")
+    parser.add_argument("--workers", type=int, default=1, help="workers per device")
     parser.add_argument("--compare-devices", action="store_true",
                         help="also run on the first device alone and print the speed-up")
     parser.add_argument("--compare-isolation", action="store_true",
@@ -73,14 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for target in targets:
-            plans = [(args.devices, "process")]
+            plans = [(args.devices, "process", args.workers)]
             if args.compare_devices:
-                plans.insert(0, ((args.devices or "cuda:0").split(",")[0], "process"))
+                first = None if args.device == "cpu" else (args.devices or "cuda:0").split(",")[0]
+                plans.insert(0, (first, "process", 1))
             if args.compare_isolation:
-                plans.insert(0, (plans[0][0], "none"))
-            for devices, isolation in plans:
+                plans.insert(0, (plans[0][0], "none", 1))
+            for devices, isolation, workers in plans:
                 out = Path(scratch) / f"{target}-{len(results)}"
-                result = run(target, args.budget, args.seed, devices, args.device, out, isolation)
+                result = run(target, args.budget, args.seed, devices, args.device, out, isolation,
+                             workers)
                 results.append(result)
                 print(_row(result), flush=True)
             mine = results[-len(plans):]
@@ -92,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.compare_devices:
                 one, many = mine[-2], mine[-1]
                 print(f"{target}: {many['cases_per_s'] / max(one['cases_per_s'], 1e-9):.2f}x "
-                      f"on {many['devices']} against {one['devices']}", flush=True)
+                      f"on {many['devices']} x{many['workers']} against one worker on "
+                      f"{one['devices']}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0

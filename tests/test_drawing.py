@@ -71,18 +71,18 @@ def test_each_worker_compiles_only_what_its_own_stream_drew(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     drawn: dict[int, set] = defaultdict(set)
     compiled: list[tuple[int, str]] = []
-    submit, on_compile = campaign.Campaign._submit, campaign.Campaign._compiled
+    next_pack, on_compile = campaign.Campaign._next_pack, campaign.Campaign._compiled
 
-    def recording_submit(self, cases, *, confirm, slot):
-        if not confirm:
-            drawn[slot].update(repr(compiling.compile_key(spec)) for spec in cases)
-        submit(self, cases, confirm=confirm, slot=slot)
+    def recording_next_pack(self, slot, limit):
+        cases = next_pack(self, slot, limit)
+        drawn[slot].update(repr(compiling.compile_key(spec)) for spec in cases)
+        return cases
 
     def recording_compile(self, result, slot):
         compiled.append((slot, result.compile_key))
         on_compile(self, result, slot)
 
-    monkeypatch.setattr(campaign.Campaign, "_submit", recording_submit)
+    monkeypatch.setattr(campaign.Campaign, "_next_pack", recording_next_pack)
     monkeypatch.setattr(campaign.Campaign, "_compiled", recording_compile)
     assert fuzz(["--target", "tests.compiling:kernel", "--workers", "2", "--examples", "120",
                  "--seed", "4", "--device", "cpu", "--report-dir", str(tmp_path)]) == 0
@@ -90,5 +90,5 @@ def test_each_worker_compiles_only_what_its_own_stream_drew(
     assert report["settings"]["workers"] == 2 and set(drawn) == {0, 1}
     assert drawn[0] != drawn[1]  # two streams, not one dealt out
     assert len(compiled) == len(set(compiled)) == report["targets"][0]["compiles"]
-    for slot, key in compiled:
+    for slot, key in compiled:  # where its stream drew it, never in the other worker
         assert key in drawn[slot]
