@@ -1,6 +1,6 @@
 """The two-call decompositions of prefix attention, over any :class:`verify.targets.engines.Engine`.
 
-``two_call_<engine>`` (what engines on FA2/FA3 ship; DESIGN.md section 3):
+``two_call_<engine>`` (what engines on FA2/FA3 ship; docs/two_call.md):
 
 * call A: causal over every query (keys ``[0, p]``, or ``[p - W + 1, p]`` with a window);
 * call B: per (request, image range ``(s, e)``), the queries at ``s <= p <= e`` against
