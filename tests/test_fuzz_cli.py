@@ -190,3 +190,12 @@ def test_case_description_names_every_option_that_changes_the_computation() -> N
         "1 req (3+5 [1, 6]), float16, 4/2 heads, D 64/32, page 16, window 4 clamped, "
         "softcap 5, scale 0.25, peaky, nan poison, 2 slack page columns, zero range padding, "
         "seed 9")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_key_loop_stopping_at_the_128_row_tile_is_found_on_cpu(seed: int,
+                                                                 tmp_path: Path) -> None:
+    """Kernels tile by 64 or 128 rows: the CPU space draws lengths across those edges."""
+    assert main(["--target", "fault:causal_tile_key_loop_128", "--examples", "150",
+                 "--seed", str(seed), "--device", "cpu", "--max-failures", "1",
+                 "--shrink-budget", "1", "--report-dir", str(tmp_path)]) == EXIT_FOUND
