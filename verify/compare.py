@@ -104,10 +104,6 @@ class Expected:
     def baseline_out_error(self) -> float:
         return float(self.row_base_error.max()) if self.row_base_error.numel() else 0.0
 
-    @property
-    def baseline_lse_error(self) -> float:
-        return float(self.row_base_lse_error.max()) if self.row_base_lse_error.numel() else 0.0
-
 
 def _row_any(bad: Tensor) -> Tensor:
     """Per query row of a (rows, ...) boolean tensor: is any element set?"""
