@@ -21,23 +21,23 @@ from types import FrameType
 import torch
 from rich.console import Console
 
-from fuzz.campaign import Campaign, Settings
-from fuzz.casefiles import relative
-from fuzz.golden import check_expectation, expectations, golden_files
-from fuzz.golden_cases import GoldenError, regenerate
-from fuzz.journal import JournalError, RunDirectory, check_writable_file
-from fuzz.junit import write_junit
-from fuzz.models import MODELS
-from fuzz.progress import FuzzProgress
-from fuzz.report import RunReport, render_table, report_json, report_markdown
-from fuzz.schedule import run_campaigns
-from fuzz.signature import ExpectationError, expected_failures
-from fuzz.spaces import PROFILES, default_profile, space_for
-from fuzz.strategies import Space
-from fuzz.workers import WorkerPool
+from fuzz.cases.models import MODELS
+from fuzz.cases.spaces import PROFILES, default_profile, space_for
+from fuzz.cases.strategies import Space
+from fuzz.golden.cases import GoldenError, regenerate
+from fuzz.golden.replay import check_expectation, expectations, golden_files
+from fuzz.loop.campaign import Campaign, Settings
+from fuzz.loop.jobs import Job
+from fuzz.loop.schedule import run_campaigns
+from fuzz.loop.signature import ExpectationError, expected_failures
+from fuzz.loop.workers import WorkerPool
+from fuzz.records.casefiles import relative
+from fuzz.records.journal import JournalError, RunDirectory, check_writable_file
+from fuzz.records.progress import FuzzProgress
+from fuzz.report.junit import write_junit
+from fuzz.report.summary import RunReport, render_table, report_json, report_markdown
 from golden import GOLDEN_DIR
 from verify.case import CaseError, CaseSpec, read_case
-from verify.jobs import Job
 from verify.kernels.interpreter import interpreter_patches, use_interpreter_without_cuda
 from verify.limits import Limits, memory_limit
 from verify.materialize import materialize
@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "file's 'expect' annotation (exit 1 on a mismatch); targets that cannot "
                     "run here are skipped.")
     golden.add_argument("--regenerate", action="store_true",
-                        help="rewrite the golden files from fuzz/golden_cases.py instead")
+                        help="rewrite the golden files from fuzz/golden/cases.py instead")
     golden.add_argument("--dir", type=Path, default=GOLDEN_DIR, metavar="DIR",
                         help="the golden directory (default: the cases shipped with the suite)")
     golden.add_argument("--device", choices=("cpu", "cuda"),
@@ -293,7 +293,7 @@ def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
     (run_dir.path / "report.md").write_text(report_markdown(report))
     written = [run_dir.path / "report.json", run_dir.path / "report.md"]
     try:
-        from fuzz.plots import plot_ratios
+        from fuzz.report.plots import plot_ratios
 
         plot_ratios({t.target: t.stats for t in report.targets}, run_dir.path / "ratios.png")
         written.append(run_dir.path / "ratios.png")

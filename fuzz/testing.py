@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fuzz.models import MODELS
-from fuzz.spaces import PROFILES, default_profile, space_for
-from fuzz.strategies import (
+from fuzz.cases.models import MODELS
+from fuzz.cases.spaces import PROFILES, default_profile, space_for
+from fuzz.cases.strategies import (
     ADVERSARIAL_CASES,
     CPU_SPACE,
     GPU_SPACE,

@@ -1,6 +1,6 @@
 """Hypothesis profiles and the GPU marker's skip logic.
 
-Profiles (``HYPOTHESIS_PROFILE``, defined in :mod:`fuzz.profiles`): ``ci`` (the default
+Profiles (``HYPOTHESIS_PROFILE``, defined in :mod:`fuzz.plugin.profiles`): ``ci`` (the default
 under ``CI``: derandomized, no database, no deadline, a fixed example budget), ``dev``
 (the default elsewhere: random, a few more examples), ``nightly`` (long exploration) and
 ``gpu`` (the lent H100/H200, larger shapes, fewer examples).
@@ -14,7 +14,7 @@ import pytest
 import torch
 from hypothesis import settings
 
-from fuzz.profiles import default_hypothesis_profile, register_hypothesis_profiles
+from fuzz.plugin.profiles import default_hypothesis_profile, register_hypothesis_profiles
 from verify.kernels.interpreter import use_interpreter_without_cuda
 
 # Before anything imports triton: without CUDA, Triton kernels run under the interpreter.
@@ -26,7 +26,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 # --stats-file PATH: per-target verdicts and error ratios, merged across xdist workers.
-pytest_plugins = ["fuzz.pytest_stats"]
+pytest_plugins = ["fuzz.plugin.stats"]
 
 register_hypothesis_profiles()
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", default_hypothesis_profile()))

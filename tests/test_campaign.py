@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, main
-from fuzz.shrink import shrink
+from fuzz.loop.shrink import shrink
 from verify import parse_case
 
 TWO_BUGS = "tests.buggy:two_bugs"

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from fuzz.cases.spaces import space_for
+from fuzz.cases.strategies import CPU_SPACE, cases
 from fuzz.cli import EXIT_CLEAN, main
-from fuzz.spaces import space_for
-from fuzz.strategies import CPU_SPACE, cases
 from verify import parse_case
 from verify.capabilities import LAYOUT_PREDICATES, Capabilities
 from verify.targets import get_target, prefix_kernel

@@ -8,7 +8,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from fuzz.strategies import ADVERSARIAL_CASES, case_dicts, cases
+from fuzz.cases.strategies import ADVERSARIAL_CASES, case_dicts, cases
 from verify import CaseError, load_case, parse_case, read_case
 from verify.limits import Limits
 from verify.materialize import FINITE_POISON, materialize

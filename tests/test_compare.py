@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fuzz.strategies import ADVERSARIAL_CASES
+from fuzz.cases.strategies import ADVERSARIAL_CASES
 from verify import materialize, parse_case
 from verify.compare import (
     ATOL_ULPS,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import campaign
+from fuzz.cases.drawing import DrawnAhead
+from fuzz.cases.strategies import CPU_SPACE
+from fuzz.cases.stream import CaseStream
 from fuzz.cli import main as fuzz
-from fuzz.drawing import DrawnAhead
-from fuzz.strategies import CPU_SPACE
-from fuzz.stream import CaseStream
+from fuzz.loop import campaign
 from tests import compiling
 
 

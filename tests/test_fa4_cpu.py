@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
+from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
 from golden import FINDINGS_DIR
 from verify.case import CaseSpec, parse_case, read_case
 from verify.gpu import fa4_unavailable_reason

@@ -15,7 +15,7 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fuzz.strategies import CPU_SPACE, GPU_SPACE, cases, with_adversarial_examples
+from fuzz.cases.strategies import CPU_SPACE, GPU_SPACE, cases, with_adversarial_examples
 from verify import CaseSpec, materialize
 from verify.case import parse_case
 from verify.mask import request_mask

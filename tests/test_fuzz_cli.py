@@ -17,9 +17,9 @@ import pytest
 import torch
 from hypothesis import given, settings
 
+from fuzz.cases.spaces import space_for
+from fuzz.cases.strategies import CPU_SPACE, cases
 from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, main, select_targets
-from fuzz.spaces import space_for
-from fuzz.strategies import CPU_SPACE, cases
 from verify.case import CaseSpec, read_case
 from verify.targets import Capabilities, available_targets
 
@@ -177,7 +177,7 @@ def test_python_dash_m_fuzz_and_its_version(tmp_path: Path) -> None:
 
 
 def test_case_description_names_every_option_that_changes_the_computation() -> None:
-    from fuzz.casefiles import describe_case
+    from fuzz.records.casefiles import describe_case
     from verify import parse_case
 
     spec = parse_case({"requests": [{"context_len": 3, "query_len": 5, "ranges": [[1, 6]]}],

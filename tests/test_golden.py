@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from fuzz.golden import GOLDEN_DIR, check_expectation, expectations, golden_files
-from fuzz.golden_cases import FAULT_CASES, edge_cases
-from fuzz.pytest_stats import record_outcome
+from fuzz.golden.cases import FAULT_CASES, edge_cases
+from fuzz.golden.replay import GOLDEN_DIR, check_expectation, expectations, golden_files
+from fuzz.plugin.stats import record_outcome
 from verify.case import read_case
 from verify.materialize import MaterializedCase, materialize
 from verify.runner import FAIL, PASS, TruthCache

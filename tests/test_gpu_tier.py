@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 import torch
 
+from fuzz.cases.strategies import ADVERSARIAL_CASES
 from fuzz.cli import main as fuzz
-from fuzz.pytest_stats import record, record_outcome
-from fuzz.strategies import ADVERSARIAL_CASES
+from fuzz.plugin.stats import record, record_outcome
 from golden import FINDINGS_DIR
 from references import reference_attention
 from verify.case import CaseSpec, parse_case, read_case

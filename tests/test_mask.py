@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from fuzz.strategies import CPU_SPACE, cases
+from fuzz.cases.strategies import CPU_SPACE, cases
 from verify import CaseSpec, parse_case
 from verify.mask import mask_differs_from_causal, request_mask, visible_intervals
 

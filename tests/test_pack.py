@@ -8,7 +8,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz.strategies import CPU_SPACE, config_dicts, layout_dicts, option_dicts
+from fuzz.cases.strategies import CPU_SPACE, config_dicts, layout_dicts, option_dicts
 from verify import materialize, parse_case
 from verify.pack import pack, pack_key
 from verify.runner import PASS, TruthCache, evaluate, run_and_judge

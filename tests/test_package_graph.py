@@ -111,7 +111,7 @@ def test_the_graph_check_finds_a_cycle() -> None:
 def test_importing_the_suite_leaves_triton_alone() -> None:
     """Triton reads TRITON_INTERPRET once, at import: the entry points set it first, so
     importing the CLI, the registry or the fuzz loop must not import Triton."""
-    code = ("import sys, fuzz.cli, fuzz.campaign, verify.targets, verify.runner; "
+    code = ("import sys, fuzz.cli, fuzz.loop.campaign, verify.targets, verify.runner; "
             "print('triton' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True, check=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import Phase, find, settings
 
-from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
+from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
 from verify import CaseSpec, materialize
 from verify.runner import FAIL, TruthCache, evaluate
 from verify.targets import get_target

@@ -10,9 +10,9 @@ from importlib.metadata import entry_points
 import pytest
 from torch import Tensor
 
-from fuzz.golden import golden_files
-from fuzz.pytest_plugin import SUITE_FILES
-from fuzz.strategies import ADVERSARIAL_CASES
+from fuzz.cases.strategies import ADVERSARIAL_CASES
+from fuzz.golden.replay import golden_files
+from fuzz.plugin.hooks import SUITE_FILES
 from fuzz.testing import Capabilities, assert_matches_reference, prefix_kernel
 from verify.case import parse_case
 from verify.mask import causal_only
@@ -25,8 +25,8 @@ pytest_plugins = ["pytester"]
 # The plugin loads through its entry point once the package is installed from this
 # checkout; an older install of the package lacks it, so it is named explicitly then (not
 # both: pytest refuses to register one module under two names).
-PLUGIN = ([] if any(ep.value == "fuzz.pytest_plugin" for ep in entry_points(group="pytest11"))
-          else ["-p", "fuzz.pytest_plugin"])
+PLUGIN = ([] if any(ep.value == "fuzz.plugin.hooks" for ep in entry_points(group="pytest11"))
+          else ["-p", "fuzz.plugin.hooks"])
 # Few random cases: the adversarial layouts run as well, and the golden replay is cheap.
 FAST = ["-p", "no:cacheprovider", "--prefix-profile", "ci", "--prefix-examples", "3"]
 # The kernels below, as module:callable targets of the in-process runs.
@@ -96,7 +96,7 @@ def test_targets_are_deduplicated_and_the_suite_file_collected_once(
     ids = [line for line in result.outlines if "::" in line]
     assert len(ids) == len(set(ids)) == 1 + len(golden_files())
     # The ids a checkout gives the file, wherever the package is installed.
-    assert ids[0] == "fuzz/suite/test_target.py::test_matches_reference[sdpa]"
+    assert ids[0] == "fuzz/plugin/suite/test_target.py::test_matches_reference[sdpa]"
 
 
 @pytest.mark.parametrize(("options", "ci", "profile", "examples"), [

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from hypothesis import Phase, find, given, settings
 
-from fuzz.strategies import CPU_SPACE, cases
+from fuzz.cases.strategies import CPU_SPACE, cases
 from tests.online_softmax import online_softmax
 from verify import CaseSpec, materialize
 from verify.compare import BASELINE_MULTIPLE, check, expected

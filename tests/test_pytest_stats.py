@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.stats import StatsBook
+from fuzz.records.stats import StatsBook
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 INNER_TESTS = '''
 from types import SimpleNamespace as Outcome
 
-from fuzz.pytest_stats import record, record_outcome
+from fuzz.plugin.stats import record, record_outcome
 
 
 def test_pass():
@@ -46,7 +46,7 @@ def _run_inner(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str
         "PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-         "fuzz.pytest_stats", "--rootdir", str(tmp_path), *options, "test_inner.py"],
+         "fuzz.plugin.stats", "--rootdir", str(tmp_path), *options, "test_inner.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 

@@ -14,7 +14,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
+from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
 from references import Batch, LogWeight, lowprec_attention, reference_attention
 from references.batch import plan_blocks
 from references.reference import _fast

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
-from fuzz.models import MODELS
-from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, GPU_SPACE, case_dicts, cases
+from fuzz.cases.models import MODELS
+from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, GPU_SPACE, case_dicts, cases
 from golden import FINDINGS_DIR, GOLDEN_DIR
 from verify.case import (
     ANNOTATION_KEYS,

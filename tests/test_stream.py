@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+from fuzz.cases.coverage import FEATURES, features
+from fuzz.cases.models import MODELS
+from fuzz.cases.spaces import space_for
+from fuzz.cases.strategies import CPU_SPACE, GPU_SPACE
+from fuzz.cases.stream import MIN_QUOTA, CaseStream
 from fuzz.cli import main as fuzz
-from fuzz.coverage import FEATURES, features
-from fuzz.models import MODELS
-from fuzz.spaces import space_for
-from fuzz.strategies import CPU_SPACE, GPU_SPACE
-from fuzz.stream import MIN_QUOTA, CaseStream
 from verify.capabilities import Capabilities
 from verify.pack import pack_key
 

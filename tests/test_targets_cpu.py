@@ -6,7 +6,7 @@ import pytest
 import torch
 from hypothesis import given
 
-from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
+from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
 from references import reference_attention
 from verify import CaseSpec, materialize
 from verify.mask import causal_only, mask_differs_from_causal

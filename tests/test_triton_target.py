@@ -8,8 +8,8 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from fuzz.spaces import space_for
-from fuzz.strategies import ADVERSARIAL_CASES, GPU_SPACE, INTERPRETER_SPACE, cases
+from fuzz.cases.spaces import space_for
+from fuzz.cases.strategies import ADVERSARIAL_CASES, GPU_SPACE, INTERPRETER_SPACE, cases
 from verify import CaseSpec, materialize, parse_case
 from verify.mask import mask_differs_from_causal
 from verify.runner import FAIL, PASS, SKIP, evaluate

@@ -18,7 +18,7 @@ import pytest
 import torch
 from hypothesis import Phase, find, given, settings
 
-from fuzz.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
+from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
 from golden import TWO_CALL_SUMMARY
 from references import reference_attention
 from verify import CaseSpec, materialize, parse_case
@@ -35,8 +35,8 @@ from verify.targets.two_call import (
     TwoCallTarget,
     range_spans,
 )
-from verify.two_call.error import TV_BOUND, matches_two_call_model, measure
-from verify.two_call.report import main
+from verify.two_call_analysis.error import TV_BOUND, matches_two_call_model, measure
+from verify.two_call_analysis.report import main
 
 ENGINES = ("reference", "sdpa", "fa4")
 CPU_DECOMPOSITIONS = ("two_call_reference", "two_call_sdpa", "replace_reference", "replace_sdpa")

@@ -47,8 +47,8 @@ def causal_only(case):
 
 # Prints where the package's modules and the plugin's entry point come from.
 WHERE_FROM = '''from importlib.metadata import entry_points
-import fuzz, fuzz.pytest_plugin, golden, references, verify
-for module in (fuzz, fuzz.pytest_plugin, golden, references, verify):
+import fuzz, fuzz.plugin.hooks, golden, references, verify
+for module in (fuzz, fuzz.plugin.hooks, golden, references, verify):
     print(module.__file__)
 (plugin,) = entry_points(group="pytest11", name="prefix_referee")
 print(plugin.dist.locate_file(""))
@@ -155,7 +155,7 @@ def test_the_plugin_passes_a_correct_kernel_under_xdist_with_junit(
     golden = len(list((site / "golden").glob("*.json")))
     assert counts == {"tests": 1 + golden, "failures": 0, "errors": 0, "skipped": 0}, counts
     assert {case.get("classname") for case in suite.iter("testcase")} == {
-        "fuzz.suite.test_target"}
+        "fuzz.plugin.suite.test_target"}
 
 
 def test_the_plugin_fails_a_causal_only_kernel(user_dir: Path, env: dict[str, str]) -> None:
@@ -164,5 +164,5 @@ def test_the_plugin_fails_a_causal_only_kernel(user_dir: Path, env: dict[str, st
     assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
     for node in ("test_matches_reference[mykernel:causal_only]",
                  "test_golden[mykernel:causal_only-fault-merged_image_groups]"):
-        assert f"FAILED fuzz/suite/test_target.py::{node}" in result.stdout, result.stdout
+        assert f"FAILED fuzz/plugin/suite/test_target.py::{node}" in result.stdout, result.stdout
     assert "inside range" in result.stdout, result.stdout

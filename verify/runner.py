@@ -9,7 +9,7 @@ The referee never blames the innocent and never loses a verdict to the kernel it
 * an exception, ``sys.exit`` or a result of the wrong type, device, dtype or shape is an
   ``error`` verdict with one line that says which, never a traceback of the suite.
 
-Crashes, hangs and ``os._exit`` cannot be caught in-process: :mod:`fuzz.workers` runs this
+Crashes, hangs and ``os._exit`` cannot be caught in-process: :mod:`fuzz.loop.workers` runs this
 in a worker process and turns those into verdicts too.
 """
 

@@ -3,7 +3,7 @@
 Enabled by ``--stats-file PATH``; without it :func:`record` does nothing. Tests
 call :func:`record` or :func:`record_outcome` wherever they judge a target; each
 xdist worker hands its book to the controller through ``workeroutput`` and the
-controller writes one merged JSON (the :class:`fuzz.stats.StatsBook` shape) at
+controller writes one merged JSON (the :class:`fuzz.records.stats.StatsBook` shape) at
 session end. Registered from tests/conftest.py.
 """
 
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from fuzz.stats import StatsBook
+from fuzz.records.stats import StatsBook
 
 if TYPE_CHECKING:
     from verify.runner import Outcome

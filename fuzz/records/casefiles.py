@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fuzz.journal import write_atomically
+from fuzz.records.journal import write_atomically
 from verify.case import CaseSpec, without_annotations
 from verify.runner import Outcome
 from verify.targets.faults import FAULTS

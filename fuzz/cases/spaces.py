@@ -9,7 +9,7 @@ sizes that are multiples of 16, no range cut by the chunk end).
 
 from __future__ import annotations
 
-from fuzz.strategies import CPU_SPACE, EDGE_REACH, GPU_SPACE, INTERPRETER_SPACE, Space
+from fuzz.cases.strategies import CPU_SPACE, EDGE_REACH, GPU_SPACE, INTERPRETER_SPACE, Space
 from verify.capabilities import Capabilities
 
 PROFILES: dict[str, Space] = {"cpu": CPU_SPACE, "interpreter": INTERPRETER_SPACE,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from fuzz.campaign import Campaign
+from fuzz.loop.campaign import Campaign
 
 # Round one may give a target up to this multiple of its even share of the budget.
 ROUND_ONE_CAP = 2.0

@@ -13,7 +13,7 @@ parts, so that a fuzzer can hold the expensive part fixed:
 * the **layout** (requests and their ranges, the seed), :func:`layout_dicts`.
 
 :func:`case_dicts` draws all three. Every knob has a default for the CPU gate; the fuzz
-runner, the GPU tier and the model presets (:mod:`fuzz.models`) narrow or widen them,
+runner, the GPU tier and the model presets (:mod:`fuzz.cases.models`) narrow or widen them,
 and a target's declared layout predicates (``Space.layout``) are honoured while drawing.
 """
 

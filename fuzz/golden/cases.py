@@ -2,7 +2,7 @@
 --regenerate``).
 
 Two kinds: one small case per planted fault, built so that the fault fails while
-the exact engines pass, and the adversarial edge layouts of fuzz.strategies.
+the exact engines pass, and the adversarial edge layouts of fuzz.cases.strategies.
 Expectations come from intent, checked by running before anything is written:
 every registered target passes every case it accepts (each claims to be exact, or,
 for the two-call merge, to match its declared model; those that can run here are
@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuzz.casefiles import case_json, describe_case
-from fuzz.strategies import ADVERSARIAL_CASES
+from fuzz.cases.strategies import ADVERSARIAL_CASES
+from fuzz.records.casefiles import case_json, describe_case
 from verify.case import CaseSpec, parse_case
 from verify.materialize import materialize
 from verify.runner import FAIL, PASS, TruthCache, evaluate
@@ -110,9 +110,8 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
 
 def edge_cases() -> tuple[GoldenCase, ...]:
     """The adversarial layouts every property test also runs, as golden cases."""
-    return tuple(GoldenCase(f"edge-{name}",
-                            f"fuzz.strategies.ADVERSARIAL_CASES[{name!r}]: {describe_case(spec)}",
-                            spec)
+    return tuple(GoldenCase(f"edge-{name}", f"fuzz.cases.strategies.ADVERSARIAL_CASES[{name!r}]: "
+                            f"{describe_case(spec)}", spec)
                  for name, spec in ADVERSARIAL_CASES.items())
 
 

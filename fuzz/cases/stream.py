@@ -8,7 +8,7 @@ compiling stays a bounded share of the target's time) before a fresh one replace
 and the cases of one configuration come in packs that share the batch-wide options, so
 a worker can judge a pack in one kernel call (docs/design.md).
 
-Hypothesis draws everything (the strategies of :mod:`fuzz.strategies`), seeded from the
+Hypothesis draws everything (the strategies of :mod:`fuzz.cases.strategies`), seeded from the
 stream's seed, so a run is repeatable; draws a target declines anyway are counted.
 Hypothesis' own provider also mixes in literals it collects from whatever local modules
 are loaded at the time (within a time limit), so the same seed would draw other cases
@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture.providers import AVAILABLE_PROVIDERS, HypothesisProvider
 
-from fuzz.strategies import Space, config_dicts, pack_dicts
+from fuzz.cases.strategies import Space, config_dicts, pack_dicts
 from verify.case import CaseError, CaseSpec, parse_case
 
 # Configurations in the pool at once, and the cases each serves by default and at most.

@@ -26,7 +26,7 @@ import torch
 from verify.case import CaseSpec, parse_case
 from verify.compare import ulp
 from verify.materialize import materialize
-from verify.two_call.error import TV_BOUND, OverlapError, measure
+from verify.two_call_analysis.error import TV_BOUND, OverlapError, measure
 
 BASE = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 128, "dtype": "bfloat16",
         "page_size": None, "seed": 0}
@@ -156,7 +156,7 @@ def summary(results: list[PointResult]) -> dict[str, Any]:
 
     worst = max(results, key=lambda r: r.bf16_ulps)
     return {
-        "command": "python -m verify.two_call",
+        "command": "python -m verify.two_call_analysis",
         "layout": {**BASE, "text_before": TEXT_BEFORE, "image": IMAGE,
                    "text_after": TEXT_AFTER},
         "worst": {"sweep": worst.sweep, **rounded(worst.as_dict()),

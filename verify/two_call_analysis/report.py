@@ -1,6 +1,6 @@
-"""``python -m verify.two_call``: how big the two-call overlap error is, and where.
+"""``python -m verify.two_call_analysis``: how big the two-call overlap error is, and where.
 
-Runs the default sweeps of :mod:`verify.two_call.sweeps` (CPU, float64, deterministic),
+Runs the default sweeps of :mod:`verify.two_call_analysis.sweeps` (CPU, float64, deterministic),
 prints one table per sweep and the worst case in bf16 ULPs at the output's scale,
 writes one PNG per sweep (matplotlib Agg) to ``--out`` and the JSON summary to
 ``--summary`` (by default under ``reports/two_call/`` in the current directory; the
@@ -21,8 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from verify.plotting import PlotsUnavailable, pyplot
-from verify.two_call.error import TV_BOUND
-from verify.two_call.sweeps import SWEEPS, PointResult, run_sweeps, summary
+from verify.two_call_analysis.error import TV_BOUND
+from verify.two_call_analysis.sweeps import SWEEPS, PointResult, run_sweeps, summary
 
 DEFAULT_OUT = Path("reports") / "two_call"
 DEFAULT_SUMMARY = DEFAULT_OUT / "summary.json"
@@ -85,7 +85,7 @@ def plot_sweep(name: str, rows: list[PointResult], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m verify.two_call",
+    parser = argparse.ArgumentParser(prog="python -m verify.two_call_analysis",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"directory for the PNG plots (default {DEFAULT_OUT})")

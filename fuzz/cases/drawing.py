@@ -12,7 +12,7 @@ import queue
 import threading
 from collections import Counter, deque
 
-from fuzz.stream import CaseStream
+from fuzz.cases.stream import CaseStream
 from verify.case import CaseSpec
 
 # Packs drawn ahead of the worker: its own queue holds two, and a burst (a configuration's

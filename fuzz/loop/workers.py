@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from verify.jobs import Job, JobResult, WorkerState, execute
+from fuzz.loop.jobs import Job, JobResult, WorkerState, execute
 from verify.runner import ERROR, Outcome
 from verify.targets import get_target
 
 # Modules the fork server imports once, so each worker starts warm.
-PRELOAD = ["torch", "verify.jobs", "verify.targets", "fuzz.workers"]
+PRELOAD = ["torch", "fuzz.loop.jobs", "verify.targets", "fuzz.loop.workers"]
 # How long the referee's own work on one job may take before the worker counts as stuck:
 # materializing and the float64 reference of the largest packs take seconds, not minutes.
 REFEREE_TIMEOUT = 600.0

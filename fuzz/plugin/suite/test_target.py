@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 
-from fuzz.golden import expectations, golden_files
-from fuzz.pytest_plugin import hypothesis_settings, requested_targets
-from fuzz.spaces import PROFILES, default_profile, space_for
-from fuzz.strategies import cases, with_adversarial_examples
+from fuzz.cases.spaces import PROFILES, default_profile, space_for
+from fuzz.cases.strategies import cases, with_adversarial_examples
+from fuzz.golden.replay import expectations, golden_files
+from fuzz.plugin.hooks import hypothesis_settings, requested_targets
 from fuzz.testing import assert_matches_reference, default_device
 from verify.case import CaseSpec, read_case
 from verify.runner import PASS, SKIP

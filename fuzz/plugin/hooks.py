@@ -9,7 +9,7 @@ names it already; its ``pytest_generate_tests`` parametrizes the tests by the re
 targets (:func:`requested_targets`). Every xdist worker configures itself from the same
 command line, so each appends the same absolute path and collects the same items.
 
-The hypothesis profile (``--prefix-profile``, :mod:`fuzz.profiles`) applies to the packaged
+The hypothesis profile (``--prefix-profile``, :mod:`fuzz.plugin.profiles`) applies to the packaged
 tests only: the session's loaded profile, which the engine's own tests use, is left alone.
 """
 
@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from fuzz.profiles import HYPOTHESIS_PROFILES, default_hypothesis_profile
+from fuzz.plugin.profiles import HYPOTHESIS_PROFILES, default_hypothesis_profile
 
 SUITE_FILES = (Path(__file__).resolve().parent / "suite" / "test_target.py",)
 # What the packaged tests' node ids are relative to: the directory holding the package.
-_PACKAGE_ROOT = Path(__file__).resolve().parents[1]
+_PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 _TARGETS = pytest.StashKey[list[str]]()
 _SETTINGS = pytest.StashKey[settings]()
@@ -87,7 +87,7 @@ def pytest_configure(config: pytest.Config) -> None:
 def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector
                                 ) -> pytest.Module | None:
     """The packaged tests get the node ids they have in a checkout
-    (``fuzz/suite/test_target.py::...``) wherever the package is installed: pytest gives a
+    (``fuzz/plugin/suite/test_target.py::...``) wherever the package is installed: pytest gives a
     file outside the rootdir an empty one, which JUnit reports and ``--deselect`` cannot use."""
     if module_path not in SUITE_FILES or not requested_targets(parent.config):
         return None

@@ -11,7 +11,7 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from fuzz.stats import TargetStats
+from fuzz.records.stats import TargetStats
 from verify.compare import BASELINE_MULTIPLE
 from verify.plotting import pyplot
 

@@ -18,19 +18,19 @@ from itertools import count
 from pathlib import Path
 from typing import NamedTuple
 
-from fuzz.casefiles import write_reproducer
-from fuzz.coverage import features
-from fuzz.drawing import DrawnAhead
-from fuzz.journal import RunDirectory
-from fuzz.shrink import shrink
-from fuzz.signature import signature
-from fuzz.stats import TargetStats
-from fuzz.strategies import Space
-from fuzz.stream import CaseStream
-from fuzz.workers import WorkerPool
+from fuzz.cases.coverage import features
+from fuzz.cases.drawing import DrawnAhead
+from fuzz.cases.strategies import Space
+from fuzz.cases.stream import CaseStream
+from fuzz.loop.jobs import Job, JobResult
+from fuzz.loop.shrink import shrink
+from fuzz.loop.signature import signature
+from fuzz.loop.workers import WorkerPool
+from fuzz.records.casefiles import write_reproducer
+from fuzz.records.journal import RunDirectory
+from fuzz.records.stats import TargetStats
 from verify.case import CaseSpec
 from verify.compare import Verdict
-from verify.jobs import Job, JobResult
 from verify.pack import pack
 from verify.runner import ERROR, FAIL, Outcome
 from verify.target import Target

@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from fuzz.report import COLUMNS, RunReport, row
+from fuzz.report.summary import COLUMNS, RunReport, row
 
 
 def write_junit(report: RunReport, path: Path) -> None:

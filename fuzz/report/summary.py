@@ -17,9 +17,9 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from fuzz.campaign import Failure, TargetRun
-from fuzz.casefiles import describe_case, relative
-from fuzz.coverage import FEATURES
+from fuzz.cases.coverage import FEATURES
+from fuzz.loop.campaign import Failure, TargetRun
+from fuzz.records.casefiles import describe_case, relative
 from verify.compare import POLICY
 from verify.runner import ERROR, FAIL, PASS
 

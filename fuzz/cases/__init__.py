@@ -1,0 +1,1 @@
+"""Drawing cases: strategies, spaces, model presets, compile-aware streams, coverage."""

@@ -1,0 +1,1 @@
+"""The golden cases: replaying them against their expected verdicts, and regenerating them."""

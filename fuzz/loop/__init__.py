@@ -1,0 +1,1 @@
+"""The fuzz loop: campaigns, the budget, worker processes, jobs, shrinking, failure identity."""

@@ -1,0 +1,1 @@
+"""The pytest plugin: --prefix-target, its packaged tests, hypothesis profiles, statistics."""

@@ -1,0 +1,1 @@
+"""What a run says: the report (table, JSON, Markdown), JUnit XML, plots."""
