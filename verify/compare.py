@@ -252,6 +252,9 @@ class Verdict:
     worst: Location | None = None
     kind: str = ""
     judgeable: bool = True  # False: the referee itself could not judge the case
+    symptoms: tuple[str, ...] = ()  # the checks that failed: "out" and/or "lse"
+    out_scale: float = 0.0  # the reference output's largest magnitude
+    lse_scale: float = 0.0  # the reference LSE's largest magnitude
 
     @property
     def where(self) -> str:
@@ -381,7 +384,8 @@ def _verdict(case: MaterializedCase, segment: Segment, numbers: list[float], got
     allowed = BASELINE_MULTIPLE * base_error + atol
     verdict = Verdict(True, baseline_error=base_error, allowed_error=allowed,
                       out_error=out_error, ulp_error=ulp_error,
-                      scale_ulps=out_error / float(ulp(torch.tensor(scale), dtype)))
+                      scale_ulps=out_error / float(ulp(torch.tensor(scale), dtype)),
+                      out_scale=scale, lse_scale=lse_scale)
     if truth_nonfinite or not math.isfinite(allowed):
         verdict.passed, verdict.judgeable, verdict.kind = False, False, "unjudgeable"
         verdict.problems.append("the float64 reference or the baseline is not finite here: "
@@ -404,6 +408,7 @@ def _verdict(case: MaterializedCase, segment: Segment, numbers: list[float], got
             f"{base_error:.3g} + atol {atol:.3g}, and the element's rounding floor + atol "
             f"{element_floor:.3g}")
         kinds.append("out")
+    out_kinds = len(kinds)
     if lse is not None:
         lse_error, bad_empty, bad_finite = rest[:3]
         rounding = math.sqrt(case.head_dim) * FLOAT32_EPS * case.softmax_scale * q_norm * k_norm
@@ -426,6 +431,7 @@ def _verdict(case: MaterializedCase, segment: Segment, numbers: list[float], got
                 verdict.worst = _worst_lse(case, lse[:, segment.r0:segment.r1],
                                            truth.lse[:, segment.r0:segment.r1], segment.r0)
     verdict.ratio = max(verdict.out_ratio, verdict.lse_ratio or 0.0)
+    verdict.symptoms = ("out",) * bool(out_kinds) + ("lse",) * (len(kinds) > out_kinds)
     verdict.passed = not verdict.problems
     verdict.kind = kinds[0] if kinds else ""
     return verdict

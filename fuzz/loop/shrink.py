@@ -5,20 +5,27 @@ case shrinks: one drawn by the fuzzer, a pack of cases, a golden file. Candidate
 simplest first, layout before configuration: drop requests, drop ranges, shorten
 sequences and ranges, then simplify the options, and last the configuration (fewer heads,
 a smaller head dim), which costs a compile on kernels that compile. A candidate is kept
-when it still fails with the same signature; shrinking stops when no candidate does or
-the deadline passes, and the smallest failure so far is the result.
+when it still fails the way the caller's predicate asks (a finding's symptom, with its
+cause still the cause); shrinking stops when no candidate does or the deadline passes,
+and the smallest failure so far is the result. Requests keep the
+values they had (their streams are pinned before any is dropped).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from copy import deepcopy
+from dataclasses import replace
 from typing import Any
 
 from verify.case import CaseError, CaseSpec, parse_case, without_annotations
+from verify.pack import with_explicit_seeds
+from verify.runner import Outcome
 
 Data = dict[str, Any]
+# Whether a candidate still fails: runs what it needs as yielded batches, returns the answer.
+Predicate = Callable[[CaseSpec], Generator[list[CaseSpec], list[Outcome], bool]]
 # Option values a failure is simplest at, tried in this order.
 SIMPLE_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("sliding_window", None), ("clamp_ranges_to_window", False), ("softcap", None),
@@ -86,7 +93,7 @@ def _config_candidates(data: Data) -> Iterator[Data]:
 
 def candidates(spec: CaseSpec) -> Iterator[CaseSpec]:
     """Valid cases a little simpler than ``spec``, simplest first."""
-    data = without_annotations(spec).to_dict()
+    data = without_annotations(replace(spec, requests=with_explicit_seeds(spec))).to_dict()
     for generate in (_request_candidates, _option_candidates, _config_candidates):
         for candidate in generate(deepcopy(data)):
             try:
@@ -95,27 +102,35 @@ def candidates(spec: CaseSpec) -> Iterator[CaseSpec]:
                 continue
 
 
-def shrink(spec: CaseSpec, still_fails: Callable[[CaseSpec], bool],
-           accepts: Callable[[CaseSpec], bool], deadline: float) -> tuple[CaseSpec, int]:
-    """The smallest case found that still fails, and how many candidates were run.
+def shrink(spec: CaseSpec, still_fails: Predicate, accepts: Callable[[CaseSpec], bool],
+           deadline: float, max_tried: int | None = None
+           ) -> Generator[list[CaseSpec], list[Outcome], tuple[CaseSpec, int]]:
+    """The smallest case found that still fails, and how many candidates were tried (until
+    ``deadline`` on the monotonic clock, or ``max_tried`` candidates).
 
-    ``accepts`` filters candidates the target declines; ``still_fails`` runs one.
+    ``accepts`` filters candidates the target declines; ``still_fails(candidate)`` decides,
+    running what it needs through the same yields (a generator: batches of cases out,
+    their outcomes in), so a campaign spreads the runs over its workers.
     """
     current = spec
     tried = 0
     seen = {without_annotations(spec).to_json()}
     improved = True
-    while improved and time.monotonic() < deadline:
+
+    def over() -> bool:
+        return time.monotonic() >= deadline or (max_tried is not None and tried >= max_tried)
+
+    while improved and not over():
         improved = False
         for candidate in candidates(current):
-            if time.monotonic() >= deadline:
+            if over():
                 break
             key = candidate.to_json()
             if key in seen or not accepts(candidate):
                 continue
             seen.add(key)
             tried += 1
-            if still_fails(candidate):
+            if (yield from still_fails(candidate)):
                 current, improved = candidate, True
                 break
     return current, tried

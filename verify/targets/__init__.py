@@ -81,10 +81,12 @@ def get_target(name: str) -> Target:
     elif name.startswith("fault:"):
         from verify.targets.faults import FAULTS, fault_target
 
-        if name.removeprefix("fault:") not in FAULTS:
-            raise UnknownTargetError(f"unknown fault {name!r}; known: "
-                                     + ", ".join(f"fault:{f}" for f in FAULTS))
-        target = fault_target(name.removeprefix("fault:"))
+        try:
+            target = fault_target(name.removeprefix("fault:"))
+        except KeyError as exc:
+            raise UnknownTargetError(f"{exc.args[0]} (fault:<name>, or fault:<a>+<b> for "
+                                     f"both bugs in one kernel; known: "
+                                     + ", ".join(f"fault:{f}" for f in FAULTS) + ")") from None
     elif ":" in name:
         target = ExternalTarget(name)
     else:

@@ -2,33 +2,45 @@
 
 Every check that guards a kernel must be shown to fail on a planted fault. The
 faults here are targets (``fault:<name>``), so the same machinery that judges a
-real kernel (policy, strategies, fuzz runner, shrinking, golden replay) is
+real kernel (policy, strategies, fuzz runner, shrinking, triage, golden replay) is
 shown to catch them. Each overrides exactly one step of a plain float32 engine:
-where a query sits, which keys are read, the mask, the KV head, or the LSE.
+where a query sits, which keys are read, the mask, the KV head, the softcap, how P @ V
+is accumulated, or the LSE. ``fault:a+b+c`` is one kernel with the bugs of a, b and c
+(faults that override different steps), to show that a run tells its bugs apart.
+
+:data:`SINGLE_CAUSE` lists faults written the way a user's kernel goes wrong, each with
+one cause a run must report as one finding with that cause named (docs/design.md).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 import torch
 from torch import Tensor
 
 from references.mask import visible_keys
 from verify.capabilities import Capabilities
-from verify.mask import block_mask
+from verify.mask import block_mask, query_range_bounds
 from verify.materialize import MaterializedCase, RequestView
 from verify.target import Target
 
 # Query-tile heights of the "key loop stops at the causal tile" faults: a small one the
 # gate's short sequences reach, and one real kernels use.
 SMALL_TILE, KERNEL_TILE = 16, 128
+# The first query position that goes wrong in fault:position_off_by_one_from_100.
+POSITION_THRESHOLD = 100
+# The page size fault:page_size_assumed_16 hard-codes, and the GQA ratio at which
+# fault:gqa_ratio_4 mixes up its heads.
+ASSUMED_PAGE_SIZE, BROKEN_GQA_RATIO = 16, 4
 
 Positions = Callable[[MaterializedCase, RequestView], Tensor]
 Keys = Callable[[MaterializedCase, RequestView], tuple[Tensor, Tensor]]
 Mask = Callable[[MaterializedCase, RequestView, Tensor, Tensor], Tensor]
+Softcap = Callable[[Tensor, float], Tensor]
+Accumulate = Callable[[Tensor, Tensor, torch.dtype], Tensor]
 
 
 def absolute_positions(case: MaterializedCase, view: RequestView) -> Tensor:
@@ -43,6 +55,15 @@ def grouped_heads(num_heads: int, num_kv_heads: int) -> Tensor:
     return torch.arange(num_heads) // (num_heads // num_kv_heads)
 
 
+def tanh_softcap(scores: Tensor, cap: float) -> Tensor:
+    return cap * torch.tanh(scores / cap)
+
+
+def float32_accumulate(probs: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
+    """``P @ V`` in float32: probs (H, q, k), v (k, H, Dv) -> (q, H, Dv)."""
+    return torch.einsum("hqk,khd->qhd", probs, v)
+
+
 @dataclass(frozen=True)
 class Fault:
     """One bug: the step it replaces, and the docs/bugs.md class it belongs to."""
@@ -54,12 +75,28 @@ class Fault:
     keys: Keys = packed_keys
     mask: Mask = block_mask
     kv_heads: Callable[[int, int], Tensor] = grouped_heads
+    softcap: Softcap = tanh_softcap
+    accumulate: Accumulate = float32_accumulate
     lse_scale: float = 1.0
     needs_paged: bool = False
 
 
 def _chunk_local(case: MaterializedCase, view: RequestView) -> Tensor:
     return torch.arange(view.query_len, device=case.device)
+
+
+def _restart_with_context_and_image(case: MaterializedCase, view: RequestView) -> Tensor:
+    """Chunk-local positions, but only in requests that have cached context and an image
+    (an engine that recomputes positions on its multimodal path)."""
+    if view.context_len and view.ranges:
+        return _chunk_local(case, view)
+    return absolute_positions(case, view)
+
+
+def _off_by_one_from_threshold(case: MaterializedCase, view: RequestView) -> Tensor:
+    """Positions from :data:`POSITION_THRESHOLD` on come out one too small."""
+    q_pos = absolute_positions(case, view)
+    return q_pos - (q_pos >= POSITION_THRESHOLD).to(q_pos.dtype)
 
 
 def _batch_offset(case: MaterializedCase, view: RequestView) -> Tensor:
@@ -80,6 +117,26 @@ def _exclusive_end(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_p
                    ) -> Tensor:
     shrunk = tuple((s, e - 1) for s, e in view.ranges if e > s)
     return block_mask(case, replace(view, ranges=shrunk), q_pos, k_pos)
+
+
+def _last_range_exclusive(case: MaterializedCase, view: RequestView, q_pos: Tensor,
+                          k_pos: Tensor) -> Tensor:
+    """Only the request's last image range has its end treated as exclusive."""
+    if not view.ranges:
+        return block_mask(case, view, q_pos, k_pos)
+    *first, (s, e) = view.ranges
+    last = ((s, e - 1),) if e > s else ()
+    return block_mask(case, replace(view, ranges=(*first, *last)), q_pos, k_pos)
+
+
+def _window_inclusive_under_clamp(case: MaterializedCase, view: RequestView, q_pos: Tensor,
+                                  k_pos: Tensor) -> Tensor:
+    """With clamp_ranges_to_window the window test is ``p - j <= W`` instead of ``< W``."""
+    window = case.sliding_window
+    if window is None or not case.clamp_ranges_to_window:
+        return block_mask(case, view, q_pos, k_pos)
+    start, end = query_range_bounds(q_pos, view.ranges)
+    return visible_keys(q_pos, k_pos, start, end, view.seq_len, window + 1, True)
 
 
 def _merged_groups(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
@@ -148,6 +205,50 @@ def _paged_keys(whole_pages: bool, flat_index: bool, page_shift: int) -> Keys:
     return gather
 
 
+def _paged_keys_assuming_page_size(assumed: int) -> Keys:
+    """Gather keys with a page-table index computed for pages of ``assumed`` tokens."""
+
+    def gather(case: MaterializedCase, view: RequestView) -> tuple[Tensor, Tensor]:
+        ps = case.page_size
+        j = torch.arange(view.seq_len, device=case.device)
+        column = (j // assumed).clamp_max(case.page_table.shape[1] - 1)
+        index = case.page_table[view.index, column].long() * ps + j % assumed % ps
+        index = index.clamp_max(case.k_cache.shape[0] * ps - 1)
+        return case.k_cache.flatten(0, 1)[index], case.v_cache.flatten(0, 1)[index]
+
+    return gather
+
+
+def _gqa_mixed_at_ratio(ratio: int) -> Callable[[int, int], Tensor]:
+    """Correct head grouping, except at GQA ``ratio``, where head h reads h % num_kv_heads."""
+
+    def heads(num_heads: int, num_kv_heads: int) -> Tensor:
+        if num_heads // num_kv_heads == ratio:
+            return torch.arange(num_heads) % num_kv_heads
+        return grouped_heads(num_heads, num_kv_heads)
+
+    return heads
+
+
+def _softcap_without_division(scores: Tensor, cap: float) -> Tensor:
+    return cap * torch.tanh(scores)
+
+
+def _accumulator_in_input_dtype(probs: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
+    """``P @ V`` with the softmax's running sum and output accumulated key by key in the
+    input dtype (a textbook loop kernel that never widens): every add rounds."""
+    weights = torch.exp(probs.log() - probs.amax(dim=-1, keepdim=True).log()).to(dtype)
+    acc = torch.zeros(probs.shape[1], probs.shape[0], v.shape[-1], dtype=dtype,
+                      device=probs.device)
+    total = torch.zeros(probs.shape[1], probs.shape[0], 1, dtype=dtype, device=probs.device)
+    values = v.to(dtype)
+    for j in range(v.shape[0]):
+        w = weights[..., j].T[..., None]  # (q, H, 1)
+        acc = acc + w * values[j][None]
+        total = total + w
+    return (acc.float() / total.float()).nan_to_num(0.0)
+
+
 def _unbounded_mask(case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
                     ) -> Tensor:
     """The exact mask, but keys past seq_len (the rest of the last page) count as visible."""
@@ -198,7 +299,38 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("aux_rows_chunk_local", 8,
           "query_ranges aux tensor indexed by the chunk-local row: reads other requests' rows",
           mask=_aux_rows_chunk_local),
+    Fault("last_range_end_exclusive", 3,
+          "the end of a request's last image range treated as exclusive",
+          mask=_last_range_exclusive),
+    Fault("context_positions_restart", 1,
+          "positions restart at 0 in requests with cached context and an image",
+          positions=_restart_with_context_and_image),
+    Fault("window_inclusive_under_clamp", 3,
+          "with clamp_ranges_to_window the window test is p - j <= W, not p - j < W",
+          mask=_window_inclusive_under_clamp),
+    Fault("gqa_ratio_4", 6,
+          f"at GQA ratio {BROKEN_GQA_RATIO} only, query head h reads KV head h % num_kv_heads",
+          kv_heads=_gqa_mixed_at_ratio(BROKEN_GQA_RATIO)),
+    Fault("low_precision_accumulator", 11,
+          "the softmax's running sum and P @ V accumulated key by key in the input dtype",
+          accumulate=_accumulator_in_input_dtype),
+    Fault("position_off_by_one_from_100", 1,
+          f"query positions from {POSITION_THRESHOLD} on come out one too small",
+          positions=_off_by_one_from_threshold),
+    Fault("page_size_assumed_16", 5,
+          f"page-table index computed for {ASSUMED_PAGE_SIZE}-token pages whatever the page size",
+          keys=_paged_keys_assuming_page_size(ASSUMED_PAGE_SIZE), needs_paged=True),
+    Fault("softcap_without_division", 12,
+          "softcap computed as c tanh(s), not c tanh(s / c)",
+          softcap=_softcap_without_division),
 ]}
+
+# Faults with one cause each, written the way a user's kernel goes wrong: a run must report
+# each as exactly one finding, with that cause named (docs/design.md).
+SINGLE_CAUSE = ("last_range_end_exclusive", "context_positions_restart",
+                "window_inclusive_under_clamp", "gqa_ratio_4", "lse_base2",
+                "low_precision_accumulator", "position_off_by_one_from_100",
+                "page_size_assumed_16", "softcap_without_division")
 
 
 class FaultyTarget(Target):
@@ -225,18 +357,38 @@ class FaultyTarget(Target):
             scores = torch.einsum("qhd,khd->hqk", case.q[view.q_slice].float(),
                                   k.float()[:, heads]) * case.softmax_scale
             if case.softcap is not None:
-                scores = case.softcap * torch.tanh(scores / case.softcap)
+                scores = f.softcap(scores, case.softcap)
             scores = scores.masked_fill(~mask, -math.inf)
             row_lse = torch.logsumexp(scores, dim=-1)
             probs = torch.exp(scores - row_lse[..., None]).nan_to_num(0.0)
-            out[view.q_slice] = torch.einsum("hqk,khd->qhd", probs, v.float()[:, heads]).to(
+            out[view.q_slice] = f.accumulate(probs, v.float()[:, heads], case.dtype).to(
                 case.dtype)
             lse[:, view.q_slice] = row_lse * f.lse_scale
         return out, lse
 
 
+def combine(names: list[str]) -> Fault:
+    """One fault with the bugs of ``names``, which must override different steps."""
+    steps = [f.name for f in fields(Fault) if f.name not in ("name", "bug_class", "description")]
+    default = Fault("", 0, "")
+    changes: dict[str, object] = {}
+    for name in names:
+        fault = FAULTS[name]
+        for step in steps:
+            value = getattr(fault, step)
+            if value != getattr(default, step) and step != "needs_paged":
+                if step in changes:
+                    raise KeyError(f"faults {'+'.join(names)} both change the {step} step")
+                changes[step] = value
+    return replace(default, name="+".join(names), bug_class=FAULTS[names[0]].bug_class,
+                   description="; ".join(FAULTS[n].description for n in names),
+                   needs_paged=any(FAULTS[n].needs_paged for n in names), **changes)
+
+
 def fault_target(name: str) -> FaultyTarget:
-    """The planted fault called ``name`` as a target."""
-    if name not in FAULTS:
-        raise KeyError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
-    return FaultyTarget(FAULTS[name])
+    """The planted fault called ``name`` as a target (``a+b``: both bugs in one kernel)."""
+    names = name.split("+")
+    unknown = [n for n in names if n not in FAULTS]
+    if unknown:
+        raise KeyError(f"unknown fault {unknown[0]!r}; known: {', '.join(FAULTS)}")
+    return FaultyTarget(FAULTS[name] if len(names) == 1 else combine(names))

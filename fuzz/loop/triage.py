@@ -1,0 +1,520 @@
+"""Triage: what a failing case needs to fail, so that one cause is one finding.
+
+A run that reported symptoms (which output, where, which dtype) would report one bug
+several times and could file a second bug under the first. Triage runs the kernel on the
+failing case with each of its features taken away (never a query row: a feature's
+removal only adds queries or changes options and values), and on the case cut to half
+and a quarter of its length. From what clears the failure it names the cause: a trigger
+of features, precision, a position threshold, or everywhere (docs/design.md says the
+rules and why). Two failures are one finding when their identities are equal.
+
+:func:`triage` is a generator: it yields batches of independent cases to run and is sent
+their outcomes in order, so a campaign can spread a batch over its workers while a test
+runs it in a loop (:func:`run_sync`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from fuzz.loop.findings import Cause, Identity
+from verify.case import DTYPES, CaseError, CaseSpec, parse_case, without_annotations
+from verify.limits import MAX_SEED
+from verify.pack import with_explicit_seeds
+from verify.runner import Outcome
+
+Accepts = Callable[[CaseSpec], bool]
+Runs = Generator[list[CaseSpec], list[Outcome], Any]
+Data = dict[str, Any]
+
+NUMERIC = ("out", "lse")
+# Symptoms triage leaves alone: each neighbour run of a hang costs the case timeout, and
+# the referee's own failures are not the target's.
+UNTRIAGED = ("timeout", "referee", "unjudgeable")
+# The tile edges kernels use: a range across one is a feature of its own.
+TILE_EDGES = (64, 128)
+# A value-level change (dtype, head dim, values) must also divide the error ratio by this
+# to clear a failure: near the tolerance, values move a rounding error by chance.
+VALUE_CLEARS_BY = 2.0
+# Precision: cutting the keys in half keeps at least this share of the error ratio
+# (rounding grows like sqrt(n) or faster, so halving keeps 1/2 to 1/sqrt(2) of it; a
+# drop past this share is a cliff, a threshold), and the error stays below this share
+# of the values it is measured against (rounding never moves an output by a sizable part
+# of itself; a wrong mask or formula does).
+PRECISION_KEEPS = 0.25
+PRECISION_RELATIVE = 1 / 16
+# Over four times the keys, rounding grows at least sqrt(4) = 2 times; the error ratio
+# must grow at least this much (its denominator, the baseline's error, grows a little too).
+PRECISION_GROWTH = 1.5
+CUTS = (2, 4)  # the sequences are cut to 1/2 and 1/4 of the longest
+# A constant factor between the LSE and the reference that names its cause.
+LSE_FACTORS = {1 / math.log(2): "log base 2 where the natural log belongs?",
+               math.log(2): "a natural log scaled by ln 2?"}
+LSE_FACTOR_TOLERANCE = 1e-3
+# Other values a cleared feature is confirmed on, at most, and how their seeds are derived.
+REDRAWS = 2
+REDRAW_MULTIPLIER = 1_000_003
+
+
+# --- symptoms -------------------------------------------------------------------------------
+
+def symptom(outcome: Outcome) -> str:
+    """What went wrong, one word: ``out`` before ``lse`` (a wrong mask moves both), else
+    the error kind (``crash``, ``error:IndexError``, ``contract``, ...)."""
+    if outcome.verdict is not None and outcome.verdict.symptoms:
+        return outcome.verdict.symptoms[0]
+    return outcome.kind or str(outcome.status)
+
+
+def family(what: str) -> str:
+    """The symptom a trigger or threshold identity names: ``values`` for out and lse (a
+    wrong mask or position moves both; which crosses its tolerance first is luck)."""
+    return "values" if what in NUMERIC else what
+
+
+def shows(outcome: Outcome, what: str) -> bool:
+    """Whether ``outcome`` has the symptom ``what``."""
+    if what in NUMERIC:
+        return outcome.verdict is not None and what in outcome.verdict.symptoms
+    return outcome.failed and symptom(outcome) == what
+
+
+def error_ratio(outcome: Outcome, what: str) -> float | None:
+    """The policy's error ratio of the check behind a numeric symptom, else None."""
+    verdict = outcome.verdict
+    if verdict is None or what not in NUMERIC:
+        return None
+    return verdict.out_ratio if what == "out" else (verdict.lse_ratio or 0.0)
+
+
+def relative_error(outcome: Outcome, what: str) -> float:
+    """The error of a numeric symptom against the largest reference value it is measured on."""
+    verdict = outcome.verdict
+    if verdict is None:
+        return math.inf
+    error, scale = ((verdict.out_error, verdict.out_scale) if what == "out"
+                    else (verdict.lse_error or 0.0, verdict.lse_scale))
+    return error / scale if scale > 0 else math.inf
+
+
+# --- case edits -----------------------------------------------------------------------------
+
+def _data(spec: CaseSpec) -> Data:
+    return without_annotations(spec).to_dict()
+
+
+def _case(data: Data) -> CaseSpec | None:
+    try:
+        return parse_case(data)
+    except CaseError:
+        return None
+
+
+def _with(spec: CaseSpec, **fields: Any) -> list[CaseSpec]:
+    found = _case({**_data(spec), **fields})
+    return [] if found is None else [found]
+
+
+def _requests(spec: CaseSpec, change: Callable[[Data], Data]) -> list[CaseSpec]:
+    data = _data(spec)
+    return _with(spec, requests=[change(dict(r)) for r in data["requests"]])
+
+
+def cap(spec: CaseSpec, length: int) -> CaseSpec | None:
+    """Every request cut to at most ``length`` tokens (its queries last, its ranges clipped)."""
+    def cut(r: Data) -> Data:
+        context, query = r.get("context_len", 0), r["query_len"]
+        if context + query <= length:
+            return r
+        context = min(context, length - 1) if query else min(context, length)
+        ranges = [[s, min(e, length - 1)] for s, e in r.get("ranges", []) if s < length]
+        return {**r, "context_len": context, "query_len": length - context if query else 0,
+                "ranges": ranges}
+
+    found = _requests(spec, cut)
+    return found[0] if found else None
+
+
+def longest(spec: CaseSpec) -> int:
+    return max(r.seq_len for r in spec.requests)
+
+
+def _tile_edge(spec: CaseSpec) -> int | None:
+    """The first tile edge an image range crosses inside its sequence, or None."""
+    for edge in TILE_EDGES:
+        if any(s < edge <= e and r.seq_len > edge for r in spec.requests for s, e in r.ranges):
+            return edge
+    return None
+
+
+def _clip_at_tile_edge(spec: CaseSpec) -> list[CaseSpec]:
+    edge = _tile_edge(spec)
+    return _requests(spec, lambda r: {**r, "ranges": [
+        [s, edge - 1] if s < edge <= e else [s, e] for s, e in r.get("ranges", [])]})
+
+
+def _clip_at_end(spec: CaseSpec) -> list[CaseSpec]:
+    def clip(r: Data) -> Data:
+        seq = r.get("context_len", 0) + r["query_len"]
+        return {**r, "ranges": [[s, min(e, seq - 1)] for s, e in r.get("ranges", []) if s < seq]}
+
+    return _requests(spec, clip)
+
+
+def _chunk_at_range_start(spec: CaseSpec) -> list[CaseSpec]:
+    """The chunk starts where the image it started inside starts (no query is lost; a
+    range starting at 0 would leave no cached context, which is another feature)."""
+    def move(r: Data) -> Data | None:
+        context = r.get("context_len", 0)
+        starts = [s for s, e in r.get("ranges", []) if s < context <= e]
+        if not starts:
+            return r
+        start = min(starts)
+        return {**r, "context_len": start, "query_len": r["query_len"] + context - start}
+
+    data = _data(spec)
+    moved = [move(dict(r)) for r in data["requests"]]
+    if any(m.get("context_len", 0) == 0 and r.get("context_len", 0) > 0
+           for m, r in zip(moved, data["requests"], strict=True)):
+        return []
+    return _with(spec, requests=moved)
+
+
+def _no_context(spec: CaseSpec) -> list[CaseSpec]:
+    return _requests(spec, lambda r: r if not r["query_len"] else {
+        **r, "context_len": 0, "query_len": r.get("context_len", 0) + r["query_len"]})
+
+
+def _each_request_alone(spec: CaseSpec) -> list[CaseSpec]:
+    """Each request with queries alone, with the values it had in the batch."""
+    pinned = replace(spec, requests=with_explicit_seeds(spec))
+    data = _data(pinned)
+    return [c for r in data["requests"] if r["query_len"]
+            for c in _with(pinned, requests=[r])]
+
+
+def _other_dtypes(spec: CaseSpec) -> list[CaseSpec]:
+    return [c for d in DTYPES if d != spec.dtype for c in _with(spec, dtype=d)]
+
+
+def _other_head_dims(spec: CaseSpec) -> list[CaseSpec]:
+    d = spec.head_dim
+    dims = [x for x in (d // 2, 2 * d, 64, 128) if x != d and x >= 16 and x % 16 == 0]
+    return [c for x in dict.fromkeys(dims) for c in _with(spec, head_dim=x)][:2]
+
+
+def _other_page_size(spec: CaseSpec) -> list[CaseSpec]:
+    return _with(spec, page_size=16 if spec.page_size != 16 else 64)
+
+
+def _present(spec: CaseSpec, key: str, default: Any) -> bool:
+    return getattr(spec, key) != default
+
+
+@dataclass(frozen=True)
+class Feature:
+    """Something a case has that can be taken away. ``remove`` gives the cases without it,
+    in order of preference: the first the target accepts is run, or with ``every``, all it
+    accepts (each must clear a failure: "fails only in bfloat16"). ``structural`` features
+    change the mask or the layout, the others only values."""
+
+    name: str
+    present: Callable[[CaseSpec], bool]
+    remove: Callable[[CaseSpec], list[CaseSpec]]
+    words: Callable[[CaseSpec], str]
+    structural: bool = True
+    every: bool = False
+
+    def neighbours(self, spec: CaseSpec, accepts: Accepts) -> list[CaseSpec]:
+        found = [n for n in self.remove(spec) if accepts(n)]
+        return found if self.every else found[:1]
+
+
+def _ratio(spec: CaseSpec) -> int:
+    return spec.num_heads // spec.num_kv_heads
+
+
+FEATURES: tuple[Feature, ...] = (
+    Feature("image", lambda s: any(r.ranges for r in s.requests),
+            lambda s: _requests(s, lambda r: {**r, "ranges": []}), lambda s: "an image range"),
+    Feature("range_across_tile", lambda s: _tile_edge(s) is not None, _clip_at_tile_edge,
+            lambda s: f"an image range across the {_tile_edge(s)}-token tile edge"),
+    Feature("range_past_end",
+            lambda s: any(e >= r.seq_len for r in s.requests for _, e in r.ranges),
+            _clip_at_end, lambda s: "an image range reaching past the chunk's end"),
+    Feature("chunk_inside_range",
+            lambda s: any(st < r.context_len <= e for r in s.requests for st, e in r.ranges),
+            _chunk_at_range_start, lambda s: "a chunk that starts inside an image range"),
+    Feature("cached_context", lambda s: any(r.context_len and r.query_len for r in s.requests),
+            _no_context, lambda s: "cached context"),
+    Feature("window", lambda s: s.sliding_window is not None,
+            lambda s: _with(s, sliding_window=None, clamp_ranges_to_window=False),
+            lambda s: f"a sliding window ({s.sliding_window})"),
+    Feature("clamp", lambda s: s.clamp_ranges_to_window,
+            lambda s: _with(s, clamp_ranges_to_window=False),
+            lambda s: "the window clamping the image ranges"),
+    Feature("softcap", lambda s: s.softcap is not None, lambda s: _with(s, softcap=None),
+            lambda s: f"softcap {s.softcap:g}"),
+    Feature("softmax_scale", lambda s: s.softmax_scale is not None,
+            lambda s: _with(s, softmax_scale=None),
+            lambda s: f"an explicit softmax scale ({s.softmax_scale:g})"),
+    Feature("gqa", lambda s: _ratio(s) > 1, lambda s: _with(s, num_kv_heads=s.num_heads),
+            lambda s: f"GQA ratio {_ratio(s)}"),
+    Feature("paging", lambda s: s.page_size is not None,
+            lambda s: [*_with(s, page_size=None, page_table_slack=0), *_other_page_size(s)],
+            lambda s: f"paged KV (page size {s.page_size})"),
+    Feature("nan_poison", lambda s: s.poison == "nan", lambda s: _with(s, poison="finite"),
+            lambda s: "NaN in the cache slots no request owns"),
+    Feature("page_table_slack", lambda s: s.page_table_slack > 0,
+            lambda s: _with(s, page_table_slack=0), lambda s: "page-table slack columns"),
+    Feature("zero_range_padding", lambda s: s.range_padding == "zero",
+            lambda s: _with(s, range_padding="negative"),
+            lambda s: "image ranges padded with (0, 0)"),
+    Feature("several_requests", lambda s: sum(r.query_len > 0 for r in s.requests) > 1,
+            _each_request_alone, lambda s: "several requests in one batch (each passes alone)",
+            every=True),
+    Feature("dtype", lambda s: True, _other_dtypes, lambda s: s.dtype, structural=False,
+            every=True),
+    Feature("head_dim", lambda s: True, _other_head_dims, lambda s: f"head_dim {s.head_dim}",
+            structural=False, every=True),
+    Feature("head_dim_v", lambda s: s.value_dim != s.head_dim,
+            lambda s: _with(s, head_dim_v=None), lambda s: f"head_dim_v {s.value_dim}",
+            structural=False),
+    Feature("values", lambda s: _present(s, "value_profile", "normal"),
+            lambda s: _with(s, value_profile="normal"), lambda s: f"{s.value_profile} values",
+            structural=False),
+)
+BY_NAME = {f.name: f for f in FEATURES}
+
+
+def without(spec: CaseSpec, names: Sequence[str]) -> CaseSpec | None:
+    """``spec`` with every named feature it has taken away (each by its first neighbour)."""
+    for name in names:
+        feature = BY_NAME[name]
+        if feature.present(spec):
+            neighbours = feature.remove(spec)
+            if not neighbours:
+                return None
+            spec = neighbours[0]
+    return spec
+
+
+# --- details that name values in words (new findings only) ------------------------------------
+
+def _detail_cases(spec: CaseSpec, name: str) -> list[CaseSpec]:
+    """Extra neighbours whose verdicts a finding's words quote."""
+    if name == "gqa" and _ratio(spec) >= 4:
+        return _with(spec, num_kv_heads=spec.num_kv_heads * 2)
+    if name == "paging":
+        return _other_page_size(spec)
+    return []
+
+
+def _detail_words(spec: CaseSpec, name: str, neighbours: list[CaseSpec],
+                  cleared: list[bool]) -> str:
+    if name == "gqa":
+        passing = ["1", *(str(_ratio(n)) for n, ok in zip(neighbours, cleared, strict=True)
+                          if ok)]
+        failing = [str(_ratio(n)) for n, ok in zip(neighbours, cleared, strict=True) if not ok]
+        return (f"passes at {' and '.join(passing)}"
+                + (f"; fails at {', '.join(failing)} too" if failing else ""))
+    if name == "paging":
+        others = [f"at page size {n.page_size}" for n, ok in zip(neighbours, cleared,
+                                                                  strict=True) if ok]
+        return "passes contiguous" + "".join(f" and {o}" for o in others)
+    return ""
+
+
+# --- triage -----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A failure's identity, the cause in words, and how many runs it took to find."""
+
+    identity: Identity
+    words: str
+    runs: int
+    position: int | None = None  # a threshold's first failing position
+
+
+def _clears(outcome: Outcome, what: str, ratio: float | None, structural: bool) -> bool:
+    if shows(outcome, what):
+        return False
+    if structural or ratio is None:
+        return True
+    after = error_ratio(outcome, what)
+    return after is None or after <= ratio / VALUE_CLEARS_BY
+
+
+def _precision(what: str, outcome: Outcome, ratios: list[float | None]) -> bool:
+    """The error shrinks with the keys, without a cliff, and stays small (the constants)."""
+    if what not in NUMERIC or any(r is None for r in ratios):
+        return False
+    chain = [error_ratio(outcome, what), *ratios]  # all keys, a half, a quarter
+    shrinks = chain[0] >= chain[-1] * PRECISION_GROWTH
+    no_cliff = all(b >= a * PRECISION_KEEPS for a, b in itertools.pairwise(chain))
+    return shrinks and no_cliff and relative_error(outcome, what) < PRECISION_RELATIVE
+
+
+def _lse_factor(outcome: Outcome) -> str:
+    worst = outcome.verdict.worst if outcome.verdict is not None else None
+    if worst is None or worst.column is not None or not worst.expected:
+        return ""
+    factor = worst.got / worst.expected
+    for known, meaning in LSE_FACTORS.items():
+        if abs(factor / known - 1) < LSE_FACTOR_TOLERANCE:
+            return f"; the LSE is {factor:.4g} times the reference: {meaning}"
+    return ""
+
+
+def _trigger_words(spec: CaseSpec, names: list[str], details: dict[str, str]) -> str:
+    parts = [BY_NAME[n].words(spec) + (f" ({details[n]})" if details.get(n) else "")
+             for n in names]
+    if len(parts) == 1:
+        return f"fails only with {parts[0]} (passes without it)"
+    listed = ", ".join(parts[:-1]) + f" and {parts[-1]}"
+    return f"fails only with {listed} (passes without any one of them)"
+
+
+def _redrawn(spec: CaseSpec, draw: int) -> CaseSpec:
+    """The same case with other values (another seed for the case and every request)."""
+    data = _data(spec)
+    data["seed"] = (spec.seed * REDRAW_MULTIPLIER + draw) % MAX_SEED
+    data["requests"] = [{k: v for k, v in r.items() if k != "seed"} for r in data["requests"]]
+    return parse_case(data)
+
+
+def _cleared(tested: list[tuple[Feature, list[CaseSpec]]], outcomes: list[Outcome], what: str,
+             ratio: float | None) -> list[Feature]:
+    """The features whose every neighbour cleared the failure (outcomes in batch order)."""
+    results = iter(outcomes)
+    return [f for f, ns in tested
+            if all([_clears(next(results), what, ratio, f.structural) for _ in ns])]
+
+
+def _confirm(spec: CaseSpec, what: str, cleared: list[Feature], accepts: Accepts
+             ) -> Generator[list[CaseSpec], list[Outcome], tuple[list[Feature], int]]:
+    """Keep the cleared features that clear the failure on other values too: a feature's
+    removal can hide a bug by luck of the values (a key's weight falls below the
+    tolerance), never by luck twice. A draw on which the case itself passes says nothing."""
+    runs = 0
+    for draw in range(1, REDRAWS + 1):
+        again = _redrawn(spec, draw)
+        tested = [(f, ns) for f in cleared for ns in [f.neighbours(again, accepts)] if ns]
+        outcomes = yield [again, *(n for _, ns in tested for n in ns)]
+        runs += len(outcomes)
+        if shows(outcomes[0], what):
+            kept = _cleared(tested, outcomes[1:], what, error_ratio(outcomes[0], what))
+            return [f for f in cleared if f in kept or f not in [g for g, _ in tested]], runs
+    return cleared, runs
+
+
+def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
+           known: Sequence[Identity] = (), *, describe: bool = False, peel: bool = True
+           ) -> Generator[list[CaseSpec], list[Outcome], Diagnosis]:
+    """The identity of the failure ``outcome`` of ``spec`` (docs/design.md, Findings).
+
+    ``accepts`` says which neighbours the target takes; ``known`` are the identities found
+    so far (a case with two bugs clears neither alone: the known triggers are taken away
+    together); ``describe`` also runs the neighbours a new finding's words quote.
+    """
+    what = symptom(outcome)
+    if what in UNTRIAGED:
+        return Diagnosis(Identity(what, Cause.UNTRIAGED), f"{what}: not triaged", 0)
+    ratio = error_ratio(outcome, what)
+    tested = [(f, ns) for f in FEATURES if f.present(spec)
+              for ns in [f.neighbours(spec, accepts)] if ns]
+    length = longest(spec)
+    cuts = [c for c in (cap(spec, max(1, length // k)) for k in CUTS)
+            if c is not None and c != spec and accepts(c)]
+    batch = [n for _, ns in tested for n in ns] + cuts
+    outcomes = yield batch
+    runs = len(batch)
+    cut_outcomes = outcomes[len(batch) - len(cuts):]
+    cut_ratios = [error_ratio(o, what) for o in cut_outcomes]
+    if len(cuts) == len(CUTS) and _precision(what, outcome, cut_ratios):
+        shown = ", ".join(f"{r:.3g}" for r in [*cut_ratios[::-1], ratio])
+        return Diagnosis(Identity(what, Cause.PRECISION),
+                         f"{what} error grows with the key count (error ratio {shown} at a "
+                         "quarter, half and all of the keys) and has no structural cause: "
+                         "precision (accumulation in a low-precision type?)", runs)
+    cleared = _cleared(tested, outcomes[:len(batch) - len(cuts)], what, ratio)
+    if cleared:
+        cleared, more = yield from _confirm(spec, what, cleared, accepts)
+        runs += more
+    structural = [f.name for f in cleared if f.structural]
+    names = structural or [f.name for f in cleared]
+    if names:
+        details: dict[str, str] = {}
+        if describe:
+            extra = {n: [c for c in _detail_cases(spec, n) if accepts(c)] for n in names}
+            asked = [c for cs in extra.values() for c in cs]
+            answers = iter((yield asked) if asked else [])
+            runs += len(asked)
+            for n, cs in extra.items():
+                ok = [_clears(next(answers), what, ratio, True) for _ in cs]
+                details[n] = _detail_words(spec, n, cs, ok)
+        return Diagnosis(Identity(family(what), Cause.TRIGGER, tuple(names)),
+                         f"{what}: {_trigger_words(spec, names, details)}", runs)
+    if peel:
+        peeled = yield from _peel(spec, what, accepts, known)
+        if peeled is not None:
+            return Diagnosis(peeled.identity, peeled.words, runs + peeled.runs)
+    passing = [longest(c) for c, o in zip(cuts, cut_outcomes, strict=True) if not shows(o, what)]
+    if passing:
+        low = max(passing)
+        high = min([length, *(longest(c) for c, o in zip(cuts, cut_outcomes, strict=True)
+                              if shows(o, what))])
+        while high - low > 1:
+            middle = (low + high) // 2
+            candidate = cap(spec, middle)
+            result = (yield [candidate])[0] if candidate is not None else None
+            runs += 1
+            if result is not None and shows(result, what):
+                high = middle
+            else:
+                low = middle
+        return Diagnosis(Identity(family(what), Cause.THRESHOLD),
+                         f"{what}: fails only from position {high - 1} on (passes with every "
+                         f"sequence cut to {high - 1} tokens)", runs, high - 1)
+    hint = _lse_factor(outcome) if what == "lse" else ""
+    return Diagnosis(Identity(what, Cause.EVERYWHERE),
+                     f"{what}: fails on every variant tried (no single feature taken away and "
+                     f"no cut of the sequences clears it){hint}", runs)
+
+
+def _peel(spec: CaseSpec, what: str, accepts: Accepts, known: Sequence[Identity]
+          ) -> Generator[list[CaseSpec], list[Outcome], Diagnosis | None]:
+    """A known finding's trigger taken away: if what is left is another known finding,
+    the case is a sighting of it (two bugs in one case clear neither alone)."""
+    peeled = [(k, c) for k in known if k.cause == Cause.TRIGGER and k.symptom == family(what)
+              and all(BY_NAME[n].present(spec) for n in k.features)
+              for c in [without(spec, k.features)] if c is not None and accepts(c)]
+    if not peeled:
+        return None
+    outcomes = yield [c for _, c in peeled]
+    runs = len(peeled)
+    for (first, rest), left in zip(peeled, outcomes, strict=True):
+        if not shows(left, what):
+            continue
+        others = [k for k in known if k != first]
+        found = yield from triage(rest, left, accepts, others, peel=False)
+        runs += found.runs
+        if found.identity in others:
+            return Diagnosis(found.identity, f"{found.words} (with {first} taken away)", runs)
+    return None
+
+
+def run_sync(runs: Generator[list[CaseSpec], list[Outcome], Any],
+             run: Callable[[CaseSpec], Outcome]) -> Any:
+    """Drive a triage generator by running each case with ``run``; its result."""
+    try:
+        batch = next(runs)
+        while True:
+            batch = runs.send([run(spec) for spec in batch])
+    except StopIteration as stop:
+        return stop.value
