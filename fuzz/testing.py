@@ -33,7 +33,7 @@ from fuzz.cases.strategies import (
 from verify.capabilities import Capabilities
 from verify.case import CaseSpec, read_case
 from verify.materialize import MaterializedCase, materialize
-from verify.runner import PASS, SKIP, Outcome, evaluate
+from verify.runner import Outcome, Status, evaluate
 from verify.target import Target
 from verify.targets import get_target, prefix_kernel
 from verify.targets.external import ExternalTarget
@@ -73,7 +73,7 @@ def assert_matches_reference(target: str | Target | Kernel,
     if not isinstance(case, MaterializedCase):
         case = materialize(read_case(case), device or default_device(runner))
     outcome = evaluate(runner, case)
-    if outcome.status != PASS and not (allow_skip and outcome.status == SKIP):
+    if outcome.status != Status.PASS and not (allow_skip and outcome.status == Status.SKIP):
         raise AssertionError(f"{outcome.summary()}\ncase: {case.spec.to_json()}")
     return outcome
 

@@ -20,7 +20,9 @@ from hypothesis import given, settings
 from fuzz.cases.spaces import space_for
 from fuzz.cases.strategies import CPU_SPACE, cases
 from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, main, select_targets
+from fuzz.report.summary import RunStatus
 from verify.case import CaseSpec, read_case
+from verify.runner import Status
 from verify.targets import Capabilities, available_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +49,7 @@ def test_planted_faults_are_found_shrunk_saved_replayed_and_reported(
                  "--report-dir", str(tmp_path), "--junit", str(junit)]) == EXIT_FOUND
     report = _report(tmp_path)
     for target, bug_class in FAULTS_FOUND.items():
-        assert report[target]["status"] == "failed"
+        assert report[target]["status"] == RunStatus.FAILED
         for failure in report[target]["failures"]:
             spec = read_case(_run_dir(tmp_path).parent / failure["reproducer"]
                              if not Path(failure["reproducer"]).exists()
@@ -60,8 +62,8 @@ def test_planted_faults_are_found_shrunk_saved_replayed_and_reported(
             assert spec.extra["replay"].startswith("python -m fuzz replay ")
             assert main(["replay", str(spec.extra["replay"].split()[-1]), "--device",
                          "cpu"]) == EXIT_FOUND
-    assert report["sdpa"]["status"] == "clean"
-    assert report["sdpa"]["stats"]["counts"] == {"pass": EXAMPLES}
+    assert report["sdpa"]["status"] == RunStatus.CLEAN
+    assert report["sdpa"]["stats"]["counts"] == {Status.PASS: EXAMPLES}
     whole = json.loads((_run_dir(tmp_path) / "report.json").read_text())
     assert whole["versions"]["torch"] == torch.__version__ and whole["policy"]
     markdown = (_run_dir(tmp_path) / "report.md").read_text()

@@ -17,7 +17,7 @@ from fuzz.testing import Capabilities, assert_matches_reference, prefix_kernel
 from verify.case import parse_case
 from verify.mask import causal_only
 from verify.materialize import MaterializedCase, materialize
-from verify.runner import PASS, SKIP
+from verify.runner import Status
 from verify.targets import get_target
 
 pytest_plugins = ["pytester"]
@@ -163,7 +163,7 @@ SMALL_CASE = {"requests": [{"query_len": 16, "ranges": [[2, 5], [9, 14]]}], "num
                          ids=["mapping", "CaseSpec", "MaterializedCase"])
 def test_assert_matches_reference_takes_any_target_and_case(target: object, case: object
                                                             ) -> None:
-    assert assert_matches_reference(target, case).status == PASS
+    assert assert_matches_reference(target, case).status == Status.PASS
 
 
 def test_assert_matches_reference_raises_with_the_diagnosis() -> None:
@@ -177,13 +177,13 @@ def test_a_case_the_target_declines_fails_unless_skips_are_allowed() -> None:
     with pytest.raises(AssertionError, match="SKIP: unsupported: softcap"):
         assert_matches_reference(causal_kernel, softcapped)
     outcome = assert_matches_reference(causal_kernel, softcapped, allow_skip=True)
-    assert outcome.status == SKIP and outcome.reason == "unsupported: softcap"
+    assert outcome.status == Status.SKIP and outcome.reason == "unsupported: softcap"
 
 
 def test_a_kernel_function_is_judged_by_what_it_declares() -> None:
     """What prefix_kernel declares counts: the two-call merge passes against its declared
     model and fails when it claims exact attention; any callable works, a closure too."""
-    assert assert_matches_reference(two_call_kernel, SMALL_CASE).status == PASS
+    assert assert_matches_reference(two_call_kernel, SMALL_CASE).status == Status.PASS
     with pytest.raises(AssertionError, match="FAIL"):
         assert_matches_reference(two_call_claiming_exact, SMALL_CASE)
     with pytest.raises(AssertionError, match="FAIL"):

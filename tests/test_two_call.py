@@ -26,7 +26,7 @@ from verify.compare import ulp
 from verify.gpu import fa4_unavailable_reason
 from verify.mask import overlap_weight
 from verify.materialize import MaterializedCase
-from verify.runner import FAIL, PASS, SKIP, TruthCache, evaluate
+from verify.runner import Status, TruthCache, evaluate
 from verify.targets import Target, get_target, target_names
 from verify.targets.engines import REFERENCE_ENGINE, SDPA_ENGINE, Engine, reference_call, sdpa_call
 from verify.targets.two_call import (
@@ -80,7 +80,7 @@ def test_fa4_engine_targets_report_why_they_cannot_run(name: str) -> None:
 def test_what_a_decomposition_cannot_do_skips_with_the_reason(name: str, spec: CaseSpec,
                                                               words: str) -> None:
     outcome = evaluate(get_target(name), materialize(spec))
-    assert outcome.status == SKIP and outcome.reason.startswith("unsupported:")
+    assert outcome.status == Status.SKIP and outcome.reason.startswith("unsupported:")
     assert words in outcome.reason
 
 
@@ -111,10 +111,10 @@ def test_cpu_decompositions_pass_the_policy(spec: CaseSpec) -> None:
     case, truths = materialize(spec), TruthCache()
     for name in CPU_DECOMPOSITIONS:
         outcome = evaluate(get_target(name), case, truths)
-        if outcome.status == SKIP:
+        if outcome.status == Status.SKIP:
             assert outcome.reason.startswith("unsupported:"), outcome.reason
             continue
-        assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
+        assert outcome.status == Status.PASS, outcome.summary() + "\ncase: " + spec.to_json()
 
 
 @pytest.mark.parametrize("target, bias", [
@@ -174,7 +174,7 @@ def test_two_call_claiming_exact_fails_and_is_recognised(engine: Engine, spec: C
     case = materialize(spec)
     assert has_query_in_range(case)  # every adversarial layout has an image query
     outcome = evaluate(target, case)
-    assert outcome.status == FAIL, outcome.summary()
+    assert outcome.status == Status.FAIL, outcome.summary()
     assert "inside range" in outcome.verdict.worst.where, outcome.summary()
     assert matches_two_call_model(case, *target.run(case))
 
@@ -187,12 +187,12 @@ def test_two_call_claiming_exact_fails_exactly_when_the_overlap_error_shows(spec
     case = materialize(spec)
     outcome = evaluate(ClaimsExact(REFERENCE_ENGINE), case)
     if not has_query_in_range(case):
-        assert outcome.status == PASS, outcome.summary()
+        assert outcome.status == Status.PASS, outcome.summary()
         return
     error = measure(case)
     rounding = float(ulp(torch.tensor(error.out_scale), case.dtype))
     if float(error.abs_error.max()) > outcome.verdict.allowed_error + rounding:
-        assert outcome.status == FAIL, outcome.summary()
+        assert outcome.status == Status.FAIL, outcome.summary()
 
 
 class _ExclusiveEnd:
@@ -243,12 +243,12 @@ def test_broken_decomposition_fails_against_its_claim(name: str) -> None:
     target = BROKEN[name]
 
     def fails(spec: CaseSpec) -> bool:
-        return evaluate(target, materialize(spec), TruthCache()).status == FAIL
+        return evaluate(target, materialize(spec), TruthCache()).status == Status.FAIL
 
     spec = next((s for s in ADVERSARIAL_CASES.values() if fails(s)), None) or find(
         cases(CPU_SPACE), fails, settings=BUDGET)
     outcome = evaluate(target, materialize(spec))
-    assert outcome.status == FAIL and "inside range" in outcome.verdict.worst.where, \
+    assert outcome.status == Status.FAIL and "inside range" in outcome.verdict.worst.where, \
         outcome.summary()
 
 

@@ -20,7 +20,7 @@ from fuzz.golden.replay import expectations, golden_files
 from fuzz.plugin.hooks import hypothesis_settings, requested_targets
 from fuzz.testing import assert_matches_reference, default_device
 from verify.case import CaseSpec, read_case
-from verify.runner import PASS, SKIP
+from verify.runner import Status
 from verify.target import Target
 from verify.targets import get_target
 
@@ -68,8 +68,8 @@ def test_golden(prefix_target: str, golden_path: Path) -> None:
         pytest.skip(f"{prefix_target}: approximate by design, judged against its model by "
                     "test_matches_reference")
     spec = read_case(golden_path)
-    if expectations(spec).get("reference") != PASS:
+    if expectations(spec).get("reference") != Status.PASS:
         pytest.skip("the exact targets are not held to this case")
     outcome = assert_matches_reference(target, spec, device=device, allow_skip=True)
-    if outcome.status == SKIP:
+    if outcome.status == Status.SKIP:
         pytest.skip(outcome.reason)
