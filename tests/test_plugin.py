@@ -47,7 +47,7 @@ def causal_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
     return get_target("reference").run(materialize(causal_only(case.spec), case.device))
 
 
-@prefix_kernel(model="two_call")
+@prefix_kernel(approximation="two_call")
 def two_call_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
     """The two-call merge: approximate by design, and declared so."""
     return get_target("two_call_reference").run(case)
@@ -182,7 +182,7 @@ def test_a_case_the_target_declines_fails_unless_skips_are_allowed() -> None:
 
 def test_a_kernel_function_is_judged_by_what_it_declares() -> None:
     """What prefix_kernel declares counts: the two-call merge passes against its declared
-    model and fails when it claims exact attention; any callable works, a closure too."""
+    approximation and fails when it claims exact attention; any callable works, a closure too."""
     assert assert_matches_reference(two_call_kernel, SMALL_CASE).status == Status.PASS
     with pytest.raises(AssertionError, match="FAIL"):
         assert_matches_reference(two_call_claiming_exact, SMALL_CASE)

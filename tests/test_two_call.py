@@ -1,10 +1,10 @@
-"""The two-call family: right against its model, its approximation visible, its faults caught.
+"""The two-call family: right against its approximation, its error visible, its faults caught.
 
-``two_call_<engine>`` is judged against its exact model (ln 2 on the overlap keys) and
-``replace_<engine>`` against the exact mask, both by the one policy. Float64 checks hold
-the decomposition to the model and the overlap error to its identities. Planted faults
-show both verdicts can fail: the two-call path claiming to be exact, and broken
-decompositions judged against the model.
+``two_call_<engine>`` is judged against its approximation computed exactly (ln 2 on the
+overlap keys) and ``replace_<engine>`` against the exact mask, both by the one policy.
+Float64 checks hold the decomposition to its approximation and the overlap error to its
+identities. Planted faults show both verdicts can fail: the two-call path claiming to be
+exact, and broken decompositions judged against the approximation.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from verify.targets.two_call import (
     TwoCallTarget,
     range_spans,
 )
-from verify.two_call_analysis.error import TV_BOUND, matches_two_call_model, measure
+from verify.two_call_analysis.error import TV_BOUND, matches_two_call_approximation, measure
 from verify.two_call_analysis.report import main
 
 ENGINES = ("reference", "sdpa", "fa4")
@@ -58,9 +58,9 @@ def test_all_six_targets_are_registered_with_their_claims() -> None:
     windowed = materialize(ADVERSARIAL_CASES["window_shorter_than_range"])  # sliding window 8
     for engine in ENGINES:
         two_call, exact = get_target(f"two_call_{engine}"), get_target(f"replace_{engine}")
-        bias = two_call.model_bias(windowed)
+        bias = two_call.approximation_bias(windowed)
         assert not two_call.exact and bias is not None and bias.weight == math.log(2)
-        assert exact.exact and exact.model_bias(windowed) is None
+        assert exact.exact and exact.approximation_bias(windowed) is None
     assert {f"{k}_{e}" for k in ("two_call", "replace") for e in ENGINES} <= set(target_names())
 
 
@@ -102,7 +102,7 @@ def test_engine_rows_with_no_key_give_zero_and_minus_inf(call) -> None:
     assert (out[:2] == 0).all() and torch.allclose(out[2].double(), v[0].double())
 
 
-# --- the policy: two_call against its model, replace against the exact mask ---------------
+# --- the policy: two_call against its approximation, replace against the exact mask -------
 
 
 @given(spec=cases(CPU_SPACE))
@@ -120,7 +120,7 @@ def test_cpu_decompositions_pass_the_policy(spec: CaseSpec) -> None:
 @pytest.mark.parametrize("target, bias", [
     (TwoCallTarget(REFERENCE_ENGINE), overlap_weight),
     (ReplaceTarget(REFERENCE_ENGINE), None),
-], ids=["two_call_is_the_model", "replace_is_exact"])
+], ids=["two_call_is_its_approximation", "replace_is_exact"])
 @given(spec=cases(CPU_SPACE))
 @with_adversarial_examples
 def test_float64_decomposition_equals_its_claim(target: Target, bias, spec: CaseSpec) -> None:
@@ -161,7 +161,7 @@ class ClaimsExact(TwoCallTarget):
         super().__init__(engine)
         self.name, self.exact = f"claims_exact_{self.name}", True
 
-    def model_bias(self, case: MaterializedCase) -> None:
+    def approximation_bias(self, case: MaterializedCase) -> None:
         return None
 
 
@@ -176,7 +176,7 @@ def test_two_call_claiming_exact_fails_and_is_recognised(engine: Engine, spec: C
     outcome = evaluate(target, case)
     assert outcome.status == Status.FAIL, outcome.summary()
     assert "inside range" in outcome.verdict.worst.where, outcome.summary()
-    assert matches_two_call_model(case, *target.run(case))
+    assert matches_two_call_approximation(case, *target.run(case))
 
 
 @given(spec=cases(CPU_SPACE))

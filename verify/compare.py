@@ -113,7 +113,7 @@ def _row_any(bad: Tensor) -> Tensor:
 
 
 def expected(case: MaterializedCase, bias: LogWeight | None = None) -> Expected:
-    """Reference and baseline for ``case`` (with an optional model log-weight)."""
+    """Reference and baseline for ``case`` (with an optional approximation's log-weight)."""
     batch = case.batch(bias)
     # One reference pass over [V, |V|]: the output and what its weights' rounding can cost.
     both, lse = reference_attention(replace(batch, v=torch.cat([batch.v, batch.v.abs()], -1)))

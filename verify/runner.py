@@ -79,7 +79,8 @@ class Outcome:
 
 
 class TruthCache:
-    """Reference results per case and model, shared by every target run on that case."""
+    """Reference results per case and approximation (None: exact), shared by every target
+    run on that case."""
 
     def __init__(self) -> None:
         self._case: MaterializedCase | None = None
@@ -89,8 +90,8 @@ class TruthCache:
         """The truth ``target`` is judged against (None: the exact reference)."""
         if case is not self._case:
             self._case, self._truths = case, {}
-        bias = None if target is None else target.model_bias(case)
-        key = None if bias is None else type(target).model_bias.__qualname__
+        bias = None if target is None else target.approximation_bias(case)
+        key = None if bias is None else type(target).approximation_bias.__qualname__
         if key not in self._truths:
             self._truths[key] = expected(case, bias)
         return self._truths[key]

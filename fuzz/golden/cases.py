@@ -5,7 +5,7 @@ Two kinds: one small case per planted fault, built so that the fault fails while
 the exact engines pass, and the adversarial edge layouts of fuzz.cases.strategies.
 Expectations come from intent, checked by running before anything is written:
 every registered target passes every case it accepts (each claims to be exact, or,
-for the two-call merge, to match its declared model; those that can run here are
+for the two-call merge, to match its declared approximation; those that can run here are
 run, the others are left for the machine that has them), and the fault a case was
 built for fails. Every other planted fault that fails on a case is recorded as
 well, so the golden set also pins which layouts catch which bug.

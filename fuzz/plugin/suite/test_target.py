@@ -4,7 +4,7 @@
   narrowed to what the target declares it accepts, and the adversarial layouts as
   explicit examples; every case must pass the policy.
 * ``test_golden``: every golden case the exact targets pass, an exact target must pass too
-  (an approximate one is held to its own model by the property test instead).
+  (an approximate one is held to the approximation it claims by the property test instead).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_matches_reference(prefix_target: str, request: pytest.FixtureRequest) -
 def test_golden(prefix_target: str, golden_path: Path) -> None:
     target, device = _runnable(prefix_target)
     if not target.exact:
-        pytest.skip(f"{prefix_target}: approximate by design, judged against its model by "
+        pytest.skip(f"{prefix_target}: approximate by design, judged against its approximation by "
                     "test_matches_reference")
     spec = read_case(golden_path)
     if expectations(spec).get("reference") != Status.PASS:
