@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fuzz.cases.models import MODELS
-from fuzz.cases.spaces import PROFILES, default_profile, space_for
+from fuzz.cases.spaces import SPACES, default_space, space_for
 from fuzz.cases.strategies import (
     ADVERSARIAL_CASES,
     CPU_SPACE,
@@ -37,6 +37,10 @@ from verify.runner import Outcome, Status, evaluate
 from verify.target import Target
 from verify.targets import get_target, prefix_kernel
 from verify.targets.external import ExternalTarget
+
+# The names SPACES and default_space had before; kept importable for one release.
+PROFILES = SPACES
+default_profile = default_space
 
 Kernel = Callable[[MaterializedCase], tuple[Tensor, Tensor | None]]
 
@@ -83,14 +87,14 @@ __all__ = [
     "CPU_SPACE",
     "GPU_SPACE",
     "MODELS",
-    "PROFILES",
+    "SPACES",
     "Capabilities",
     "Space",
     "as_target",
     "assert_matches_reference",
     "cases",
     "default_device",
-    "default_profile",
+    "default_space",
     "prefix_kernel",
     "space_for",
     "with_adversarial_examples",

@@ -151,6 +151,15 @@ def test_an_unloadable_kernel_module_skips_with_the_reason(pytester: pytest.Pyte
 
 # fuzz.testing.assert_matches_reference: what an engine's own tests call.
 
+
+def test_fuzz_testing_keeps_the_old_names_of_the_spaces() -> None:
+    import fuzz.testing
+
+    assert fuzz.testing.PROFILES is fuzz.testing.SPACES
+    assert fuzz.testing.default_profile is fuzz.testing.default_space
+    assert {"SPACES", "default_space"} <= set(fuzz.testing.__all__)
+    assert not {"PROFILES", "default_profile"} & set(fuzz.testing.__all__)
+
 SMALL_CASE = {"requests": [{"query_len": 16, "ranges": [[2, 5], [9, 14]]}], "num_heads": 2,
               "num_kv_heads": 1, "head_dim": 32, "dtype": "bfloat16", "page_size": None,
               "seed": 0}

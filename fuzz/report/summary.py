@@ -191,7 +191,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
 def report_markdown(report: RunReport) -> str:
     s = report.settings
     lines = ["# Prefix-attention fuzz report", "",
-             f"Device `{report.device}`, profile `{s['profile']}`, seed {s['seed']}, "
+             f"Device `{report.device}`, space `{s['space']}`, seed {s['seed']}, "
              f"budget {s['budget'] or '-'} s, examples {s['examples'] or '-'}, "
              f"{report.seconds:.0f} s in all" + (" (interrupted)." if report.interrupted else "."),
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]

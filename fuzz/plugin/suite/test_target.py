@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 
-from fuzz.cases.spaces import PROFILES, default_profile, space_for
+from fuzz.cases.spaces import SPACES, default_space, space_for
 from fuzz.cases.strategies import cases, with_adversarial_examples
 from fuzz.golden.replay import expectations, golden_files
 from fuzz.plugin.hooks import hypothesis_settings, requested_targets
@@ -47,9 +47,9 @@ def _runnable(name: str) -> tuple[Target, str]:
 
 def test_matches_reference(prefix_target: str, request: pytest.FixtureRequest) -> None:
     target, device = _runnable(prefix_target)
-    space = space_for(target.capabilities, PROFILES[default_profile(device)])
+    space = space_for(target.capabilities, SPACES[default_space(device)])
     if space is None:
-        pytest.skip(f"{prefix_target}: accepts none of the {device} profile's head dims, "
+        pytest.skip(f"{prefix_target}: accepts none of the {device} space's head dims, "
                     "dtypes or page sizes")
 
     @hypothesis_settings(request.config)
