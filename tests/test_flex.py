@@ -122,7 +122,7 @@ VARIED_SPECS = [
            {"query_len": 3}, {"query_len": 64, "ranges": [[1, 1], [5, 70]]}],
           head_dim=256, head_dim_v=64, softmax_scale=0.25, sliding_window=8),
     _case([{"query_len": 255, "ranges": [[0, 254]]}], num_kv_heads=1, num_heads=4,
-          softcap=5.0, value_profile="peaky"),
+          softcap=5.0, value_distribution="peaky"),
 ]
 
 

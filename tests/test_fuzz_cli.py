@@ -199,7 +199,7 @@ def test_case_description_names_every_option_that_changes_the_computation() -> N
                        "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "head_dim_v": 32,
                        "dtype": "float16", "page_size": 16, "sliding_window": 4,
                        "clamp_ranges_to_window": True, "softcap": 5.0, "softmax_scale": 0.25,
-                       "value_profile": "peaky", "poison": "nan", "seed": 9,
+                       "value_distribution": "peaky", "poison": "nan", "seed": 9,
                        "page_table_slack": 2, "range_padding": "zero"})
     assert describe_case(spec) == (
         "1 req (3+5 [1, 6]), float16, 4/2 heads, D 64/32, page 16, window 4 clamped, "

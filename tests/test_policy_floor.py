@@ -19,7 +19,7 @@ from verify.targets import get_target
 from verify.targets.faults import FAULTS
 
 FLOAT32 = CPU_SPACE.narrowed(dtypes=("float32",), head_dims=(32, 64, 128))
-PEAKY = FLOAT32.narrowed(value_profiles=("peaky", "outliers"))
+PEAKY = FLOAT32.narrowed(value_distributions=("peaky", "outliers"))
 BUDGET = settings(max_examples=settings().max_examples, derandomize=True, database=None,
                   phases=[Phase.explicit, Phase.generate], deadline=None)
 
