@@ -45,7 +45,7 @@ from verify.kernels.prefix_attention import (
     sm90_unavailable_reason,
 )
 from verify.materialize import MaterializedCase
-from verify.runner import PASS, TruthCache, evaluate
+from verify.runner import Status, TruthCache, evaluate
 from verify.targets import get_target
 
 LAYOUTS: dict[str, Callable[..., CaseSpec]] = {"prefill": prefill, "decode": decode_heavy}
@@ -87,10 +87,10 @@ def time_target(name: str, case: MaterializedCase, truths: TruthCache) -> dict[s
     """Judge ``name`` on ``case``; time it if it passes. Verdict, ratio, ms or the reason."""
     target = get_target(name)
     outcome = evaluate(target, case, truths)
-    result: dict[str, object] = {"verdict": outcome.status, "exact": target.exact}
+    result: dict[str, object] = {"verdict": outcome.status.value, "exact": target.exact}
     if outcome.verdict is not None:
         result["ratio"] = outcome.verdict.ratio
-    if outcome.status == PASS:
+    if outcome.status == Status.PASS:
         result["ms"] = median_ms(lambda: target.run(case))
     else:
         result["reason"] = outcome.summary()

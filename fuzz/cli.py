@@ -22,7 +22,7 @@ import torch
 from rich.console import Console
 
 from fuzz.cases.models import MODELS
-from fuzz.cases.spaces import PROFILES, default_profile, space_for
+from fuzz.cases.spaces import SPACES, default_space, space_for
 from fuzz.cases.strategies import Space
 from fuzz.golden.cases import GoldenError, regenerate
 from fuzz.golden.replay import check_expectation, expectations, golden_files
@@ -153,9 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
                      "failing; repeatable")
     run.add_argument("--seed", type=_seed, help="seed of the case stream (default: random; "
                      "the report records it)")
-    run.add_argument("--profile", choices=sorted(PROFILES),
+    run.add_argument("--space", choices=sorted(SPACES),
                      help="the space cases are drawn from, narrowed per target to what it "
-                          "declares it accepts (default: gpu on cuda, cpu on cpu)")
+                          "declares it accepts (default: gpu on cuda, cpu on cpu; --profile "
+                          "is a deprecated alias)")
+    run.add_argument("--profile", dest="space", choices=sorted(SPACES), help=argparse.SUPPRESS)
     run.add_argument("--devices", metavar="LIST",
                      help="with --device cuda: the GPUs to use, e.g. cuda:0,cuda:1 (default: "
                           "every visible one); each runs its own workers")
@@ -267,7 +269,7 @@ def _spaces(targets: list[Target], base: list[Space], named: bool,
         if spaces:
             chosen.append((target, spaces))
         elif named:
-            raise UsageError(f"target {target.name} accepts none of the cases of this profile "
+            raise UsageError(f"target {target.name} accepts none of the cases of this space "
                              "or model (head dims, dtypes or page sizes)")
         else:
             console.print(f"skipping {target.name}: it accepts none of these cases",
@@ -329,9 +331,8 @@ def run_command(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     # A log or a pipe gets a wide table rather than rich's default 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 200)
-    profile = args.profile or default_profile(device)
-    base = [PROFILES[profile]] if args.model is None else MODELS[args.model].spaces(
-        PROFILES[profile])
+    space = args.space or default_space(device)
+    base = [SPACES[space]] if args.model is None else MODELS[args.model].spaces(SPACES[space])
     chosen = _spaces(select_targets(args.target, device), base, bool(args.target), console)
     seconds = args.budget if args.budget is not None or args.examples else DEFAULT_BUDGET
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
@@ -342,7 +343,7 @@ def run_command(args: argparse.Namespace) -> int:
     found_versions = versions()
     pack_cases, pack_tokens = PACK_SIZES[device]
     settings = {"targets": [t.name for t, _ in chosen], "device": device,
-                "devices": list(devices), "workers": args.workers, "profile": profile,
+                "devices": list(devices), "workers": args.workers, "space": space,
                 "model": args.model,
                 "seed": seed, "budget": seconds, "examples": args.examples,
                 "min_cases": args.min_cases, "max_failures": args.max_failures,

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from fuzz.cases.models import MODELS
-from fuzz.cases.spaces import PROFILES, default_profile, space_for
+from fuzz.cases.spaces import SPACES, default_space, space_for
 from fuzz.cases.strategies import (
     ADVERSARIAL_CASES,
     CPU_SPACE,
@@ -33,10 +33,14 @@ from fuzz.cases.strategies import (
 from verify.capabilities import Capabilities
 from verify.case import CaseSpec, read_case
 from verify.materialize import MaterializedCase, materialize
-from verify.runner import PASS, SKIP, Outcome, evaluate
+from verify.runner import Outcome, Status, evaluate
 from verify.target import Target
 from verify.targets import get_target, prefix_kernel
 from verify.targets.external import ExternalTarget
+
+# The names SPACES and default_space had before; kept importable for one release.
+PROFILES = SPACES
+default_profile = default_space
 
 Kernel = Callable[[MaterializedCase], tuple[Tensor, Tensor | None]]
 
@@ -73,7 +77,7 @@ def assert_matches_reference(target: str | Target | Kernel,
     if not isinstance(case, MaterializedCase):
         case = materialize(read_case(case), device or default_device(runner))
     outcome = evaluate(runner, case)
-    if outcome.status != PASS and not (allow_skip and outcome.status == SKIP):
+    if outcome.status != Status.PASS and not (allow_skip and outcome.status == Status.SKIP):
         raise AssertionError(f"{outcome.summary()}\ncase: {case.spec.to_json()}")
     return outcome
 
@@ -83,14 +87,14 @@ __all__ = [
     "CPU_SPACE",
     "GPU_SPACE",
     "MODELS",
-    "PROFILES",
+    "SPACES",
     "Capabilities",
     "Space",
     "as_target",
     "assert_matches_reference",
     "cases",
     "default_device",
-    "default_profile",
+    "default_space",
     "prefix_kernel",
     "space_for",
     "with_adversarial_examples",

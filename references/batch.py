@@ -21,8 +21,9 @@ from torch import Tensor
 class LogWeight:
     """An extra log-weight ``weight`` on the packed keys ``lo[r] .. hi[r]`` of each row.
 
-    A model, not a mask: the two-call path counts its overlap keys twice, which is exact
-    attention with ``ln 2`` on them (docs/semantics.md). ``lo``/``hi`` as in :class:`Batch`.
+    An approximation, not a mask: the two-call path counts its overlap keys twice, which
+    is exact attention with ``ln 2`` on them (docs/semantics.md). ``lo``/``hi`` as in
+    :class:`Batch`.
     """
 
     lo: Tensor

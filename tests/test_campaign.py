@@ -10,6 +10,7 @@ import pytest
 
 from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, main
 from fuzz.loop.shrink import shrink
+from fuzz.report.summary import RunStatus
 from verify import parse_case
 
 TWO_BUGS = "tests.buggy:two_bugs"
@@ -37,7 +38,7 @@ def test_every_distinct_bug_is_reported_and_known_ones_are_accepted(tmp_path: Pa
     known.write_text(json.dumps({"expected": expected}))
     assert main(["--target", TWO_BUGS, *RUN, "--report-dir", str(tmp_path / "c"),
                  "--expect-failures", str(known)]) == EXIT_CLEAN
-    assert _target(tmp_path / "c")["status"] == "expected"
+    assert _target(tmp_path / "c")["status"] == RunStatus.EXPECTED
 
 
 def test_a_reproducer_names_its_expected_failure(tmp_path: Path) -> None:

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from fuzz.cases.spaces import space_for
 from fuzz.cases.strategies import CPU_SPACE, cases
 from fuzz.cli import EXIT_CLEAN, main
-from verify import parse_case
+from verify import materialize, parse_case
 from verify.capabilities import LAYOUT_PREDICATES, Capabilities
 from verify.targets import get_target, prefix_kernel
+from verify.targets.external import ExternalTarget
 
 
 @pytest.mark.parametrize("predicate", list(LAYOUT_PREDICATES))
@@ -62,16 +63,45 @@ def test_unknown_predicates_are_refused() -> None:
 
 
 def test_prefix_kernel_attaches_what_the_kernel_accepts() -> None:
-    @prefix_kernel(Capabilities(dtypes=frozenset({"float16"})), model="two_call",
+    @prefix_kernel(Capabilities(dtypes=frozenset({"float16"})), approximation="two_call",
                    compile_key=lambda spec: (spec.head_dim,))
     def kernel(case):
         raise NotImplementedError
 
-    assert kernel.capabilities.dtypes == frozenset({"float16"}) and kernel.model == "two_call"
-    with pytest.raises(ValueError, match="model must be"):
-        prefix_kernel(model="three_call")
+    assert kernel.capabilities.dtypes == frozenset({"float16"})
+    assert kernel.approximation == "two_call"
+    with pytest.raises(ValueError, match="approximation must be"):
+        prefix_kernel(approximation="three_call")
     assert kernel.compile_key(parse_case({"requests": [{"query_len": 1}], "num_heads": 1,
                                           "head_dim": 32, "dtype": "float16"})) == (32,)
+
+
+def test_model_is_a_deprecated_alias_of_approximation() -> None:
+    def kernel(case):
+        raise NotImplementedError
+
+    with pytest.warns(DeprecationWarning, match="approximation"):
+        declared = prefix_kernel(model="two_call")(kernel)
+    assert declared.approximation == "two_call"
+    target = ExternalTarget("tests:kernel", declared)
+    assert not target.exact
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="disagree"):
+        prefix_kernel(approximation="two_call", model="three_call")
+    with pytest.warns(DeprecationWarning), pytest.raises(ValueError, match="must be one of"):
+        prefix_kernel(model="three_call")
+
+
+def test_an_undecorated_kernel_with_a_model_attribute_still_claims_it() -> None:
+    """Kernels that set ``fn.model`` by hand (the attribute's name before) keep working."""
+    def kernel(case):
+        raise NotImplementedError
+
+    kernel.model = "two_call"
+    target = ExternalTarget("tests:kernel", kernel)
+    assert not target.exact
+    assert target.approximation_bias(materialize(parse_case(
+        {"requests": [{"query_len": 4, "ranges": [[1, 2]]}], "num_heads": 1, "head_dim": 8,
+         "dtype": "float32"}))) is not None
 
 
 def test_an_engine_style_kernel_is_judged_on_nine_draws_in_ten(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from verify import CaseError, load_case, parse_case, read_case
 from verify.limits import Limits
 from verify.materialize import FINITE_POISON, materialize
 
-VALID = {"format": 2, "requests": [{"context_len": 0, "query_len": 37, "ranges": [[3, 20]]}],
+VALID = {"format": 3, "requests": [{"context_len": 0, "query_len": 37, "ranges": [[3, 20]]}],
          "num_heads": 4, "num_kv_heads": 2, "head_dim": 128, "dtype": "bfloat16",
          "page_size": 16, "sliding_window": None, "clamp_ranges_to_window": False,
          "softcap": None, "softmax_scale": None, "seed": 0}
@@ -32,6 +32,18 @@ def test_design_example_parses_and_writes_back_identically() -> None:
 
 def _with(**changes: object) -> dict:
     return {**VALID, **changes}
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, None])
+def test_the_former_name_value_profile_is_read_in_any_format(version: int | None) -> None:
+    """value_profile (format 2 and before) is read as value_distribution; written never."""
+    spec = parse_case(_with(format=version, value_profile="peaky"))
+    assert spec == parse_case(_with(value_distribution="peaky"))
+    assert spec.value_distribution == "peaky"
+    written = spec.to_dict()
+    assert written["format"] == 3 and written["value_distribution"] == "peaky"
+    assert "value_profile" not in written
+    assert spec.with_changes(value_profile="outliers").value_distribution == "outliers"
 
 
 def _request(**changes: object) -> dict:
@@ -58,7 +70,9 @@ def _request(**changes: object) -> dict:
     (_with(softcap=-1.0), "softcap", "> 0"),
     (_with(softmax_scale=float("inf")), "softmax_scale", "finite"),
     (_with(seed=-1), "seed", "non-negative"),
+    (_with(value_distribution="wild"), "value_distribution", "one of"),
     (_with(value_profile="wild"), "value_profile", "one of"),
+    (_with(value_profile="peaky", value_distribution="peaky"), "value_profile", "former name"),
     (_with(poison="zero"), "poison", "one of"),
     (_with(head_dims=128), "head_dims", "unknown key"),
     (_with(allow_overlapping_ranges="yes"), "allow_overlapping_ranges", "true or false"),
@@ -70,7 +84,7 @@ def _request(**changes: object) -> dict:
     (_request(context_len=2**31 - 2, query_len=5), "requests[0].query_len", "overflows int32"),
     (_with(softcap=1e308), "softcap", "<= 10000"),
     (_with(softmax_scale=1e308), "softmax_scale", "<= 10000"),
-    (_with(format=3), "format", "<= 2"),
+    (_with(format=4), "format", "<= 3"),
     (_request(seed=-1), "requests[0].seed", ">= 0"),
     (_with(page_table_slack=-1), "page_table_slack", ">= 0"),
     (_with(range_padding="ones"), "range_padding", "one of"),

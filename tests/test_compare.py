@@ -136,7 +136,7 @@ def test_float32_diagnoses_print_enough_digits_and_the_layout_fact() -> None:
 def test_a_non_finite_baseline_is_an_error_never_a_pass() -> None:
     """fp16 scores past 65504 overflow in the baseline: the case cannot be judged."""
     spec = parse_case({"requests": [{"query_len": 8}], "num_heads": 1, "head_dim": 64,
-                       "dtype": "float16", "softmax_scale": 1e4, "value_profile": "peaky"})
+                       "dtype": "float16", "softmax_scale": 1e4, "value_distribution": "peaky"})
     case = materialize(spec)
     truth = expected(case)
     for out in (truth.out.to(case.dtype), truth.out.to(case.dtype) + 1):

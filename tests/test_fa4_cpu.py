@@ -21,7 +21,7 @@ from verify.case import CaseSpec, parse_case, read_case
 from verify.gpu import fa4_unavailable_reason
 from verify.mask import request_mask
 from verify.materialize import MaterializedCase, materialize
-from verify.runner import SKIP, evaluate
+from verify.runner import Status, evaluate
 from verify.targets import fa4 as fa4_module
 from verify.targets import get_target, target_names
 from verify.targets.fa4 import NO_WINDOW, FA4Target, mask_params, sm90_tile_n, tma_tail_nan_reason
@@ -51,7 +51,7 @@ def test_fa4_says_what_is_missing_here() -> None:
     assert get_target("fa4").unavailable_reason() == reason
     assert "CUDA" in reason or "SM" in reason or "flash-attn-4" in reason
     outcome = evaluate(get_target("fa4"), materialize(_spec()))
-    assert outcome.status == SKIP and outcome.reason == reason
+    assert outcome.status == Status.SKIP and outcome.reason == reason
 
 
 @pytest.mark.parametrize(("changes", "device", "why"), [

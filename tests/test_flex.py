@@ -20,7 +20,7 @@ from verify import CaseSpec, materialize
 from verify.case import parse_case
 from verify.mask import request_mask
 from verify.materialize import MaterializedCase
-from verify.runner import FAIL, PASS, evaluate
+from verify.runner import Status, evaluate
 from verify.targets import flex
 from verify.targets.flex import BLOCK, FlexTarget
 
@@ -106,7 +106,7 @@ def test_block_mask_is_the_exact_mask(dynamic: bool, spec: CaseSpec) -> None:
 def test_flex_passes_policy_on_long_layouts(spec: CaseSpec) -> None:
     """Layouts with full blocks, where flex skips the mask_mod."""
     outcome = evaluate(FlexTarget(), materialize(spec))
-    assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
+    assert outcome.status == Status.PASS, outcome.summary() + "\ncase: " + spec.to_json()
 
 
 # One dtype, every other knob varied: on CPU all of these share one graph.
@@ -122,7 +122,7 @@ VARIED_SPECS = [
            {"query_len": 3}, {"query_len": 64, "ranges": [[1, 1], [5, 70]]}],
           head_dim=256, head_dim_v=64, softmax_scale=0.25, sliding_window=8),
     _case([{"query_len": 255, "ranges": [[0, 254]]}], num_kv_heads=1, num_heads=4,
-          softcap=5.0, value_profile="peaky"),
+          softcap=5.0, value_distribution="peaky"),
 ]
 
 
@@ -132,7 +132,7 @@ def test_one_cpu_graph_for_many_shapes() -> None:
     graphs = flex._graphs_compiled()
     for spec in VARIED_SPECS:
         outcome = evaluate(target, materialize(spec))
-        assert outcome.status == PASS, outcome.summary()
+        assert outcome.status == Status.PASS, outcome.summary()
     assert flex._graphs_compiled() - graphs <= 1
     assert target.compiles <= 1 and (target.compile_seconds > 0) == (target.compiles == 1)
 
@@ -180,10 +180,10 @@ def _drop_full_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_planted_mask_fault_fails_the_policy(
         monkeypatch: pytest.MonkeyPatch, plant: Callable[[pytest.MonkeyPatch], None]) -> None:
     case = materialize(FAULT_CASE)
-    assert evaluate(FlexTarget(), case).status == PASS
+    assert evaluate(FlexTarget(), case).status == Status.PASS
     plant(monkeypatch)
     outcome = evaluate(FlexTarget(), case)
-    assert outcome.status == FAIL, outcome.summary()
+    assert outcome.status == Status.FAIL, outcome.summary()
 
 
 # Two compile keys (softcap or not); lengths, KV heads, window, clamp and scale vary.
@@ -199,7 +199,7 @@ CUDA_KEYS: set[tuple] = set()
 def test_cuda_flex_passes_with_lse_and_one_graph_per_key(spec: CaseSpec) -> None:
     """On CUDA: dynamic lengths (one graph per compile key), LSE judged too."""
     outcome = evaluate(CUDA_TARGET, materialize(spec, "cuda"))
-    assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
+    assert outcome.status == Status.PASS, outcome.summary() + "\ncase: " + spec.to_json()
     assert outcome.verdict is not None and outcome.verdict.lse_error is not None
     CUDA_KEYS.add(CUDA_TARGET.compile_key(spec))
     assert CUDA_TARGET.compiles <= len(CUDA_KEYS)

@@ -19,8 +19,10 @@ from hypothesis import given, settings
 
 from fuzz.cases.spaces import space_for
 from fuzz.cases.strategies import CPU_SPACE, cases
-from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, main, select_targets
+from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, build_parser, main, select_targets
+from fuzz.report.summary import RunStatus
 from verify.case import CaseSpec, read_case
+from verify.runner import Status
 from verify.targets import Capabilities, available_targets
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,10 +46,11 @@ def test_planted_faults_are_found_shrunk_saved_replayed_and_reported(
     junit = tmp_path / "junit.xml"
     argv = [arg for name in (*FAULTS_FOUND, "sdpa") for arg in ("--target", name)]
     assert main([*argv, "--examples", str(EXAMPLES), "--seed", "0", "--device", "cpu",
-                 "--report-dir", str(tmp_path), "--junit", str(junit)]) == EXIT_FOUND
+                 "--space", "cpu", "--report-dir", str(tmp_path), "--junit", str(junit)]
+                ) == EXIT_FOUND
     report = _report(tmp_path)
     for target, bug_class in FAULTS_FOUND.items():
-        assert report[target]["status"] == "failed"
+        assert report[target]["status"] == RunStatus.FAILED
         for failure in report[target]["failures"]:
             spec = read_case(_run_dir(tmp_path).parent / failure["reproducer"]
                              if not Path(failure["reproducer"]).exists()
@@ -60,10 +63,11 @@ def test_planted_faults_are_found_shrunk_saved_replayed_and_reported(
             assert spec.extra["replay"].startswith("python -m fuzz replay ")
             assert main(["replay", str(spec.extra["replay"].split()[-1]), "--device",
                          "cpu"]) == EXIT_FOUND
-    assert report["sdpa"]["status"] == "clean"
-    assert report["sdpa"]["stats"]["counts"] == {"pass": EXAMPLES}
+    assert report["sdpa"]["status"] == RunStatus.CLEAN
+    assert report["sdpa"]["stats"]["counts"] == {Status.PASS: EXAMPLES}
     whole = json.loads((_run_dir(tmp_path) / "report.json").read_text())
     assert whole["versions"]["torch"] == torch.__version__ and whole["policy"]
+    assert whole["settings"]["space"] == "cpu" and "profile" not in whole["settings"]
     markdown = (_run_dir(tmp_path) / "report.md").read_text()
     assert all(f"| {t} |" in markdown for t in (*FAULTS_FOUND, "sdpa"))
     assert (_run_dir(tmp_path) / "ratios.png").read_bytes().startswith(b"\x89PNG")
@@ -87,6 +91,16 @@ def test_each_target_draws_only_cases_it_accepts(spec: CaseSpec) -> None:
     assert NARROW.unsupported_reason(spec, "cpu") is None
 
 
+def test_profile_is_a_hidden_alias_of_space(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    assert parser.parse_args(["run", "--profile", "interpreter"]).space == "interpreter"
+    assert parser.parse_args(["run", "--space", "gpu"]).space == "gpu"
+    assert main(["run", "--help"]) == 0
+    usage = " ".join(capsys.readouterr().out.split())
+    assert "--space" in usage and "--profile is a deprecated alias" in usage
+    assert "--profile {" not in usage and "[--profile" not in usage
+
+
 def test_default_targets_are_every_available_one() -> None:
     assert [t.name for t in select_targets(None, "cpu")] == available_targets("cpu")
 
@@ -100,7 +114,8 @@ USAGE_ERRORS = {
     "non-numeric budget": ["--budget", "soon"],
     "fractional examples": ["--examples", "2.5"],
     "seed past 2**63": ["--seed", str(2**64)],
-    "unknown profile": ["--profile", "huge"],
+    "unknown space": ["--space", "huge"],
+    "unknown space by its old name": ["--profile", "huge"],
     "unknown model": ["--model", "gpt-7"],
     "unknown option": ["--frobnicate"],
     "devices on cpu": ["--device", "cpu", "--devices", "cuda:0"],
@@ -184,7 +199,7 @@ def test_case_description_names_every_option_that_changes_the_computation() -> N
                        "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "head_dim_v": 32,
                        "dtype": "float16", "page_size": 16, "sliding_window": 4,
                        "clamp_ranges_to_window": True, "softcap": 5.0, "softmax_scale": 0.25,
-                       "value_profile": "peaky", "poison": "nan", "seed": 9,
+                       "value_distribution": "peaky", "poison": "nan", "seed": 9,
                        "page_table_slack": 2, "range_padding": "zero"})
     assert describe_case(spec) == (
         "1 req (3+5 [1, 6]), float16, 4/2 heads, D 64/32, page 16, window 4 clamped, "

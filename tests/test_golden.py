@@ -17,7 +17,7 @@ from fuzz.golden.replay import GOLDEN_DIR, check_expectation, expectations, gold
 from fuzz.plugin.stats import record_outcome
 from verify.case import read_case
 from verify.materialize import MaterializedCase, materialize
-from verify.runner import FAIL, PASS, TruthCache
+from verify.runner import Status, TruthCache
 from verify.targets.faults import FAULTS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -60,8 +60,8 @@ def test_every_planted_fault_has_a_golden_case_that_catches_it() -> None:
     for name, fault in FAULTS.items():
         spec = read_case(GOLDEN_DIR / f"fault-{name}.json")
         expect = expectations(spec)
-        assert expect.get(f"fault:{name}") == FAIL, name
-        assert expect.get("reference") == expect.get("flex") == PASS, name
+        assert expect.get(f"fault:{name}") == Status.FAIL, name
+        assert expect.get("reference") == expect.get("flex") == Status.PASS, name
         assert spec.extra.get("bug_class") == fault.bug_class, name
 
 

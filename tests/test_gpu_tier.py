@@ -24,13 +24,14 @@ import torch
 from fuzz.cases.strategies import ADVERSARIAL_CASES
 from fuzz.cli import main as fuzz
 from fuzz.plugin.stats import record, record_outcome
+from fuzz.report.summary import RunStatus
 from golden import FINDINGS_DIR
 from references import reference_attention
 from verify.case import CaseSpec, parse_case, read_case
 from verify.compare import check, expected
 from verify.mask import overlap_weight
 from verify.materialize import MaterializedCase, materialize
-from verify.runner import FAIL, PASS, SKIP, Outcome, evaluate
+from verify.runner import Outcome, Status, evaluate
 from verify.targets import Target, get_target, target_names
 
 pytestmark = pytest.mark.gpu
@@ -80,15 +81,16 @@ def test_fuzzing_on_the_gpu_finds_nothing_wrong(tier_target: Target, tmp_path: P
     for line in (tmp_path / "latest" / "cases.jsonl").read_text().splitlines():
         case = json.loads(line)
         record(case["target"], case["status"], case["ratio"])
-    assert code == 0 and report["status"] == "clean", json.dumps(report["failures"], indent=1)
+    assert code == 0 and report["status"] == RunStatus.CLEAN, json.dumps(report["failures"],
+                                                                         indent=1)
 
 
 @pytest.mark.parametrize("spec", ADVERSARIAL_CASES.values(), ids=ADVERSARIAL_CASES.keys())
 def test_adversarial_layouts(tier_target: Target, spec: CaseSpec) -> None:
     outcome = judge(tier_target, spec)
-    if outcome.status == SKIP:
+    if outcome.status == Status.SKIP:
         pytest.skip(outcome.reason)
-    assert outcome.status == PASS, f"{spec.to_json()}\n{outcome.summary()}"
+    assert outcome.status == Status.PASS, f"{spec.to_json()}\n{outcome.summary()}"
 
 
 # --- findings: FA4 behaviour worth knowing, asserted as it is -------------------------------
@@ -167,8 +169,8 @@ def test_policy_catches_a_planted_fa4_mask(fault: str) -> None:
 
     planted = Planted()
     planted.name = f"fa4+planted:{fault}"
-    assert judge(fa4, CHUNKED).status == PASS
-    assert judge(planted, CHUNKED).status == FAIL
+    assert judge(fa4, CHUNKED).status == Status.PASS
+    assert judge(planted, CHUNKED).status == Status.FAIL
 
 
 def test_window_clamp_and_ranges_reuse_one_kernel() -> None:
@@ -176,12 +178,12 @@ def test_window_clamp_and_ranges_reuse_one_kernel() -> None:
     fa4 = available("fa4")
     from flash_attn.cute.interface import _flash_attn_fwd
 
-    assert judge(fa4, CHUNKED).status == PASS
+    assert judge(fa4, CHUNKED).status == Status.PASS
     compiled = len(_flash_attn_fwd.compile_cache.cache)
     for changes in ({"sliding_window": 9}, {"sliding_window": 64, "clamp_ranges_to_window": True},
                     {"requests": [{"context_len": 200, "query_len": 300, "ranges": [[0, 499]]},
                                   {"context_len": 37, "query_len": 90}]}):
-        assert judge(fa4, CHUNKED.with_changes(**changes)).status == PASS
+        assert judge(fa4, CHUNKED.with_changes(**changes)).status == Status.PASS
     assert len(_flash_attn_fwd.compile_cache.cache) == compiled
 
 
@@ -238,7 +240,7 @@ def test_fa4_engines_match_their_masks(page_size: int | None) -> None:
                          (fa4_dense, dense), (fa4_dense, dense.with_changes(
                              **windowed, clamp_ranges_to_window=True))):
         outcome = judge(EngineTarget(engine), spec)
-        assert outcome.status == PASS, f"{engine.__name__}: {outcome.summary()}"
+        assert outcome.status == Status.PASS, f"{engine.__name__}: {outcome.summary()}"
 
 
 

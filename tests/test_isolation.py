@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from fuzz.cli import EXIT_FOUND, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_USAGE, main
+from fuzz.report.summary import RunStatus
+from verify.runner import Status
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["--seed", "0", "--device", "cpu", "--min-cases", "1", "--shrink-budget", "2"]
@@ -44,11 +46,11 @@ def test_hostile_kernel_is_blamed_alone(kernel: str, kind: str, words: str, tmp_
     assert code == EXIT_FOUND
     targets = _targets(tmp_path)
     hostile, innocent = targets[f"tests.hostile:{kernel}"], targets["sdpa"]
-    assert hostile["status"] == "failed"
+    assert hostile["status"] == RunStatus.FAILED
     failure = hostile["failures"][0]
     assert failure["signature"].startswith(f"{kind}|") and words in failure["diagnosis"]
     assert Path(failure["reproducer"]).is_file() or (tmp_path / failure["reproducer"]).exists()
-    assert innocent["status"] == "clean" and innocent["stats"]["counts"] == {"pass": 4}
+    assert innocent["status"] == RunStatus.CLEAN and innocent["stats"]["counts"] == {Status.PASS: 4}
 
 
 def test_hang_times_out_the_worker_restarts_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -58,7 +60,7 @@ def test_hang_times_out_the_worker_restarts_and_the_run_goes_on(tmp_path: Path) 
     targets = _targets(tmp_path)
     assert targets["tests.hostile:hangs"]["failures"][0]["signature"].startswith("timeout|")
     assert targets["tests.hostile:hangs"]["worker_restarts"] >= 1
-    assert targets["sdpa"]["status"] == "clean"
+    assert targets["sdpa"]["status"] == RunStatus.CLEAN
 
 
 def test_too_few_judged_cases_are_inconclusive_not_clean(tmp_path: Path) -> None:
@@ -67,7 +69,7 @@ def test_too_few_judged_cases_are_inconclusive_not_clean(tmp_path: Path) -> None
                  "--min-cases", "50", "--device", "cpu", "--report-dir", str(tmp_path)])
     assert code == EXIT_INCONCLUSIVE
     target = _targets(tmp_path)["tests.hostile:slow"]
-    assert target["status"] == "inconclusive" and 0 < target["judged"] < 50
+    assert target["status"] == RunStatus.INCONCLUSIVE and 0 < target["judged"] < 50
 
 
 def test_what_a_kernel_prints_goes_to_the_worker_log(tmp_path: Path,

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from fuzz.cases.strategies import CPU_SPACE, config_dicts, layout_dicts, option_dicts
 from verify import materialize, parse_case
 from verify.pack import pack, pack_key
-from verify.runner import PASS, TruthCache, evaluate, run_and_judge
+from verify.runner import Status, TruthCache, evaluate, run_and_judge
 from verify.targets import get_target
 
 
@@ -47,9 +47,9 @@ def test_each_case_of_a_pack_gets_the_verdict_it_gets_alone(specs: list) -> None
     judged = run_and_judge(target, materialize(packed), segments)
     for spec, outcome in zip(specs, judged.outcomes, strict=True):
         alone = evaluate(target, materialize(spec), TruthCache())
-        assert outcome.status == alone.status == PASS
+        assert outcome.status == alone.status == Status.PASS
         assert outcome.verdict.out_error == pytest.approx(alone.verdict.out_error, rel=1e-6)
-    assert judged.batch is not None and judged.batch.status == PASS
+    assert judged.batch is not None and judged.batch.status == Status.PASS
 
 
 def test_a_cross_request_bug_shows_in_the_pack() -> None:
@@ -59,7 +59,7 @@ def test_a_cross_request_bug_shows_in_the_pack() -> None:
                         **base})
     prefill = parse_case({"requests": [{"query_len": 6, "ranges": [[1, 3]]}], **base})
     fault = get_target("fault:batch_max_seqlen")
-    assert all(evaluate(fault, materialize(s)).status == PASS for s in (chunk, prefill))
+    assert all(evaluate(fault, materialize(s)).status == Status.PASS for s in (chunk, prefill))
     packed, segments = pack([chunk, prefill])
     judged = run_and_judge(fault, materialize(packed), segments)
     assert any(o.failed for o in judged.outcomes) and judged.batch.failed

@@ -12,7 +12,7 @@ from hypothesis import Phase, find, settings
 
 from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
 from verify import CaseSpec, materialize
-from verify.runner import FAIL, TruthCache, evaluate
+from verify.runner import Status, TruthCache, evaluate
 from verify.targets import get_target
 from verify.targets.faults import FAULTS
 
@@ -36,6 +36,6 @@ def _exposing_case(name: str) -> CaseSpec:
 @pytest.mark.parametrize("name", list(FAULTS))
 def test_fault_is_caught_and_located(name: str) -> None:
     outcome = _outcome(name, _exposing_case(name))
-    assert outcome.status == FAIL and outcome.verdict is not None
+    assert outcome.status == Status.FAIL and outcome.verdict is not None
     text = outcome.summary()
     assert "worst: request" in text and "position" in text and "sees keys" in text

@@ -17,7 +17,7 @@ from fuzz.testing import Capabilities, assert_matches_reference, prefix_kernel
 from verify.case import parse_case
 from verify.mask import causal_only
 from verify.materialize import MaterializedCase, materialize
-from verify.runner import PASS, SKIP
+from verify.runner import Status
 from verify.targets import get_target
 
 pytest_plugins = ["pytester"]
@@ -47,7 +47,7 @@ def causal_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
     return get_target("reference").run(materialize(causal_only(case.spec), case.device))
 
 
-@prefix_kernel(model="two_call")
+@prefix_kernel(approximation="two_call")
 def two_call_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
     """The two-call merge: approximate by design, and declared so."""
     return get_target("two_call_reference").run(case)
@@ -151,6 +151,15 @@ def test_an_unloadable_kernel_module_skips_with_the_reason(pytester: pytest.Pyte
 
 # fuzz.testing.assert_matches_reference: what an engine's own tests call.
 
+
+def test_fuzz_testing_keeps_the_old_names_of_the_spaces() -> None:
+    import fuzz.testing
+
+    assert fuzz.testing.PROFILES is fuzz.testing.SPACES
+    assert fuzz.testing.default_profile is fuzz.testing.default_space
+    assert {"SPACES", "default_space"} <= set(fuzz.testing.__all__)
+    assert not {"PROFILES", "default_profile"} & set(fuzz.testing.__all__)
+
 SMALL_CASE = {"requests": [{"query_len": 16, "ranges": [[2, 5], [9, 14]]}], "num_heads": 2,
               "num_kv_heads": 1, "head_dim": 32, "dtype": "bfloat16", "page_size": None,
               "seed": 0}
@@ -163,7 +172,7 @@ SMALL_CASE = {"requests": [{"query_len": 16, "ranges": [[2, 5], [9, 14]]}], "num
                          ids=["mapping", "CaseSpec", "MaterializedCase"])
 def test_assert_matches_reference_takes_any_target_and_case(target: object, case: object
                                                             ) -> None:
-    assert assert_matches_reference(target, case).status == PASS
+    assert assert_matches_reference(target, case).status == Status.PASS
 
 
 def test_assert_matches_reference_raises_with_the_diagnosis() -> None:
@@ -177,13 +186,13 @@ def test_a_case_the_target_declines_fails_unless_skips_are_allowed() -> None:
     with pytest.raises(AssertionError, match="SKIP: unsupported: softcap"):
         assert_matches_reference(causal_kernel, softcapped)
     outcome = assert_matches_reference(causal_kernel, softcapped, allow_skip=True)
-    assert outcome.status == SKIP and outcome.reason == "unsupported: softcap"
+    assert outcome.status == Status.SKIP and outcome.reason == "unsupported: softcap"
 
 
 def test_a_kernel_function_is_judged_by_what_it_declares() -> None:
     """What prefix_kernel declares counts: the two-call merge passes against its declared
-    model and fails when it claims exact attention; any callable works, a closure too."""
-    assert assert_matches_reference(two_call_kernel, SMALL_CASE).status == PASS
+    approximation and fails when it claims exact attention; any callable works, a closure too."""
+    assert assert_matches_reference(two_call_kernel, SMALL_CASE).status == Status.PASS
     with pytest.raises(AssertionError, match="FAIL"):
         assert_matches_reference(two_call_claiming_exact, SMALL_CASE)
     with pytest.raises(AssertionError, match="FAIL"):

@@ -14,12 +14,12 @@ from fuzz.cases.strategies import CPU_SPACE, cases
 from tests.online_softmax import online_softmax
 from verify import CaseSpec, materialize
 from verify.compare import BASELINE_MULTIPLE, check, expected
-from verify.runner import FAIL, evaluate
+from verify.runner import Status, evaluate
 from verify.targets import get_target
 from verify.targets.faults import FAULTS
 
 FLOAT32 = CPU_SPACE.narrowed(dtypes=("float32",), head_dims=(32, 64, 128))
-PEAKY = FLOAT32.narrowed(value_profiles=("peaky", "outliers"))
+PEAKY = FLOAT32.narrowed(value_distributions=("peaky", "outliers"))
 BUDGET = settings(max_examples=settings().max_examples, derandomize=True, database=None,
                   phases=[Phase.explicit, Phase.generate], deadline=None)
 
@@ -47,6 +47,7 @@ def test_planted_faults_are_caught_in_float32() -> None:
     for name in ("chunk_local_position", "causal_tile_key_loop", "gqa_head_modulo",
                  "exclusive_range_end", "lse_base2"):
         target = get_target(f"fault:{name}")
-        find(cases(FLOAT32), lambda spec, t=target: evaluate(t, materialize(spec)).status == FAIL,
+        find(cases(FLOAT32),
+             lambda spec, t=target: evaluate(t, materialize(spec)).status == Status.FAIL,
              settings=BUDGET)
     assert set(FAULTS) >= {"chunk_local_position", "lse_base2"}

@@ -88,3 +88,15 @@ def test_book_round_trips_and_merges() -> None:
     stats = again.targets["t"]
     assert (stats.cases, stats.ratios, stats.nonfinite) == (4, [0.1235, 0.1235], 2)
     assert again.to_dict()["targets"]["t"]["max_ratio"] == 0.1235
+
+
+def test_statuses_are_counted_by_their_value() -> None:
+    """A Status and its string are one key, and the JSON keeps the plain string."""
+    from verify.runner import Status
+
+    book = StatsBook()
+    book.record("t", Status.PASS, 0.5)
+    book.record("t", "pass", 0.5)
+    counts = book.to_dict()["targets"]["t"]["counts"]
+    assert counts == {"pass": 2} and type(next(iter(counts))) is str
+    assert json.dumps(counts) == '{"pass": 2}'

@@ -195,7 +195,7 @@ def test_fast_reference_passes_agree(fused: bool, spec: CaseSpec, block: int) ->
 @pytest.mark.parametrize("fused", [False, True], ids=["torch", "triton"])
 def test_fast_reference_with_huge_scores_subtracts_the_max(fused: bool) -> None:
     """Scores far past e^300 take the exact-max pass; the result still matches."""
-    batch = materialize(_spec(softmax_scale=40.0, dtype="float32", value_profile="peaky"),
+    batch = materialize(_spec(softmax_scale=40.0, dtype="float32", value_distribution="peaky"),
                         _device(fused)).batch()
     plain = reference_attention(batch, method="plain")
     assert float(plain[1].max()) > 300

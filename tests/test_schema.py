@@ -22,7 +22,8 @@ from verify.case import (
     FORMAT_VERSION,
     POISONS,
     RANGE_PADDINGS,
-    VALUE_PROFILES,
+    RENAMED_KEYS,
+    VALUE_DISTRIBUTIONS,
     CaseError,
     CaseSpec,
     Request,
@@ -39,7 +40,7 @@ VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 CASE_FILES = sorted(GOLDEN_DIR.glob("*.json")) + sorted(FINDINGS_DIR.glob("*.json"))
 
 VALID: dict[str, Any] = {
-    "format": 2,
+    "format": 3,
     "requests": [{"context_len": 4, "query_len": 6, "ranges": [[2, 5], [8, 13]]},
                  {"context_len": 5, "query_len": 1, "ranges": []}],
     "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "dtype": "bfloat16",
@@ -118,7 +119,7 @@ INVALID = {
     "fractional query_len": _request(query_len=2.5),
     "missing query_len": _with(requests=[{"context_len": 3}]),
     "null query_len": _request(query_len=None),
-    "format 3": _with(format=FORMAT_VERSION + 1),
+    "format past the current": _with(format=FORMAT_VERSION + 1),
     "format 0": _with(format=0),
     "format true": _with(format=True),
     "wrong dtype": _with(dtype="float64"),
@@ -146,7 +147,10 @@ INVALID = {
     "seed negative": _with(seed=-1),
     "seed past int64": _with(seed=MAX_SEED + 1),
     "request seed negative": _request(seed=-2),
-    "value profile": _with(value_profile="uniform"),
+    "value distribution": _with(value_distribution="uniform"),
+    "value distribution by its former name": _with(value_profile="uniform"),
+    "value distribution under both names": _with(value_profile="peaky",
+                                                 value_distribution="peaky"),
     "poison": _with(poison="zero"),
     "range padding": _with(range_padding="positive"),
     "slack too large": _with(page_table_slack=DEFAULT_LIMITS.max_page_table_slack + 1),
@@ -183,10 +187,11 @@ def test_cross_field_rules_are_the_case_models(data: dict) -> None:
 
 
 def test_schema_fields_are_the_case_models() -> None:
-    """Top-level properties = CaseSpec's fields + format + annotations; request properties =
-    Request's fields; annotations are described as such."""
+    """Top-level properties = CaseSpec's fields + format + annotations + former names;
+    request properties = Request's fields; annotations are described as such."""
     case_fields = {f.name for f in fields(CaseSpec)} - {"extra"} | {"format"}
-    assert set(SCHEMA["properties"]) == case_fields | ANNOTATION_KEYS
+    assert set(SCHEMA["properties"]) == case_fields | ANNOTATION_KEYS | set(RENAMED_KEYS)
+    assert set(RENAMED_KEYS.values()) <= case_fields
     assert not case_fields & ANNOTATION_KEYS
     annotations = {name for name, prop in SCHEMA["properties"].items()
                    if prop["description"].startswith("Annotation")}
@@ -201,7 +206,9 @@ def test_schema_enums_and_bounds_are_the_case_models() -> None:
     props, defs = SCHEMA["properties"], SCHEMA["$defs"]
     assert props["format"]["enum"] == [*range(1, FORMAT_VERSION + 1), None]
     assert tuple(props["dtype"]["enum"]) == DTYPES
-    assert tuple(props["value_profile"]["enum"]) == VALUE_PROFILES
+    assert tuple(props["value_distribution"]["enum"]) == VALUE_DISTRIBUTIONS
+    for old, new in RENAMED_KEYS.items():
+        assert props[old]["enum"] == props[new]["enum"], old
     assert tuple(props["poison"]["enum"]) == POISONS
     assert tuple(props["range_padding"]["enum"]) == RANGE_PADDINGS
     limits = DEFAULT_LIMITS

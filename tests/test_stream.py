@@ -71,7 +71,7 @@ def test_gemma4_draws_both_layer_kinds() -> None:
     assert (256, 1024, True, 32, 16, 1.0) in kinds and (512, None, False, 32, 4, 1.0) in kinds
 
 
-def test_the_cpu_profile_covers_the_layout_features() -> None:
+def test_the_cpu_space_covers_the_layout_features() -> None:
     seen: Counter[str] = Counter()
     for seed in range(3):  # a few configurations each: three streams cover more of them
         stream = _stream([CPU_SPACE], seed=seed)

@@ -10,7 +10,7 @@ from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adve
 from references import reference_attention
 from verify import CaseSpec, materialize
 from verify.mask import causal_only, mask_differs_from_causal
-from verify.runner import PASS, SKIP, TruthCache, evaluate
+from verify.runner import Status, TruthCache, evaluate
 from verify.targets import available_targets, get_target
 
 CPU_TARGETS = ["reference", "sdpa", "flex"]
@@ -21,10 +21,10 @@ CPU_TARGETS = ["reference", "sdpa", "flex"]
 @with_adversarial_examples
 def test_cpu_target_passes_policy(name: str, spec: CaseSpec) -> None:
     outcome = evaluate(get_target(name), materialize(spec))
-    if outcome.status == SKIP:
+    if outcome.status == Status.SKIP:
         assert outcome.reason.startswith("unsupported:")  # e.g. SDPA has no softcap
         return
-    assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
+    assert outcome.status == Status.PASS, outcome.summary() + "\ncase: " + spec.to_json()
 
 
 @given(spec=cases(CPU_SPACE))
@@ -45,4 +45,4 @@ def test_cpu_targets_are_available_here() -> None:
 def test_unsupported_feature_skips_with_reason() -> None:
     spec = ADVERSARIAL_CASES["softcap_peaky_gqa4"]
     outcome = evaluate(get_target("sdpa"), materialize(spec), TruthCache())
-    assert outcome.status == SKIP and "softcap" in outcome.reason
+    assert outcome.status == Status.SKIP and "softcap" in outcome.reason

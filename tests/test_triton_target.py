@@ -12,7 +12,7 @@ from fuzz.cases.spaces import space_for
 from fuzz.cases.strategies import ADVERSARIAL_CASES, GPU_SPACE, INTERPRETER_SPACE, cases
 from verify import CaseSpec, materialize, parse_case
 from verify.mask import mask_differs_from_causal
-from verify.runner import FAIL, PASS, SKIP, evaluate
+from verify.runner import Status, evaluate
 from verify.targets import get_target
 from verify.targets import triton as triton_target
 from verify.targets.triton import TritonTarget
@@ -29,14 +29,14 @@ SPACE = space_for(TARGET.capabilities, GPU_SPACE if DEVICE == "cuda" else INTERP
 @given(cases(SPACE))
 def test_triton_passes_policy(spec: CaseSpec) -> None:
     outcome = evaluate(TARGET, materialize(spec, DEVICE))
-    assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
+    assert outcome.status == Status.PASS, outcome.summary() + "\ncase: " + spec.to_json()
 
 
 @pytest.mark.parametrize("spec", ADVERSARIAL_CASES.values(), ids=ADVERSARIAL_CASES.keys())
 def test_triton_passes_adversarial_layouts(spec: CaseSpec) -> None:
     outcome = evaluate(TARGET, materialize(spec, DEVICE))
-    assert outcome.status in (PASS, SKIP), outcome.summary()
-    if outcome.status == SKIP:
+    assert outcome.status in (Status.PASS, Status.SKIP), outcome.summary()
+    if outcome.status == Status.SKIP:
         assert outcome.reason.startswith("unsupported:")
 
 
@@ -52,7 +52,7 @@ def test_kernel_fed_no_ranges_is_caught() -> None:
     spec = next(s for s in ADVERSARIAL_CASES.values() if mask_differs_from_causal(s)
                 and TARGET.unsupported_reason(s, DEVICE) is None)
     outcome = evaluate(RangesDropped(), materialize(spec, DEVICE))
-    assert outcome.status == FAIL and "inside range" in outcome.summary()
+    assert outcome.status == Status.FAIL and "inside range" in outcome.summary()
 
 
 @pytest.mark.gpu
@@ -61,7 +61,7 @@ def test_kernel_fed_no_ranges_is_caught() -> None:
 def test_triton_passes_policy_at_head_dims_to_512(spec: CaseSpec) -> None:
     """Gemma 4's head dims (512 global, 256 local), and value dims between them."""
     outcome = evaluate(TARGET, materialize(spec, DEVICE))
-    assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
+    assert outcome.status == Status.PASS, outcome.summary() + "\ncase: " + spec.to_json()
 
 
 def test_declared_limits_are_the_kernels() -> None:
@@ -79,7 +79,7 @@ def test_head_dim_512_with_another_value_dim_through_the_target() -> None:
                        "num_heads": 2, "num_kv_heads": 1, "head_dim": 512, "head_dim_v": 128,
                        "dtype": "bfloat16", "sliding_window": 5, "softcap": 30.0})
     outcome = evaluate(TARGET, materialize(spec, DEVICE))
-    assert outcome.status == PASS, outcome.summary()
+    assert outcome.status == Status.PASS, outcome.summary()
 
 
 KEY_BASE = {"requests": [{"context_len": 4, "query_len": 20, "ranges": [[2, 9]]}],

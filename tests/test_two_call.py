@@ -1,10 +1,10 @@
-"""The two-call family: right against its model, its approximation visible, its faults caught.
+"""The two-call family: right against its approximation, its error visible, its faults caught.
 
-``two_call_<engine>`` is judged against its exact model (ln 2 on the overlap keys) and
-``replace_<engine>`` against the exact mask, both by the one policy. Float64 checks hold
-the decomposition to the model and the overlap error to its identities. Planted faults
-show both verdicts can fail: the two-call path claiming to be exact, and broken
-decompositions judged against the model.
+``two_call_<engine>`` is judged against its approximation computed exactly (ln 2 on the
+overlap keys) and ``replace_<engine>`` against the exact mask, both by the one policy.
+Float64 checks hold the decomposition to its approximation and the overlap error to its
+identities. Planted faults show both verdicts can fail: the two-call path claiming to be
+exact, and broken decompositions judged against the approximation.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from verify.compare import ulp
 from verify.gpu import fa4_unavailable_reason
 from verify.mask import overlap_weight
 from verify.materialize import MaterializedCase
-from verify.runner import FAIL, PASS, SKIP, TruthCache, evaluate
+from verify.runner import Status, TruthCache, evaluate
 from verify.targets import Target, get_target, target_names
 from verify.targets.engines import REFERENCE_ENGINE, SDPA_ENGINE, Engine, reference_call, sdpa_call
 from verify.targets.two_call import (
@@ -35,7 +35,7 @@ from verify.targets.two_call import (
     TwoCallTarget,
     range_spans,
 )
-from verify.two_call_analysis.error import TV_BOUND, matches_two_call_model, measure
+from verify.two_call_analysis.error import TV_BOUND, matches_two_call_approximation, measure
 from verify.two_call_analysis.report import main
 
 ENGINES = ("reference", "sdpa", "fa4")
@@ -58,9 +58,9 @@ def test_all_six_targets_are_registered_with_their_claims() -> None:
     windowed = materialize(ADVERSARIAL_CASES["window_shorter_than_range"])  # sliding window 8
     for engine in ENGINES:
         two_call, exact = get_target(f"two_call_{engine}"), get_target(f"replace_{engine}")
-        bias = two_call.model_bias(windowed)
+        bias = two_call.approximation_bias(windowed)
         assert not two_call.exact and bias is not None and bias.weight == math.log(2)
-        assert exact.exact and exact.model_bias(windowed) is None
+        assert exact.exact and exact.approximation_bias(windowed) is None
     assert {f"{k}_{e}" for k in ("two_call", "replace") for e in ENGINES} <= set(target_names())
 
 
@@ -80,7 +80,7 @@ def test_fa4_engine_targets_report_why_they_cannot_run(name: str) -> None:
 def test_what_a_decomposition_cannot_do_skips_with_the_reason(name: str, spec: CaseSpec,
                                                               words: str) -> None:
     outcome = evaluate(get_target(name), materialize(spec))
-    assert outcome.status == SKIP and outcome.reason.startswith("unsupported:")
+    assert outcome.status == Status.SKIP and outcome.reason.startswith("unsupported:")
     assert words in outcome.reason
 
 
@@ -102,7 +102,7 @@ def test_engine_rows_with_no_key_give_zero_and_minus_inf(call) -> None:
     assert (out[:2] == 0).all() and torch.allclose(out[2].double(), v[0].double())
 
 
-# --- the policy: two_call against its model, replace against the exact mask ---------------
+# --- the policy: two_call against its approximation, replace against the exact mask -------
 
 
 @given(spec=cases(CPU_SPACE))
@@ -111,16 +111,16 @@ def test_cpu_decompositions_pass_the_policy(spec: CaseSpec) -> None:
     case, truths = materialize(spec), TruthCache()
     for name in CPU_DECOMPOSITIONS:
         outcome = evaluate(get_target(name), case, truths)
-        if outcome.status == SKIP:
+        if outcome.status == Status.SKIP:
             assert outcome.reason.startswith("unsupported:"), outcome.reason
             continue
-        assert outcome.status == PASS, outcome.summary() + "\ncase: " + spec.to_json()
+        assert outcome.status == Status.PASS, outcome.summary() + "\ncase: " + spec.to_json()
 
 
 @pytest.mark.parametrize("target, bias", [
     (TwoCallTarget(REFERENCE_ENGINE), overlap_weight),
     (ReplaceTarget(REFERENCE_ENGINE), None),
-], ids=["two_call_is_the_model", "replace_is_exact"])
+], ids=["two_call_is_its_approximation", "replace_is_exact"])
 @given(spec=cases(CPU_SPACE))
 @with_adversarial_examples
 def test_float64_decomposition_equals_its_claim(target: Target, bias, spec: CaseSpec) -> None:
@@ -161,7 +161,7 @@ class ClaimsExact(TwoCallTarget):
         super().__init__(engine)
         self.name, self.exact = f"claims_exact_{self.name}", True
 
-    def model_bias(self, case: MaterializedCase) -> None:
+    def approximation_bias(self, case: MaterializedCase) -> None:
         return None
 
 
@@ -174,9 +174,9 @@ def test_two_call_claiming_exact_fails_and_is_recognised(engine: Engine, spec: C
     case = materialize(spec)
     assert has_query_in_range(case)  # every adversarial layout has an image query
     outcome = evaluate(target, case)
-    assert outcome.status == FAIL, outcome.summary()
+    assert outcome.status == Status.FAIL, outcome.summary()
     assert "inside range" in outcome.verdict.worst.where, outcome.summary()
-    assert matches_two_call_model(case, *target.run(case))
+    assert matches_two_call_approximation(case, *target.run(case))
 
 
 @given(spec=cases(CPU_SPACE))
@@ -187,12 +187,12 @@ def test_two_call_claiming_exact_fails_exactly_when_the_overlap_error_shows(spec
     case = materialize(spec)
     outcome = evaluate(ClaimsExact(REFERENCE_ENGINE), case)
     if not has_query_in_range(case):
-        assert outcome.status == PASS, outcome.summary()
+        assert outcome.status == Status.PASS, outcome.summary()
         return
     error = measure(case)
     rounding = float(ulp(torch.tensor(error.out_scale), case.dtype))
     if float(error.abs_error.max()) > outcome.verdict.allowed_error + rounding:
-        assert outcome.status == FAIL, outcome.summary()
+        assert outcome.status == Status.FAIL, outcome.summary()
 
 
 class _ExclusiveEnd:
@@ -243,12 +243,12 @@ def test_broken_decomposition_fails_against_its_claim(name: str) -> None:
     target = BROKEN[name]
 
     def fails(spec: CaseSpec) -> bool:
-        return evaluate(target, materialize(spec), TruthCache()).status == FAIL
+        return evaluate(target, materialize(spec), TruthCache()).status == Status.FAIL
 
     spec = next((s for s in ADVERSARIAL_CASES.values() if fails(s)), None) or find(
         cases(CPU_SPACE), fails, settings=BUDGET)
     outcome = evaluate(target, materialize(spec))
-    assert outcome.status == FAIL and "inside range" in outcome.verdict.worst.where, \
+    assert outcome.status == Status.FAIL and "inside range" in outcome.verdict.worst.where, \
         outcome.summary()
 
 

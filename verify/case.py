@@ -27,10 +27,11 @@ from verify.limits import (
 )
 
 # 2: per-request seeds, counter-based values (the same bits on every device), page-table
-# slack and range padding. Files without "format" are read as the current format.
-FORMAT_VERSION = 2
+# slack and range padding. 3: value_profile renamed value_distribution. Files without
+# "format" are read as the current format.
+FORMAT_VERSION = 3
 DTYPES = ("bfloat16", "float16", "float32")
-VALUE_PROFILES = ("normal", "peaky", "near_ties", "outliers")
+VALUE_DISTRIBUTIONS = ("normal", "peaky", "near_ties", "outliers")
 POISONS = ("finite", "nan")
 # How seq_ranges pads a request's ranges: (-1, -1), or (0, 0) as vLLM does (a one-token
 # range at key 0, which adds nothing beyond causal).
@@ -80,7 +81,7 @@ class CaseSpec:
     seed: int = 0
     head_dim_v: int | None = None
     allow_overlapping_ranges: bool = False
-    value_profile: str = "normal"
+    value_distribution: str = "normal"
     poison: str = "finite"
     page_table_slack: int = 0
     range_padding: str = "negative"
@@ -130,7 +131,9 @@ class CaseSpec:
         return json.dumps(self.to_dict(), indent=None, separators=(", ", ": "))
 
     def with_changes(self, **changes: Any) -> CaseSpec:
-        """A copy with some fields replaced, validated again."""
+        """A copy with some fields replaced (a field's former name works too), validated
+        again."""
+        changes = {RENAMED_KEYS.get(name, name): value for name, value in changes.items()}
         return parse_case({**self.to_dict(), **changes})
 
 
@@ -139,6 +142,8 @@ _ALWAYS_WRITTEN = frozenset({
     "clamp_ranges_to_window", "softcap", "softmax_scale", "seed",
 })
 _KNOWN_KEYS = frozenset(f.name for f in fields(CaseSpec)) - {"extra"} | {"format"}
+# Keys read under an earlier name (in any format), and their current name; written never.
+RENAMED_KEYS = {"value_profile": "value_distribution"}
 _REQUEST_KEYS = ("context_len", "query_len", "ranges", "seed")
 # Free-form annotations a reproducer may carry; they never change the computation.
 ANNOTATION_KEYS = frozenset({"note", "diagnosis", "expect", "bug_class", "target", "signature",
@@ -186,6 +191,11 @@ def _choice(data: Mapping[str, Any], key: str, choices: tuple[str, ...], default
     if value not in choices:
         raise _fail(key, f"must be one of {', '.join(choices)}; got {value!r}")
     return value
+
+
+def _given_name(data: Mapping[str, Any], key: str) -> str:
+    """``key``, or its former name if the case uses that (errors name the key given)."""
+    return next((old for old, new in RENAMED_KEYS.items() if new == key and old in data), key)
 
 
 def _parse_ranges(raw: Any, path: str, allow_overlap: bool) -> tuple[tuple[int, int], ...]:
@@ -256,9 +266,12 @@ def parse_case(data: Mapping[str, Any] | CaseSpec, limits: Limits = DEFAULT_LIMI
         return data
     if not isinstance(data, Mapping):
         raise CaseError(f"case: must be a JSON object, got {type(data).__name__}")
-    unknown = sorted(set(data) - _KNOWN_KEYS - ANNOTATION_KEYS)
+    unknown = sorted(set(data) - _KNOWN_KEYS - ANNOTATION_KEYS - set(RENAMED_KEYS))
     if unknown:
         raise _fail(unknown[0], f"unknown key (known: {', '.join(sorted(_KNOWN_KEYS))})")
+    for old, new in RENAMED_KEYS.items():
+        if old in data and new in data:
+            raise _fail(old, f"is the former name of {new}; give only {new}")
     _int(data, "format", "", minimum=1, maximum=FORMAT_VERSION, required=False)
     allow_overlap = _bool(data, "allow_overlapping_ranges")
 
@@ -304,7 +317,8 @@ def parse_case(data: Mapping[str, Any] | CaseSpec, limits: Limits = DEFAULT_LIMI
         seed=seed,
         head_dim_v=head_dim_v,
         allow_overlapping_ranges=allow_overlap,
-        value_profile=_choice(data, "value_profile", VALUE_PROFILES, "normal"),
+        value_distribution=_choice(data, _given_name(data, "value_distribution"),
+                                   VALUE_DISTRIBUTIONS, "normal"),
         poison=_choice(data, "poison", POISONS, "finite"),
         page_table_slack=_int(data, "page_table_slack", "", minimum=0,
                               maximum=limits.max_page_table_slack, default=0, required=False),

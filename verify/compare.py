@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -112,7 +113,7 @@ def _row_any(bad: Tensor) -> Tensor:
 
 
 def expected(case: MaterializedCase, bias: LogWeight | None = None) -> Expected:
-    """Reference and baseline for ``case`` (with an optional model log-weight)."""
+    """Reference and baseline for ``case`` (with an optional approximation's log-weight)."""
     batch = case.batch(bias)
     # One reference pass over [V, |V|]: the output and what its weights' rounding can cost.
     both, lse = reference_attention(replace(batch, v=torch.cat([batch.v, batch.v.abs()], -1)))
@@ -275,6 +276,27 @@ class Verdict:
         return "\n".join(lines)
 
 
+class SegmentNumbers(NamedTuple):
+    """One segment's numbers as :func:`judge` transfers them: per-row and per-key maxima
+    over the segment (flags are 1.0 or 0.0). The LSE fields are None when the LSE is not
+    judged."""
+
+    out_error: float  # max |got - reference|
+    beyond_floor: float  # max error of the elements past their rounding floor (0 elsewhere)
+    ulp_error: float  # max error in ULPs at each element (never finer than 1/64 of its row)
+    nonfinite: float  # out has a non-finite value
+    scale: float  # max |reference out|
+    base_error: float  # max |baseline - reference|
+    base_lse_error: float
+    lse_scale: float  # max |reference lse| (finite rows)
+    q_norm: float  # max |q|
+    truth_nonfinite: float  # the reference or baseline is not finite
+    key_norm: float  # max |k| over the segment's keys
+    lse_error: float | None = None
+    lse_bad_empty: float | None = None  # lse of a row with no visible key is not -inf
+    lse_bad_finite: float | None = None  # lse not finite where the reference is
+
+
 def _contract_problems(case: MaterializedCase, out: object, lse: object, truth: Expected,
                        wants_lse: bool) -> list[str]:
     """What is wrong with the type, device, dtype or shape of a target's results."""
@@ -330,27 +352,39 @@ def judge(case: MaterializedCase, out: object, lse: object, truth: Expected,
              + ATOL_ULPS * ulp(scale, case.dtype)[:, None, None])
     # ULPs at each element, but never finer than at 1/64 of its row's largest value.
     finest = ulp(truth.row_scale[rows] / 64, case.dtype)[:, None, None]
-    columns = [_row_max(err), _row_max(torch.where(err > floor, err, 0.0)),
-               _row_max(err / torch.maximum(ulp(ref, case.dtype), finest)),
-               _row_max((~torch.isfinite(got)).to(torch.uint8)).double(), truth.row_scale[rows],
-               truth.row_base_error[rows], truth.row_base_lse_error[rows],
-               truth.row_lse_scale[rows], truth.row_q_norm[rows],
-               truth.row_nonfinite[rows].double()]
-    key_columns = [truth.key_norm[keys]]
+    # Per query row and per key row, the columns of SegmentNumbers (reduced per segment).
+    row_columns = {
+        "out_error": _row_max(err),
+        "beyond_floor": _row_max(torch.where(err > floor, err, 0.0)),
+        "ulp_error": _row_max(err / torch.maximum(ulp(ref, case.dtype), finest)),
+        "nonfinite": _row_max((~torch.isfinite(got)).to(torch.uint8)).double(),
+        "scale": truth.row_scale[rows],
+        "base_error": truth.row_base_error[rows],
+        "base_lse_error": truth.row_base_lse_error[rows],
+        "lse_scale": truth.row_lse_scale[rows],
+        "q_norm": truth.row_q_norm[rows],
+        "truth_nonfinite": truth.row_nonfinite[rows].double(),
+    }
+    key_columns = {"key_norm": truth.key_norm[keys]}
     if wants_lse:
         got_lse = lse.detach().double()[:, rows]
         empty = torch.isneginf(truth.lse[:, rows])
-        columns.append(_row_max(_finite_diff(got_lse, truth.lse[:, rows]).T))
-        columns.append(_row_max((empty & ~torch.isneginf(got_lse)).T.to(torch.uint8)).double())
-        columns.append(_row_max((~empty & ~torch.isfinite(got_lse)).T.to(torch.uint8)).double())
-    per_row = torch.stack([_segment_max(c.double(), row_ids, count) for c in columns], dim=1)
-    per_key = torch.stack([_segment_max(c.double(), key_ids, count) for c in key_columns], dim=1)
+        row_columns["lse_error"] = _row_max(_finite_diff(got_lse, truth.lse[:, rows]).T)
+        row_columns["lse_bad_empty"] = _row_max(
+            (empty & ~torch.isneginf(got_lse)).T.to(torch.uint8)).double()
+        row_columns["lse_bad_finite"] = _row_max(
+            (~empty & ~torch.isfinite(got_lse)).T.to(torch.uint8)).double()
+    per_row = torch.stack([_segment_max(c.double(), row_ids, count)
+                           for c in row_columns.values()], dim=1)
+    per_key = torch.stack([_segment_max(c.double(), key_ids, count)
+                           for c in key_columns.values()], dim=1)
     table = torch.cat([per_row, per_key], dim=1)
+    names = [*row_columns, *key_columns]
     if with_batch:
         segments = [*segments, Segment(rows.start, rows.stop, keys.start, keys.stop)]
         table = torch.cat([table, table.amax(dim=0, keepdim=True)])
-    return [_verdict(case, segment, numbers, got, floor, lse if wants_lse else None, truth,
-                     rows.start)
+    return [_verdict(case, segment, SegmentNumbers(**dict(zip(names, numbers, strict=True))),
+                     got, floor, lse if wants_lse else None, truth, rows.start)
             for segment, numbers in zip(segments, table.tolist(), strict=True)]  # one transfer
 
 
@@ -374,60 +408,60 @@ def check(case: MaterializedCase, out: object, lse: object, truth: Expected) -> 
     return judge(case, out, lse, truth, wants_lse=lse is not None)[0]
 
 
-def _verdict(case: MaterializedCase, segment: Segment, numbers: list[float], got: Tensor,
+def _verdict(case: MaterializedCase, segment: Segment, numbers: SegmentNumbers, got: Tensor,
              floor: Tensor, lse: Tensor | None, truth: Expected, row_offset: int) -> Verdict:
-    (out_error, beyond_floor, ulp_error, nonfinite, scale, base_error, base_lse_error,
-     lse_scale, q_norm, truth_nonfinite, *rest) = numbers
-    k_norm = rest[-1]
     dtype = case.dtype
-    atol = ATOL_ULPS * float(ulp(torch.tensor(scale), dtype))
-    allowed = BASELINE_MULTIPLE * base_error + atol
-    verdict = Verdict(True, baseline_error=base_error, allowed_error=allowed,
-                      out_error=out_error, ulp_error=ulp_error,
-                      scale_ulps=out_error / float(ulp(torch.tensor(scale), dtype)),
-                      out_scale=scale, lse_scale=lse_scale)
-    if truth_nonfinite or not math.isfinite(allowed):
+    scale_ulp = float(ulp(torch.tensor(numbers.scale), dtype))
+    atol = ATOL_ULPS * scale_ulp
+    allowed = BASELINE_MULTIPLE * numbers.base_error + atol
+    verdict = Verdict(True, baseline_error=numbers.base_error, allowed_error=allowed,
+                      out_error=numbers.out_error, ulp_error=numbers.ulp_error,
+                      scale_ulps=numbers.out_error / scale_ulp, out_scale=numbers.scale,
+                      lse_scale=numbers.lse_scale)
+    if numbers.truth_nonfinite or not math.isfinite(allowed):
         verdict.passed, verdict.judgeable, verdict.kind = False, False, "unjudgeable"
         verdict.problems.append("the float64 reference or the baseline is not finite here: "
                                 "the referee cannot judge this case")
         return verdict
-    verdict.out_ratio = out_error / max(base_error, atol)
+    verdict.out_ratio = numbers.out_error / max(numbers.base_error, atol)
     rows = slice(segment.r0 - row_offset, segment.r1 - row_offset)
+    beyond = numbers.beyond_floor > allowed
     element_floor = 0.0
-    if (nonfinite or beyond_floor > allowed) and segment.r1 > segment.r0:
+    if (numbers.nonfinite or beyond) and segment.r1 > segment.r0:
         reference = truth.out[segment.r0:segment.r1]
         verdict.worst, element_floor = _worst_out(case, got[rows], reference, floor[rows],
                                                   segment.r0)
     kinds = []
-    if nonfinite:
+    if numbers.nonfinite:
         verdict.problems.append("out has non-finite values")
         kinds.append("nonfinite")
-    if beyond_floor > allowed:
+    if beyond:
         verdict.problems.append(
-            f"out error {beyond_floor:.3g} exceeds {BASELINE_MULTIPLE:g} x baseline "
-            f"{base_error:.3g} + atol {atol:.3g}, and the element's rounding floor + atol "
-            f"{element_floor:.3g}")
+            f"out error {numbers.beyond_floor:.3g} exceeds {BASELINE_MULTIPLE:g} x baseline "
+            f"{numbers.base_error:.3g} + atol {atol:.3g}, and the element's rounding floor + "
+            f"atol {element_floor:.3g}")
         kinds.append("out")
     out_kinds = len(kinds)
-    if lse is not None:
-        lse_error, bad_empty, bad_finite = rest[:3]
-        rounding = math.sqrt(case.head_dim) * FLOAT32_EPS * case.softmax_scale * q_norm * k_norm
-        lse_atol = max(ATOL_ULPS * float(ulp(torch.tensor(lse_scale), torch.float32)), rounding)
-        verdict.lse_error = lse_error
-        verdict.lse_allowed_error = BASELINE_MULTIPLE * base_lse_error + lse_atol
-        verdict.lse_ratio = lse_error / max(base_lse_error, lse_atol)
-        if bad_empty:
+    if lse is not None and numbers.lse_error is not None:
+        rounding = (math.sqrt(case.head_dim) * FLOAT32_EPS * case.softmax_scale
+                    * numbers.q_norm * numbers.key_norm)
+        lse_atol = max(ATOL_ULPS * float(ulp(torch.tensor(numbers.lse_scale), torch.float32)),
+                       rounding)
+        verdict.lse_error = numbers.lse_error
+        verdict.lse_allowed_error = BASELINE_MULTIPLE * numbers.base_lse_error + lse_atol
+        verdict.lse_ratio = numbers.lse_error / max(numbers.base_lse_error, lse_atol)
+        if numbers.lse_bad_empty:
             verdict.problems.append("lse of rows with no visible key is not -inf")
             kinds.append("empty-rows")
-        if bad_finite:
+        if numbers.lse_bad_finite:
             verdict.problems.append("lse has non-finite values where the reference is finite")
             kinds.append("nonfinite")
-        if lse_error > verdict.lse_allowed_error:
+        if numbers.lse_error > verdict.lse_allowed_error:
             verdict.problems.append(
-                f"lse error {lse_error:.3g} exceeds {BASELINE_MULTIPLE:g} x baseline "
-                f"{base_lse_error:.3g} + atol {lse_atol:.3g}")
+                f"lse error {numbers.lse_error:.3g} exceeds {BASELINE_MULTIPLE:g} x baseline "
+                f"{numbers.base_lse_error:.3g} + atol {lse_atol:.3g}")
             kinds.append("lse")
-            if beyond_floor <= allowed and not nonfinite:
+            if not beyond and not numbers.nonfinite:
                 verdict.worst = _worst_lse(case, lse[:, segment.r0:segment.r1],
                                            truth.lse[:, segment.r0:segment.r1], segment.r0)
     verdict.ratio = max(verdict.out_ratio, verdict.lse_ratio or 0.0)

@@ -73,8 +73,8 @@ def mask_differs_from_causal(spec: CaseSpec) -> bool:
 
 
 def overlap_weight(case: MaterializedCase) -> LogWeight:
-    """The two-call model: ``ln 2`` on the keys both calls read (the causal keys of the query's
-    range, :func:`references.mask.overlap_intervals`), in packed key rows."""
+    """The two-call approximation: ``ln 2`` on the keys both calls read (the causal keys of
+    the query's range, :func:`references.mask.overlap_intervals`), in packed key rows."""
     layout = case.layout
     lo, hi = overlap_intervals(layout.q_positions, layout.range_start, layout.range_end,
                                layout.seq_lens[layout.q_request], case.sliding_window)

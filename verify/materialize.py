@@ -31,7 +31,7 @@ TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32":
 FINITE_POISON = 1024.0
 # Spare pages beyond the ones requests own, so poisoned pages exist in every layout.
 SPARE_PAGES = 2
-# Value profiles: score width, near-tie spread, outlier share and size.
+# Value distributions: score width, near-tie spread, outlier share and size.
 PEAKY_SCALE = 3.0
 NEAR_TIE_SPREAD = 0.01
 OUTLIER_SHARE, OUTLIER_SCALE = 0.01, 20.0
@@ -194,7 +194,7 @@ def _values(streams: list[int], name: str, token_request: Tensor, token_index: T
 
 def _draw_inputs(spec: CaseSpec, layout: Layout, device: torch.device
                  ) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v in float32 shaped by the value profile (before rounding)."""
+    """q, k, v in float32 shaped by the value distribution (before rounding)."""
     h, hkv, d, dv = spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.value_dim
     streams = _streams(spec)
     q_index = layout.q_positions - layout.context_lens[layout.q_request]
@@ -206,14 +206,14 @@ def _draw_inputs(spec: CaseSpec, layout: Layout, device: torch.device
     q = normal("q", layout.q_request, q_index, h, d)
     k = normal("k", layout.k_request, layout.k_index, hkv, d)
     v = normal("v", layout.k_request, layout.k_index, hkv, dv)
-    if spec.value_profile == "peaky":
+    if spec.value_distribution == "peaky":
         # Scores ~9x wider than normal: softmax rows close to one-hot.
         q, k = q * PEAKY_SCALE, k * PEAKY_SCALE
-    elif spec.value_profile == "near_ties":
+    elif spec.value_distribution == "near_ties":
         # All keys of a request's head nearly equal: scores tie to within rounding.
         first = layout.k_starts.to(device)[layout.k_request.to(device)]
         k = k[first] + k * NEAR_TIE_SPREAD
-    elif spec.value_profile == "outliers":
+    elif spec.value_distribution == "outliers":
         # About 1% of entries 20x larger, as activation outliers are.
         for name, t in (("k_outliers", k), ("v_outliers", v)):
             bits = _values(streams, name, layout.k_request, layout.k_index,

@@ -16,6 +16,7 @@ in a worker process and turns those into verdicts too.
 from __future__ import annotations
 
 import dataclasses
+import enum
 import time
 import traceback
 from collections.abc import Callable
@@ -28,7 +29,22 @@ from verify.compare import Expected, Segment, Verdict, expected, judge, whole
 from verify.materialize import MaterializedCase
 from verify.target import Target
 
-PASS, FAIL, SKIP, ERROR = "pass", "fail", "skip", "error"
+
+class Status(str, enum.Enum):
+    """What happened to one target on one case.
+
+    A ``str``: a member equals and hashes like its value, and ``str()``/``format()`` give
+    the value, so JSON, counters keyed by it and messages show ``pass``, ``fail``,
+    ``skip``, ``error`` (write ``.value`` where a plain string is meant).
+    """
+
+    PASS = "pass"
+    FAIL = "fail"
+    SKIP = "skip"
+    ERROR = "error"
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass
@@ -41,7 +57,7 @@ class Outcome:
     """
 
     target: str
-    status: str
+    status: Status
     verdict: Verdict | None = None
     reason: str = ""
     seconds: float = 0.0
@@ -50,7 +66,7 @@ class Outcome:
 
     @property
     def failed(self) -> bool:
-        return self.status in (FAIL, ERROR)
+        return self.status in (Status.FAIL, Status.ERROR)
 
     @property
     def where(self) -> str:
@@ -59,11 +75,12 @@ class Outcome:
     def summary(self) -> str:
         if self.verdict is not None:
             return f"{self.target}: {self.verdict.summary()}"
-        return f"{self.target}: {self.status.upper()}: {self.reason}"
+        return f"{self.target}: {self.status.value.upper()}: {self.reason}"
 
 
 class TruthCache:
-    """Reference results per case and model, shared by every target run on that case."""
+    """Reference results per case and approximation (None: exact), shared by every target
+    run on that case."""
 
     def __init__(self) -> None:
         self._case: MaterializedCase | None = None
@@ -73,8 +90,8 @@ class TruthCache:
         """The truth ``target`` is judged against (None: the exact reference)."""
         if case is not self._case:
             self._case, self._truths = case, {}
-        bias = None if target is None else target.model_bias(case)
-        key = None if bias is None else type(target).model_bias.__qualname__
+        bias = None if target is None else target.approximation_bias(case)
+        key = None if bias is None else type(target).approximation_bias.__qualname__
         if key not in self._truths:
             self._truths[key] = expected(case, bias)
         return self._truths[key]
@@ -130,7 +147,7 @@ def _one_line(exc: BaseException) -> str:
 
 def _error(target: Target, kind: str, reason: str, count: int, seconds: float = 0.0
            ) -> list[Outcome]:
-    return [Outcome(target.name, ERROR, reason=reason, kind=kind, seconds=seconds)
+    return [Outcome(target.name, Status.ERROR, reason=reason, kind=kind, seconds=seconds)
             for _ in range(count)]
 
 
@@ -193,7 +210,8 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
 
 def _outcome(target: Target, verdict: Verdict, distance: Verdict | None, seconds: float
              ) -> Outcome:
-    status = PASS if verdict.passed else (FAIL if verdict.judgeable else ERROR)
+    status = (Status.PASS if verdict.passed
+              else Status.FAIL if verdict.judgeable else Status.ERROR)
     return Outcome(target.name, status, verdict, kind=verdict.kind, seconds=seconds,
                    distance=distance)
 
@@ -204,5 +222,5 @@ def evaluate(target: Target, case: MaterializedCase, truths: TruthCache | None =
     reason = target.unavailable_reason() or target.unsupported_reason(case.spec,
                                                                       case.device.type)
     if reason:
-        return Outcome(target.name, SKIP, reason=reason)
+        return Outcome(target.name, Status.SKIP, reason=reason)
     return run_and_judge(target, case, truths=truths).outcomes[0]

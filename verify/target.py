@@ -19,7 +19,7 @@ class Target:
     name: str
     description: str = ""
     capabilities: Capabilities = field(default_factory=Capabilities)
-    exact: bool = True  # False: it claims to match the model given by model_bias, not the mask
+    exact: bool = True  # False: it claims the approximation given by approximation_bias
 
     def unavailable_reason(self) -> str | None:
         """Why this target cannot run on this machine at all (missing package, GPU), or None."""
@@ -37,8 +37,9 @@ class Target:
         """
         return None
 
-    def model_bias(self, case: MaterializedCase) -> LogWeight | None:
-        """The log-weight model this target claims to compute (None: the exact mask)."""
+    def approximation_bias(self, case: MaterializedCase) -> LogWeight | None:
+        """The log-weight of the approximation this target claims to compute, added to the
+        scores of the exact mask (None: exact attention)."""
         return None
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:

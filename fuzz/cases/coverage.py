@@ -64,9 +64,9 @@ def features(spec: CaseSpec) -> set[str]:
         "gqa": spec.num_heads != spec.num_kv_heads,
         "head_dim_v_differs": spec.value_dim != spec.head_dim,
         "nan_poison": spec.poison == "nan",
-        "peaky": spec.value_profile == "peaky",
-        "near_ties": spec.value_profile == "near_ties",
-        "outliers": spec.value_profile == "outliers",
+        "peaky": spec.value_distribution == "peaky",
+        "near_ties": spec.value_distribution == "near_ties",
+        "outliers": spec.value_distribution == "outliers",
         "overlapping_ranges": spec.allow_overlapping_ranges,
     }
     return found | {name for name, present in flags.items() if present}

@@ -1,5 +1,5 @@
-"""Which cases to draw for a target: a named profile (or a model preset), narrowed to what
-the target declares it accepts.
+"""Which cases to draw for a target: a named space (or a model preset's spaces), narrowed to
+what the target declares it accepts.
 
 Drawing only inside a target's declared capabilities keeps the budget on cases that test
 something: ``--examples N`` judges N cases instead of skipping the ones the kernel never
@@ -12,12 +12,13 @@ from __future__ import annotations
 from fuzz.cases.strategies import CPU_SPACE, EDGE_REACH, GPU_SPACE, INTERPRETER_SPACE, Space
 from verify.capabilities import Capabilities
 
-PROFILES: dict[str, Space] = {"cpu": CPU_SPACE, "interpreter": INTERPRETER_SPACE,
-                              "gpu": GPU_SPACE}
+# The spaces ``--space`` names.
+SPACES: dict[str, Space] = {"cpu": CPU_SPACE, "interpreter": INTERPRETER_SPACE,
+                            "gpu": GPU_SPACE}
 
 
-def default_profile(device: str) -> str:
-    """The profile a device gets when none is asked for."""
+def default_space(device: str) -> str:
+    """The name of the space a device gets when none is asked for."""
     return "gpu" if device.startswith("cuda") else "cpu"
 
 

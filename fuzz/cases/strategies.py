@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from hypothesis import example
 from hypothesis import strategies as st
 
-from verify.case import POISONS, VALUE_PROFILES, CaseSpec, parse_case
+from verify.case import POISONS, VALUE_DISTRIBUTIONS, CaseSpec, parse_case
 
 PAGE_SIZES = (None, 1, 3, 7, 16, 64, 128)
 HEAD_DIMS = (64, 128, 256)
@@ -69,7 +69,7 @@ class Space:
     scales: bool = True  # an explicit softmax_scale instead of 1/sqrt(head_dim)
     softmax_scales: Sequence[float] = SOFTMAX_SCALES
     default_scale: bool = True  # 1/sqrt(head_dim) is drawn too
-    value_profiles: Sequence[str] = VALUE_PROFILES
+    value_distributions: Sequence[str] = VALUE_DISTRIBUTIONS
     poisons: Sequence[str] = POISONS
     overlapping_ranges: bool = False
     contract_knobs: bool = True  # page-table slack and (0, 0) range padding
@@ -280,7 +280,7 @@ def option_dicts(draw: st.DrawFn, space: Space, config: dict) -> dict:
         "sliding_window": window,
         "clamp_ranges_to_window": clamp,
         "softmax_scale": scale,
-        "value_profile": draw(st.sampled_from(list(space.value_profiles))),
+        "value_distribution": draw(st.sampled_from(list(space.value_distributions))),
         "poison": draw(st.sampled_from(list(space.poisons))),
         "allow_overlapping_ranges": space.overlapping_ranges,
         **knobs,
@@ -349,10 +349,11 @@ ADVERSARIAL_CASES: dict[str, CaseSpec] = {
                                  clamp_ranges_to_window=True),
     "softcap_peaky_gqa4": _case([{"query_len": 31, "ranges": [[4, 25]]}], softcap=5.0,
                                 num_heads=8, num_kv_heads=2, head_dim=128,
-                                value_profile="peaky"),
+                                value_distribution="peaky"),
     "near_ties_nan_poison_fp16": _case([{"query_len": 29, "ranges": [[3, 20]]}],
-                                       dtype="float16", head_dim=256, value_profile="near_ties",
-                                       poison="nan", page_size=1),
+                                       dtype="float16", head_dim=256,
+                                       value_distribution="near_ties", poison="nan",
+                                       page_size=1),
     "range_across_tile_128": _case([{"query_len": 131, "ranges": [[120, 130]]}], page_size=None,
                                    num_heads=2, num_kv_heads=1),
     "slack_columns_and_zero_padding": _case(

@@ -5,7 +5,7 @@ Two kinds: one small case per planted fault, built so that the fault fails while
 the exact engines pass, and the adversarial edge layouts of fuzz.cases.strategies.
 Expectations come from intent, checked by running before anything is written:
 every registered target passes every case it accepts (each claims to be exact, or,
-for the two-call merge, to match its declared model; those that can run here are
+for the two-call merge, to match its declared approximation; those that can run here are
 run, the others are left for the machine that has them), and the fault a case was
 built for fails. Every other planted fault that fails on a case is recorded as
 well, so the golden set also pins which layouts catch which bug.
@@ -21,7 +21,7 @@ from fuzz.cases.strategies import ADVERSARIAL_CASES
 from fuzz.records.casefiles import case_json, describe_case
 from verify.case import CaseSpec, parse_case
 from verify.materialize import materialize
-from verify.runner import FAIL, PASS, TruthCache, evaluate
+from verify.runner import Status, TruthCache, evaluate
 from verify.targets import Target, get_target, target_names
 from verify.targets.faults import FAULTS
 
@@ -120,23 +120,23 @@ def _declines(target: Target, spec: CaseSpec) -> bool:
     return all(target.unsupported_reason(spec, device) for device in target.capabilities.devices)
 
 
-def expected_verdicts(golden: GoldenCase, device: str) -> dict[str, str]:
+def expected_verdicts(golden: GoldenCase, device: str) -> dict[str, Status]:
     """The ``expect`` annotation of a golden case, verified where it can run here."""
     case = materialize(golden.spec, device)
     truths = TruthCache()
-    expect: dict[str, str] = {}
+    expect: dict[str, Status] = {}
     for name in target_names():
         target = get_target(name)
         if _declines(target, golden.spec):
             continue
-        expect[name] = PASS
+        expect[name] = Status.PASS
         if target.unavailable_reason() is None and device in target.capabilities.devices:
             outcome = evaluate(target, case, truths)
-            if outcome.status != PASS:
+            if outcome.status != Status.PASS:
                 raise GoldenError(f"{golden.name}: registered target {outcome.summary()}")
     for fault in FAULTS:
-        if evaluate(get_target(f"fault:{fault}"), case, truths).status == FAIL:
-            expect[f"fault:{fault}"] = FAIL
+        if evaluate(get_target(f"fault:{fault}"), case, truths).status == Status.FAIL:
+            expect[f"fault:{fault}"] = Status.FAIL
     if golden.built_for is not None and f"fault:{golden.built_for}" not in expect:
         raise GoldenError(f"{golden.name}: fault:{golden.built_for} does not fail on it")
     return expect
@@ -148,7 +148,8 @@ def golden_data(golden: GoldenCase, device: str) -> dict[str, Any]:
     data["note"] = golden.note
     if golden.built_for is not None:
         data["bug_class"] = FAULTS[golden.built_for].bug_class
-    data["expect"] = expected_verdicts(golden, device)
+    data["expect"] = {name: status.value
+                      for name, status in expected_verdicts(golden, device).items()}
     return data
 
 

@@ -16,24 +16,26 @@ from pathlib import Path
 from golden import GOLDEN_DIR
 from verify.case import CaseError, CaseSpec
 from verify.materialize import MaterializedCase
-from verify.runner import SKIP, Outcome, TruthCache, evaluate
+from verify.runner import Outcome, Status, TruthCache, evaluate
 from verify.targets import get_target
 
-VERDICTS = ("pass", "fail")
+# The verdicts a golden file may expect of a target.
+VERDICTS = (Status.PASS, Status.FAIL)
 
 
 def golden_files(directory: Path = GOLDEN_DIR) -> list[Path]:
     return sorted(directory.glob("*.json"))
 
 
-def expectations(spec: CaseSpec) -> dict[str, str]:
-    """The ``expect`` annotation, validated: target name -> "pass" or "fail"."""
+def expectations(spec: CaseSpec) -> dict[str, Status]:
+    """The ``expect`` annotation, validated: target name -> Status.PASS or Status.FAIL."""
     expect = spec.extra.get("expect", {})
     if not isinstance(expect, Mapping) or not all(
-            isinstance(name, str) and verdict in VERDICTS for name, verdict in expect.items()):
-        raise CaseError(f"expect: must map target names to {' or '.join(VERDICTS)}, "
-                        f"got {expect!r}")
-    return dict(expect)
+            isinstance(name, str) and isinstance(verdict, str) and verdict in VERDICTS
+            for name, verdict in expect.items()):
+        raise CaseError(f"expect: must map target names to "
+                        f"{' or '.join(v.value for v in VERDICTS)}, got {expect!r}")
+    return {name: Status(verdict) for name, verdict in expect.items()}
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,7 @@ class GoldenCheck:
     """One expected verdict replayed: the outcome, or why the target was skipped."""
 
     target: str
-    expected: str
+    expected: Status
     outcome: Outcome | None
     skip_reason: str | None = None
 
@@ -53,11 +55,11 @@ class GoldenCheck:
     def describe(self) -> str:
         if self.skip_reason is not None:
             return f"{self.target}: skipped ({self.skip_reason})"
-        mark = "as expected" if self.matches else f"EXPECTED {self.expected.upper()}"
+        mark = "as expected" if self.matches else f"EXPECTED {self.expected.value.upper()}"
         return f"{self.outcome.summary()}\n  -> {mark}"
 
 
-def check_expectation(target: str, expected: str, case: MaterializedCase,
+def check_expectation(target: str, expected: Status, case: MaterializedCase,
                       truths: TruthCache) -> GoldenCheck:
     """Replay ``case`` on ``target`` and compare with ``expected``."""
     try:
@@ -65,6 +67,6 @@ def check_expectation(target: str, expected: str, case: MaterializedCase,
     except KeyError:
         return GoldenCheck(target, expected, None, "not registered here")
     outcome = evaluate(runner, case, truths)
-    if outcome.status == SKIP:
+    if outcome.status == Status.SKIP:
         return GoldenCheck(target, expected, None, outcome.reason)
     return GoldenCheck(target, expected, outcome)

@@ -32,7 +32,7 @@ from fuzz.records.stats import TargetStats
 from verify.case import CaseSpec
 from verify.compare import Verdict
 from verify.pack import pack
-from verify.runner import ERROR, FAIL, Outcome
+from verify.runner import Outcome, Status
 from verify.target import Target
 
 # How long main waits for results before checking its clocks again.
@@ -124,7 +124,8 @@ class TargetRun:
 
     @property
     def judged(self) -> int:
-        return self.stats.counts["pass"] + self.stats.counts[FAIL] + self.stats.counts[ERROR]
+        counts = self.stats.counts
+        return counts[Status.PASS] + counts[Status.FAIL] + counts[Status.ERROR]
 
     @property
     def new_failures(self) -> list[Failure]:
@@ -215,7 +216,7 @@ class Campaign:
             return
         for spec, outcome in zip(cases, result.outcomes, strict=True):
             self._record(spec, outcome)
-        if len(cases) > 1 and any(o.status == ERROR for o in result.outcomes):
+        if len(cases) > 1 and any(o.status == Status.ERROR for o in result.outcomes):
             # A crash, hang or exception of the packed call: the pack is the reproducer.
             packed, _ = pack(cases)
             self._failure(packed, result.batch or result.outcomes[0], unpacked=False)
@@ -260,7 +261,7 @@ class Campaign:
         run.distance.add(outcome.distance, spec)
         if ratio is not None and (run.worst_ratio is None or ratio > run.worst_ratio):
             run.worst_ratio, run.worst_spec = ratio, spec
-        record = {"target": run.target, "status": outcome.status, "ratio": ratio,
+        record = {"target": run.target, "status": outcome.status.value, "ratio": ratio,
                   "seconds": round(outcome.seconds, 6)}
         if outcome.failed:
             record["signature"] = signature(outcome, spec.dtype)

@@ -29,7 +29,7 @@ Predicate = Callable[[CaseSpec], Generator[list[CaseSpec], list[Outcome], bool]]
 # Option values a failure is simplest at, tried in this order.
 SIMPLE_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("sliding_window", None), ("clamp_ranges_to_window", False), ("softcap", None),
-    ("softmax_scale", None), ("value_profile", "normal"), ("poison", "finite"),
+    ("softmax_scale", None), ("value_distribution", "normal"), ("poison", "finite"),
     ("page_table_slack", 0), ("range_padding", "negative"), ("page_size", None),
     ("head_dim_v", None), ("allow_overlapping_ranges", False), ("seed", 0),
 )

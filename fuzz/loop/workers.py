@@ -27,7 +27,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 from fuzz.loop.jobs import Job, JobResult, WorkerState, execute
-from verify.runner import ERROR, Outcome
+from verify.runner import Outcome, Status
 from verify.targets import get_target
 
 # Modules the fork server imports once, so each worker starts warm.
@@ -103,7 +103,7 @@ def failed_result(job: Job, target: str, kind: str, reason: str, seconds: float 
                   ) -> JobResult:
     """The result of a job the worker could not finish: an error for each case and the batch."""
     def outcome() -> Outcome:
-        return Outcome(target, ERROR, reason=reason, kind=kind, seconds=seconds)
+        return Outcome(target, Status.ERROR, reason=reason, kind=kind, seconds=seconds)
 
     batch = outcome() if job.packed and len(job.cases) > 1 else None
     return JobResult(job.id, [outcome() for _ in job.cases], batch)

@@ -56,8 +56,8 @@ def describe_case(spec: CaseSpec) -> str:
         parts.append(f"softcap {spec.softcap:g}")
     if spec.softmax_scale is not None:
         parts.append(f"scale {spec.softmax_scale:g}")
-    if spec.value_profile != "normal":
-        parts.append(spec.value_profile)
+    if spec.value_distribution != "normal":
+        parts.append(spec.value_distribution)
     if spec.poison != "finite":
         parts.append(f"{spec.poison} poison")
     if spec.allow_overlapping_ranges:

@@ -26,8 +26,9 @@ class TargetStats:
     nonfinite: int = 0  # judged cases whose output had non-finite values (ratio inf)
 
     def add(self, status: str, ratio: float | None) -> None:
-        """One case: ``status`` (pass/fail/skip/error) and its ratio if it was judged."""
-        self.counts[status] += 1
+        """One case: ``status`` (a :class:`verify.runner.Status`, or its value) and its ratio
+        if it was judged. Counts are kept by the plain value, as JSON writes them."""
+        self.counts[str(status)] += 1
         if ratio is None:
             return
         if math.isfinite(ratio):

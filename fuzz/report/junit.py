@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from fuzz.report.summary import COLUMNS, RunReport, row
+from fuzz.report.summary import COLUMNS, RunReport, RunStatus, row
 
 
 def write_junit(report: RunReport, path: Path) -> None:
@@ -16,19 +16,19 @@ def write_junit(report: RunReport, path: Path) -> None:
         case = ET.SubElement(suite, "testcase", classname="prefix-fuzz", name=run.target,
                              time=f"{run.seconds['explore'] + run.seconds['shrink']:.3f}")
         status = report.status(run)
-        if status == "failed":
+        if status == RunStatus.FAILED:
             tallies["failures"] += 1
             message = run.new_failures[0].outcome.summary().splitlines()[0]
             failure = ET.SubElement(case, "failure", message=message)
             failure.text = "\n\n".join(f"{f.signature}: {f.outcome.summary()}\nreproducer: "
                                        f"{f.path}" for f in run.new_failures)
-        elif status == "broken":
+        elif status == RunStatus.BROKEN:
             tallies["errors"] += 1
             ET.SubElement(case, "error", message=run.broken or "")
-        elif status == "inconclusive":
+        elif status == RunStatus.INCONCLUSIVE:
             tallies["skipped"] += 1
-            ET.SubElement(case, "skipped", message=f"inconclusive: {run.judged} judged cases, "
-                          f"fewer than {report.min_cases}")
+            ET.SubElement(case, "skipped", message=f"{status.value}: {run.judged} judged "
+                          f"cases, fewer than {report.min_cases}")
         ET.SubElement(case, "system-out").text = " ".join(
             f"{column}={value}" for column, value in zip(COLUMNS[1:-1], row(report, run)[1:-1],
                                                          strict=True))

@@ -9,6 +9,7 @@ rest).
 
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,24 +22,40 @@ from fuzz.cases.coverage import FEATURES
 from fuzz.loop.campaign import Failure, TargetRun
 from fuzz.records.casefiles import describe_case, relative
 from verify.compare import POLICY
-from verify.runner import ERROR, FAIL, PASS
+from verify.runner import Status
 
 COLUMNS = ("target", "status", "judged", "passed", "failed", "declined", "compiles",
            "worst ratio", "from exact", "failures", "worst case")
-STATUS_STYLES = {"failed": "bold red", "broken": "bold red", "inconclusive": "yellow",
-                 "expected": "cyan"}
 
 
-def status(run: TargetRun, min_cases: int) -> str:
+class RunStatus(str, enum.Enum):
+    """How one target's run ended (a ``str`` like :class:`verify.runner.Status`: the JSON
+    and the table show the value)."""
+
+    CLEAN = "clean"  # enough cases judged, no failure
+    FAILED = "failed"  # a new failure
+    EXPECTED = "expected"  # only known failures
+    INCONCLUSIVE = "inconclusive"  # fewer cases judged than asked for
+    BROKEN = "broken"  # the exploration itself broke (not the target)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUS_STYLES = {RunStatus.FAILED: "bold red", RunStatus.BROKEN: "bold red",
+                 RunStatus.INCONCLUSIVE: "yellow", RunStatus.EXPECTED: "cyan"}
+
+
+def status(run: TargetRun, min_cases: int) -> RunStatus:
     """failed (a new failure), broken (the exploration itself broke), expected (only known
     failures), inconclusive (fewer than ``min_cases`` judged) or clean."""
     if run.broken is not None:
-        return "broken"
+        return RunStatus.BROKEN
     if run.new_failures:
-        return "failed"
+        return RunStatus.FAILED
     if run.judged < min_cases:
-        return "inconclusive"
-    return "expected" if run.failures else "clean"
+        return RunStatus.INCONCLUSIVE
+    return RunStatus.EXPECTED if run.failures else RunStatus.CLEAN
 
 
 def distance_text(run: TargetRun) -> str:
@@ -77,16 +94,16 @@ class RunReport:
     run_dir: Path | None = None
     interrupted: bool = False
 
-    def status(self, run: TargetRun) -> str:
+    def status(self, run: TargetRun) -> RunStatus:
         return status(run, self.min_cases)
 
     @property
     def failed(self) -> bool:
-        return any(self.status(t) in ("failed", "broken") for t in self.targets)
+        return any(self.status(t) in (RunStatus.FAILED, RunStatus.BROKEN) for t in self.targets)
 
     @property
     def inconclusive(self) -> bool:
-        return any(self.status(t) == "inconclusive" for t in self.targets)
+        return any(self.status(t) == RunStatus.INCONCLUSIVE for t in self.targets)
 
 
 def worst_case(run: TargetRun) -> str:
@@ -100,10 +117,10 @@ def worst_case(run: TargetRun) -> str:
 
 def row(report: RunReport, run: TargetRun) -> tuple[str, ...]:
     counts = run.stats.counts
-    return (run.target, report.status(run), str(run.judged), str(counts[PASS]),
-            str(counts[FAIL] + counts[ERROR]), declined_text(run), str(run.compiles),
-            _ratio_text(run.worst_ratio), distance_text(run), str(len(run.failures)),
-            worst_case(run))
+    return (run.target, report.status(run).value, str(run.judged), str(counts[Status.PASS]),
+            str(counts[Status.FAIL] + counts[Status.ERROR]), declined_text(run),
+            str(run.compiles), _ratio_text(run.worst_ratio), distance_text(run),
+            str(len(run.failures)), worst_case(run))
 
 
 def render_table(report: RunReport) -> Table:
@@ -144,7 +161,7 @@ def _time_shares(run: TargetRun) -> dict[str, float]:
 def _target_json(report: RunReport, run: TargetRun) -> dict[str, Any]:
     explore = run.seconds["explore"]
     return {
-        "target": run.target, "status": report.status(run), "exact": run.exact,
+        "target": run.target, "status": report.status(run).value, "exact": run.exact,
         "judged": run.judged, "stats": run.stats.to_dict(),
         "cases_per_second": round(run.judged / explore, 3) if explore else None,
         "worst_ratio": _json_number(run.worst_ratio),
@@ -174,7 +191,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
 def report_markdown(report: RunReport) -> str:
     s = report.settings
     lines = ["# Prefix-attention fuzz report", "",
-             f"Device `{report.device}`, profile `{s['profile']}`, seed {s['seed']}, "
+             f"Device `{report.device}`, space `{s['space']}`, seed {s['seed']}, "
              f"budget {s['budget'] or '-'} s, examples {s['examples'] or '-'}, "
              f"{report.seconds:.0f} s in all" + (" (interrupted)." if report.interrupted else "."),
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]

@@ -13,6 +13,7 @@ The callable takes a :class:`verify.materialize.MaterializedCase` and returns ``
 from __future__ import annotations
 
 import importlib
+import warnings
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -28,23 +29,34 @@ from verify.target import Target
 Kernel = TypeVar("Kernel", bound=Callable[..., tuple[Tensor, Tensor | None]])
 
 
-# Models an approximate kernel may claim instead of exact attention.
-MODELS = ("two_call",)
+# Approximations a kernel may claim instead of exact attention.
+APPROXIMATIONS = ("two_call",)
 
 
-def prefix_kernel(capabilities: Capabilities | None = None, *, model: str | None = None,
-                  compile_key: Callable[[CaseSpec], tuple | None] | None = None
-                  ) -> Callable[[Kernel], Kernel]:
-    """Declare what a kernel accepts (``capabilities``), the model it claims if it is not
-    exact attention (``"two_call"``: the two-call merge, the overlap keys counted twice;
-    its distance from exact attention is reported too), and for a kernel that compiles per
-    configuration what it compiles a kernel for."""
-    if model is not None and model not in MODELS:
-        raise ValueError(f"model must be one of {', '.join(MODELS)} or None, got {model!r}")
+def prefix_kernel(capabilities: Capabilities | None = None, *,
+                  approximation: str | None = None,
+                  compile_key: Callable[[CaseSpec], tuple | None] | None = None,
+                  model: str | None = None) -> Callable[[Kernel], Kernel]:
+    """Declare what a kernel accepts (``capabilities``), the approximation it claims if it
+    is not exact attention (``"two_call"``: the two-call merge, the overlap keys counted
+    twice; its distance from exact attention is reported too), and for a kernel that
+    compiles per configuration what it compiles a kernel for.
+
+    ``model`` is the deprecated name of ``approximation``."""
+    if model is not None:
+        warnings.warn("prefix_kernel(model=...) is deprecated; use approximation=...",
+                      DeprecationWarning, stacklevel=2)
+        if approximation is not None and approximation != model:
+            raise ValueError(f"approximation {approximation!r} and its deprecated alias "
+                             f"model {model!r} disagree; give approximation only")
+        approximation = model
+    if approximation is not None and approximation not in APPROXIMATIONS:
+        raise ValueError(f"approximation must be one of {', '.join(APPROXIMATIONS)} or None, "
+                         f"got {approximation!r}")
 
     def attach(fn: Kernel) -> Kernel:
         fn.capabilities = capabilities or Capabilities()  # type: ignore[attr-defined]
-        fn.model = model  # type: ignore[attr-defined]
+        fn.approximation = approximation  # type: ignore[attr-defined]
         fn.compile_key = compile_key  # type: ignore[attr-defined]
         return fn
 
@@ -55,7 +67,7 @@ class ExternalTarget(Target):
     """Wraps a callable ``f(case) -> (out, lse_or_None)`` named ``module:callable``.
 
     Without :func:`prefix_kernel` it is assumed to accept every case and claim exactness.
-    The model key is ``type(self).model_bias`` in the truth cache: one per model kind.
+    Its approximation is ``fn.approximation`` (or, from before that name, ``fn.model``).
     """
 
     def __init__(self, spec: str, fn: Kernel | None = None) -> None:
@@ -77,8 +89,10 @@ class ExternalTarget(Target):
             return
         self._fn = fn
         self.capabilities = getattr(fn, "capabilities", Capabilities())
-        self._model = getattr(fn, "model", None)
-        self.exact = self._model is None
+        self._approximation = getattr(fn, "approximation", None)
+        if self._approximation is None:
+            self._approximation = getattr(fn, "model", None)
+        self.exact = self._approximation is None
         self._compile_key = getattr(fn, "compile_key", None)
 
     def unavailable_reason(self) -> str | None:
@@ -87,8 +101,8 @@ class ExternalTarget(Target):
     def compile_key(self, spec: CaseSpec) -> tuple | None:
         return self._compile_key(spec) if self._compile_key is not None else None
 
-    def model_bias(self, case: MaterializedCase) -> LogWeight | None:
-        return overlap_weight(case) if self._model == "two_call" else None
+    def approximation_bias(self, case: MaterializedCase) -> LogWeight | None:
+        return overlap_weight(case) if self._approximation == "two_call" else None
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
         if self._fn is None:

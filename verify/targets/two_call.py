@@ -9,7 +9,8 @@
 * ``merge_attn_states`` of A and B (Triton on CUDA, torch otherwise).
 
 The merge counts the keys both calls read twice, so this is *not* exact attention: it is
-judged against its exact model, :func:`overlap_weight` (``ln 2`` on the overlap keys).
+judged against the approximation it makes, exactly: :func:`overlap_weight` (``ln 2`` on
+the overlap keys).
 
 ``replace_<engine>`` is exact: a query inside ``(s, e)`` sees exactly the keys
 ``[0, min(e, seq_len - 1)]`` (windowed under ``clamp_ranges_to_window``), so one dense
@@ -158,9 +159,9 @@ class TwoCallTarget(_Decomposition):
     def __init__(self, engine: Engine) -> None:
         super().__init__(engine, f"two_call_{engine.name}",
                          "causal call, dense call per image range, LSE merge (overlap keys "
-                         "[s, p] counted twice; judged against that model)", exact=False)
+                         "[s, p] counted twice; judged against that approximation)", exact=False)
 
-    def model_bias(self, case: MaterializedCase) -> LogWeight | None:
+    def approximation_bias(self, case: MaterializedCase) -> LogWeight | None:
         return overlap_weight(case)
 
     def attend(self, case: MaterializedCase) -> tuple[Tensor, Tensor]:

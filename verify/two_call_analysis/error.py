@@ -89,8 +89,9 @@ def measure(case: MaterializedCase) -> OverlapError:
         out_scale=float(exact_out.abs().max()) if exact_out.numel() else 0.0)
 
 
-def matches_two_call_model(case: MaterializedCase, out: Tensor, lse: Tensor | None) -> bool:
-    """Does an output pass the policy against the two-call model (overlap counted twice)?
+def matches_two_call_approximation(case: MaterializedCase, out: Tensor, lse: Tensor | None) -> bool:
+    """Does an output pass the policy against the two-call approximation (overlap counted
+    twice)?
 
     Run on a target that claims to be exact and fails: True names the bug, an
     unmerged-overlap two-call path.

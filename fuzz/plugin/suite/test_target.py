@@ -4,7 +4,7 @@
   narrowed to what the target declares it accepts, and the adversarial layouts as
   explicit examples; every case must pass the policy.
 * ``test_golden``: every golden case the exact targets pass, an exact target must pass too
-  (an approximate one is held to its own model by the property test instead).
+  (an approximate one is held to the approximation it claims by the property test instead).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 
-from fuzz.cases.spaces import PROFILES, default_profile, space_for
+from fuzz.cases.spaces import SPACES, default_space, space_for
 from fuzz.cases.strategies import cases, with_adversarial_examples
 from fuzz.golden.replay import expectations, golden_files
 from fuzz.plugin.hooks import hypothesis_settings, requested_targets
 from fuzz.testing import assert_matches_reference, default_device
 from verify.case import CaseSpec, read_case
-from verify.runner import PASS, SKIP
+from verify.runner import Status
 from verify.target import Target
 from verify.targets import get_target
 
@@ -47,9 +47,9 @@ def _runnable(name: str) -> tuple[Target, str]:
 
 def test_matches_reference(prefix_target: str, request: pytest.FixtureRequest) -> None:
     target, device = _runnable(prefix_target)
-    space = space_for(target.capabilities, PROFILES[default_profile(device)])
+    space = space_for(target.capabilities, SPACES[default_space(device)])
     if space is None:
-        pytest.skip(f"{prefix_target}: accepts none of the {device} profile's head dims, "
+        pytest.skip(f"{prefix_target}: accepts none of the {device} space's head dims, "
                     "dtypes or page sizes")
 
     @hypothesis_settings(request.config)
@@ -65,11 +65,11 @@ def test_matches_reference(prefix_target: str, request: pytest.FixtureRequest) -
 def test_golden(prefix_target: str, golden_path: Path) -> None:
     target, device = _runnable(prefix_target)
     if not target.exact:
-        pytest.skip(f"{prefix_target}: approximate by design, judged against its model by "
+        pytest.skip(f"{prefix_target}: approximate by design, judged against its approximation by "
                     "test_matches_reference")
     spec = read_case(golden_path)
-    if expectations(spec).get("reference") != PASS:
+    if expectations(spec).get("reference") != Status.PASS:
         pytest.skip("the exact targets are not held to this case")
     outcome = assert_matches_reference(target, spec, device=device, allow_skip=True)
-    if outcome.status == SKIP:
+    if outcome.status == Status.SKIP:
         pytest.skip(outcome.reason)
