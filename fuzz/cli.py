@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -26,12 +25,18 @@ from fuzz.cases.spaces import SPACES, default_space, space_for
 from fuzz.cases.strategies import Space
 from fuzz.golden.cases import GoldenError, regenerate
 from fuzz.golden.replay import check_expectation, expectations, golden_files
-from fuzz.loop.campaign import Campaign, Settings
+from fuzz.loop.campaign import Campaign, TargetRun
 from fuzz.loop.jobs import Job
 from fuzz.loop.schedule import run_campaigns
-from fuzz.loop.signature import ExpectationError, expected_failures
+from fuzz.loop.settings import RunSettings
 from fuzz.loop.workers import WorkerPool
 from fuzz.records.casefiles import relative
+from fuzz.records.findings import (
+    ExpectationError,
+    expected_findings,
+    finding_json,
+    write_findings,
+)
 from fuzz.records.journal import JournalError, RunDirectory, check_writable_file
 from fuzz.records.progress import FuzzProgress
 from fuzz.report.junit import write_junit
@@ -56,7 +61,7 @@ DEFAULT_SHRINK_SECONDS = 10.0
 # of the largest GPU cases some seconds more.
 DEFAULT_CASE_TIMEOUT = 120.0
 DEFAULT_MIN_CASES = 10
-DEFAULT_MAX_FAILURES = 8
+DEFAULT_MAX_FINDINGS = 8
 # Cases and keys per pack: small on a CPU (cases are small, a pack is latency), large on
 # a GPU (one kernel call, one reference for many cases).
 PACK_SIZES = {"cpu": (8, 1024), "cuda": (32, 32768)}
@@ -102,7 +107,7 @@ def _version_line() -> str:
     return f"prefix-attention-referee {suite_version()} ({others}; python {found['python']})"
 
 
-def _device_options(parser: argparse.ArgumentParser) -> None:
+def _device_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"),
                         help="where cases run (default: cuda if available, else cpu)")
     parser.add_argument("--isolation", choices=("process", "none"), default="process",
@@ -121,53 +126,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser(
         "run", prog=f"{PROG} [run]",
-        description="Fuzz targets against the float64 reference; group failures by signature; "
-                    "shrink each distinct one to a small case and save it as a reproducer.",
+        description="Fuzz targets against the float64 reference; attribute every failure to "
+                    "a finding (a cause: what is wrong and what it needs); shrink each new "
+                    "finding to a small case and save it as a reproducer.",
         epilog=f"Other commands: '{PROG} replay FILE...' reruns reproducers or any case "
                f"file; '{PROG} golden [--regenerate]' checks (or rewrites) the golden cases. "
-               "Exit codes: 0 clean, 1 failures, 2 usage or input error, 3 inconclusive, "
-               "130 interrupted.")
-    run.add_argument("--target", action="append", metavar="NAME",
-                     help="a registered target, fault:<name> or module:callable; repeatable "
-                          "(default: every target available on the device)")
-    run.add_argument("--model", choices=sorted(MODELS),
-                     help="draw the attention shapes of this model's layers (docs/models.md)")
-    run.add_argument("--budget", type=_positive(float), metavar="SECONDS",
-                     help="seconds of exploration in all, shared by the targets "
-                          f"(default: {DEFAULT_BUDGET:g} unless --examples is given)")
-    run.add_argument("--examples", type=_positive(int), metavar="N",
-                     help="judged cases per target; with --budget, whichever ends first")
-    run.add_argument("--min-cases", type=_positive(int), default=DEFAULT_MIN_CASES, metavar="N",
-                     help="a target judging fewer cases is inconclusive, not clean "
-                          "(default: %(default)s)")
-    run.add_argument("--max-failures", type=_positive(int), default=DEFAULT_MAX_FAILURES,
-                     metavar="N", help="stop a target after N distinct new failures "
-                                       "(default: %(default)s)")
-    run.add_argument("--shrink-budget", type=_positive(float), metavar="SECONDS",
-                     default=DEFAULT_SHRINK_SECONDS,
-                     help="seconds each distinct failure may be shrunk for (default: "
-                          "%(default)g)")
-    run.add_argument("--expect-failures", action="append", type=Path, metavar="FILE",
-                     default=[], help="known failures (a reproducer, or "
-                     '{"expected": [{"target": ..., "signature": ...}]}): reported, not '
-                     "failing; repeatable")
-    run.add_argument("--seed", type=_seed, help="seed of the case stream (default: random; "
-                     "the report records it)")
-    run.add_argument("--space", choices=sorted(SPACES),
-                     help="the space cases are drawn from, narrowed per target to what it "
-                          "declares it accepts (default: gpu on cuda, cpu on cpu; --profile "
-                          "is a deprecated alias)")
-    run.add_argument("--profile", dest="space", choices=sorted(SPACES), help=argparse.SUPPRESS)
-    run.add_argument("--devices", metavar="LIST",
-                     help="with --device cuda: the GPUs to use, e.g. cuda:0,cuda:1 (default: "
-                          "every visible one); each runs its own workers")
-    run.add_argument("--workers", type=_positive(int), default=1, metavar="N",
-                     help="worker processes per device, each with its own case stream "
-                          "(default: %(default)s; on a CPU each takes one core)")
-    _device_options(run)
-    run.add_argument("--report-dir", type=Path, default=Path("fuzz-out"), metavar="DIR",
-                     help="each run writes into a new directory here (default: %(default)s)")
-    run.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+               "Exit codes: 0 clean, 1 a new or stale finding, 2 usage or input error, "
+               "3 inconclusive, 130 interrupted.")
+    what = run.add_argument_group("what to fuzz")
+    what.add_argument("--target", action="append", metavar="NAME",
+                      help="a registered target, fault:<name> or module:callable; repeatable "
+                           "(default: every target available on the device)")
+    what.add_argument("--model", choices=sorted(MODELS),
+                      help="draw the attention shapes of this model's layers (docs/models.md)")
+    what.add_argument("--space", choices=sorted(SPACES),
+                      help="the space cases are drawn from, narrowed per target to what it "
+                           "declares it accepts (default: gpu on cuda, cpu on cpu; --profile "
+                           "is a deprecated alias)")
+    what.add_argument("--profile", dest="space", choices=sorted(SPACES), help=argparse.SUPPRESS)
+    what.add_argument("--seed", type=_seed, help="seed of the case stream (default: random; "
+                      "the report records it)")
+    how_long = run.add_argument_group("how long")
+    how_long.add_argument("--budget", type=_positive(float), metavar="SECONDS",
+                          help="seconds of exploration in all, shared by the targets "
+                               f"(default: {DEFAULT_BUDGET:g} unless --examples is given)")
+    how_long.add_argument("--examples", type=_positive(int), metavar="N",
+                          help="judged cases per target; with --budget, whichever ends first")
+    how_long.add_argument("--min-cases", type=_positive(int), default=DEFAULT_MIN_CASES,
+                          metavar="N", help="a target judging fewer cases is inconclusive, "
+                                            "not clean (default: %(default)s)")
+    findings = run.add_argument_group("findings")
+    findings.add_argument("--max-findings", "--max-failures", dest="max_findings",
+                          type=_positive(int), default=DEFAULT_MAX_FINDINGS, metavar="N",
+                          help="stop a target after N new findings; sightings of known ones "
+                               "never stop it (default: %(default)s; --max-failures is a "
+                               "deprecated alias)")
+    findings.add_argument("--shrink-budget", type=_positive(float), metavar="SECONDS",
+                          default=DEFAULT_SHRINK_SECONDS,
+                          help="seconds each new finding may be shrunk for (default: "
+                               "%(default)g)")
+    findings.add_argument("--expect", "--expect-failures", dest="expect", action="append",
+                          type=Path, metavar="FILE", default=[],
+                          help="expected findings: a findings/<target>.json a run wrote, or a "
+                               "reproducer; replayed first, they are reported, not failing, "
+                               "while they still reproduce; repeatable (--expect-failures is "
+                               "a deprecated alias)")
+    where = run.add_argument_group("where it runs")
+    _device_options(where)
+    where.add_argument("--devices", metavar="LIST",
+                       help="with --device cuda: the GPUs to use, e.g. cuda:0,cuda:1 (default: "
+                            "every visible one); each runs its own workers")
+    where.add_argument("--workers", type=_positive(int), default=1, metavar="N",
+                       help="worker processes per device, each with its own case stream "
+                            "(default: %(default)s; on a CPU each takes one core)")
+    output = run.add_argument_group("output")
+    output.add_argument("--report-dir", type=Path, default=Path("fuzz-out"), metavar="DIR",
+                        help="each run writes into a new directory here (default: %(default)s)")
+    output.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
     run.set_defaults(handler=run_command)
 
     replay = commands.add_parser(
@@ -305,16 +320,36 @@ def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
         write_junit(report, junit)
         written.append(junit)
     for run in report.targets:
-        for failure in run.new_failures:
-            if failure.path is not None:
-                console.print(f"{run.target} [{failure.signature}]: replay with "
-                              f"'{failure.path and _replay_hint(failure.path)}'",
-                              soft_wrap=True, markup=False)
+        for finding in run.new_findings:
+            console.print(f"{run.target} [{finding.identity}] {finding.words}; replay with "
+                          f"'{_replay_hint(finding.path)}'", soft_wrap=True, markup=False)
+        for stale in run.stale:
+            console.print(f"{run.target} [{stale.expected.identity}] is expected in "
+                          f"{stale.expected.path} but its case {stale.now}: fixed? remove it",
+                          soft_wrap=True, markup=False)
+        if run.findings:
+            path = _write_findings(run, run_dir)
+            written.append(path)
+            if run.new_findings:
+                console.print(f"{run.target}: to accept these findings, pass --expect "
+                              f"{relative(path)}", soft_wrap=True, markup=False)
     console.print("reports: " + ", ".join(relative(p) for p in written), soft_wrap=True,
                   markup=False)
 
 
-def _replay_hint(path: Path) -> str:
+def _write_findings(run: TargetRun, run_dir: RunDirectory) -> Path:
+    """findings/<target>.json: every finding of the target, in the form --expect reads."""
+    slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in run.target)
+    path = run_dir.path / "findings" / f"{slug}.json"
+    path.parent.mkdir(exist_ok=True)
+    write_findings(path, run.target, (finding_json(f.identity, f.words, f.spec)
+                                      for f in run.findings))
+    return path
+
+
+def _replay_hint(path: Path | None) -> str:
+    if path is None:
+        return "-"
     spec = read_case(path)
     return str(spec.extra.get("replay", f"{PROG} replay {relative(path)}"))
 
@@ -322,11 +357,10 @@ def _replay_hint(path: Path) -> str:
 def run_command(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
     devices = _devices(device, args.devices)
-    workers = tuple(d for _ in range(args.workers) for d in devices)  # devices alternate
     try:
         if args.junit is not None:
             check_writable_file(args.junit, "--junit")
-        expected = expected_failures(args.expect_failures)
+        expected = expected_findings(args.expect)
     except (JournalError, ExpectationError) as exc:
         raise UsageError(str(exc)) from None
     # A log or a pipe gets a wide table rather than rich's default 80 columns.
@@ -340,19 +374,14 @@ def run_command(args: argparse.Namespace) -> int:
         run_dir = RunDirectory(args.report_dir, seed)
     except JournalError as exc:
         raise UsageError(str(exc)) from None
-    found_versions = versions()
     pack_cases, pack_tokens = PACK_SIZES[device]
-    settings = {"targets": [t.name for t, _ in chosen], "device": device,
-                "devices": list(devices), "workers": args.workers, "space": space,
-                "model": args.model,
-                "seed": seed, "budget": seconds, "examples": args.examples,
-                "min_cases": args.min_cases, "max_failures": args.max_failures,
-                "shrink_budget": args.shrink_budget, "case_timeout": args.case_timeout,
-                "isolation": args.isolation, "pack_cases": pack_cases,
-                "pack_tokens": pack_tokens, "interpreter": interpreter_patches()}
-    shared = Settings(workers, seed, args.case_timeout, args.isolation, pack_cases, pack_tokens,
-                      args.max_failures, args.shrink_budget, frozenset(expected),
-                      found_versions)
+    settings = RunSettings(
+        targets=tuple(t.name for t, _ in chosen), device=device, devices=devices,
+        workers=args.workers, space=space, model=args.model, seed=seed, budget=seconds,
+        examples=args.examples, min_cases=args.min_cases, max_findings=args.max_findings,
+        shrink_seconds=args.shrink_budget, case_timeout=args.case_timeout,
+        isolation=args.isolation, pack_cases=pack_cases, pack_tokens=pack_tokens,
+        expected=tuple(expected), versions=versions(), interpreter=interpreter_patches())
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     start = time.perf_counter()
     campaigns: list[Campaign] = []
@@ -360,13 +389,11 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         with FuzzProgress(seconds, None if seconds else args.examples) as progress:
             for target, spaces in chosen:
-                limit = target.capabilities.max_total_tokens
-                own = replace(shared, pack_tokens=min(pack_tokens, limit or pack_tokens))
-                campaigns.append(Campaign(target, spaces, own, run_dir, progress.case))
+                campaigns.append(Campaign(target, spaces, settings, run_dir, progress.case))
             run_campaigns(campaigns, budget=seconds, examples=args.examples,
                           min_cases=args.min_cases)
             for campaign in campaigns:
-                if campaign.run.new_failures:
+                if campaign.run.new_findings:
                     progress.note(f"shrinking {campaign.target.name}")
                 campaign.finish()
     except KeyboardInterrupt:
@@ -376,8 +403,7 @@ def run_command(args: argparse.Namespace) -> int:
             campaign.close()
         signal.signal(signal.SIGTERM, previous)
     report = RunReport(settings, [c.run for c in campaigns], time.perf_counter() - start,
-                       args.min_cases, found_versions, device_description(devices[0]),
-                       run_dir.path, interrupted)
+                       device_description(devices[0]), run_dir.path, interrupted)
     _publish(report, run_dir, args.junit, console)
     run_dir.close()
     if interrupted:

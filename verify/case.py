@@ -146,8 +146,8 @@ _KNOWN_KEYS = frozenset(f.name for f in fields(CaseSpec)) - {"extra"} | {"format
 RENAMED_KEYS = {"value_profile": "value_distribution"}
 _REQUEST_KEYS = ("context_len", "query_len", "ranges", "seed")
 # Free-form annotations a reproducer may carry; they never change the computation.
-ANNOTATION_KEYS = frozenset({"note", "diagnosis", "expect", "bug_class", "target", "signature",
-                             "versions", "replay"})
+ANNOTATION_KEYS = frozenset({"note", "diagnosis", "expect", "bug_class", "target", "finding",
+                             "signature", "versions", "replay"})
 
 
 def _int(data: Mapping[str, Any], key: str, path: str, *, minimum: int,

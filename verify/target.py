@@ -37,6 +37,13 @@ class Target:
         """
         return None
 
+    @property
+    def compiles(self) -> bool:
+        """Whether this target compiles kernels per configuration (it declares a compile
+        key): the fuzzer then keeps each configuration for many cases, and draws a fresh
+        one for every pack otherwise."""
+        return type(self).compile_key is not Target.compile_key
+
     def approximation_bias(self, case: MaterializedCase) -> LogWeight | None:
         """The log-weight of the approximation this target claims to compute, added to the
         scores of the exact mask (None: exact attention)."""

@@ -50,6 +50,13 @@ def _request_features(spec: CaseSpec) -> Iterator[str]:
                     yield f"range_across_tile_{tile}"
 
 
+def configuration(spec: CaseSpec) -> str:
+    """What kernels compile for, as a key: dtype, heads, head dims, page size, softcap (the
+    report counts the configurations a target was judged on)."""
+    return (f"{spec.dtype}/{spec.num_heads}:{spec.num_kv_heads}/{spec.head_dim}:"
+            f"{spec.value_dim}/{spec.page_size}/{spec.softcap}")
+
+
 def features(spec: CaseSpec) -> set[str]:
     """The features of :data:`FEATURES` that ``spec`` has."""
     found = set(_request_features(spec))

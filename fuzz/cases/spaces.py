@@ -31,7 +31,7 @@ def space_for(capabilities: Capabilities, base: Space) -> Space | None:
     if limit is not None:
         max_seq_len = min(max_seq_len, limit)
         max_requests = max(1, min(max_requests, limit // max_seq_len))
-        edges = tuple(e for e in edges if max_requests * (e + EDGE_REACH) <= limit)
+        edges = tuple(e for e in edges if e + EDGE_REACH <= limit)
     head_dims = tuple(d for d in base.head_dims if capabilities.accepts_head_dim(d))
     page_sizes = tuple(p for p in base.page_sizes if capabilities.accepts_page_size(p))
     dtypes = tuple(d for d in base.dtypes if d in capabilities.dtypes)

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from hypothesis import example
 from hypothesis import strategies as st
 
-from verify.case import POISONS, VALUE_DISTRIBUTIONS, CaseSpec, parse_case
+from verify.case import DTYPES, POISONS, VALUE_DISTRIBUTIONS, CaseSpec, parse_case
 
 PAGE_SIZES = (None, 1, 3, 7, 16, 64, 128)
 HEAD_DIMS = (64, 128, 256)
@@ -45,7 +45,8 @@ class Space:
     ``heads`` fixes (num_heads, num_kv_heads) pairs (else ``max_kv_heads`` x
     ``gqa_ratios``); ``windows``, ``clamp``, ``softcaps`` and ``softmax_scales`` fix those
     options when set. ``tile_edges``: lengths and ranges around these tile sizes are drawn
-    too, for edges up to twice ``max_seq_len``. ``image_sizes``: the token counts of
+    too; ``tile_edge_rarity`` makes them that many times rarer (a space of short cases
+    still crosses the edges kernels tile by, now and then). ``image_sizes``: the token counts of
     images (else any). ``prefix_lm``: each request's range is one prefix ``[0, L - 1]``
     (PaliGemma's image + prompt). ``layout`` names predicates of
     :data:`verify.capabilities.LAYOUT_PREDICATES` to honour.
@@ -58,7 +59,7 @@ class Space:
     gqa_ratios: Sequence[int] = GQA_RATIOS
     heads: Sequence[tuple[int, int]] | None = None
     head_dims: Sequence[int] = HEAD_DIMS
-    dtypes: Sequence[str] = ("bfloat16", "float16")
+    dtypes: Sequence[str] = DTYPES
     page_sizes: Sequence[int | None] = PAGE_SIZES
     window: bool = True
     windows: Sequence[int] | None = None
@@ -74,6 +75,7 @@ class Space:
     overlapping_ranges: bool = False
     contract_knobs: bool = True  # page-table slack and (0, 0) range padding
     tile_edges: Sequence[int] = ()
+    tile_edge_rarity: int = 1
     image_sizes: Sequence[int] | None = None
     prefix_lm: bool = False
     layout: frozenset[str] = frozenset()
@@ -83,7 +85,7 @@ class Space:
 
     @property
     def edges(self) -> tuple[int, ...]:
-        return tuple(e for e in self.tile_edges if e <= 2 * self.max_seq_len)
+        return tuple(self.tile_edges)
 
     @property
     def longest(self) -> int:
@@ -92,9 +94,11 @@ class Space:
 
 
 CPU_SPACE = Space(tile_edges=(64, 128))
-# The Triton interpreter runs every program instance in Python: keep shapes tiny.
+# The Triton interpreter runs every program instance in Python: keep shapes tiny, and cross
+# the tile edges rarely.
 INTERPRETER_SPACE = Space(max_requests=2, max_seq_len=40, head_dims=(16, 32, 64),
-                          dtypes=("float32", "bfloat16"), max_kv_heads=2)
+                          dtypes=("float32", "bfloat16"), max_kv_heads=2, tile_edges=(64, 128),
+                          tile_edge_rarity=3)
 GPU_SPACE = Space(max_requests=6, max_seq_len=2048, max_ranges=6, max_kv_heads=4,
                   page_sizes=(None, 16, 64, 128), tile_edges=(64, 128, 256))
 
@@ -109,7 +113,7 @@ def _sequence_length(draw: st.DrawFn, space: Space, low: int) -> int:
     every scale of length is drawn about as often, so long sequences come up without
     making every case long (the reference's work grows with the square of the length)."""
     edges = [e + d for e in space.edges for d in (-1, 0, 1) if e + d >= low]
-    if edges and draw(st.integers(0, 3)) == 0:
+    if edges and draw(st.integers(0, 4 * space.tile_edge_rarity - 1)) == 0:
         return draw(st.sampled_from(edges))
     high = max(low, space.max_seq_len)
     octave = draw(st.integers(low.bit_length() - 1, high.bit_length() - 1))
@@ -197,7 +201,7 @@ def overlapping_ranges(draw: st.DrawFn, seq_len: int, max_ranges: int) -> list[l
 
 @st.composite
 def request_dicts(draw: st.DrawFn, space: Space, window: int | None = None) -> dict:
-    kinds = ["prefill", "prefill", "chunk", "decode", "empty"]
+    kinds = ["prefill", "prefill", "chunk", "decode", "empty"] * space.tile_edge_rarity
     if space.edges:
         kinds.append("tile_edge")
     if _has(space, "decode_only"):
@@ -304,6 +308,15 @@ def pack_dicts(draw: st.DrawFn, space: Space, config: dict, size: int
     """Options and ``size`` layouts for one configuration: the cases of one pack."""
     options = draw(option_dicts(space, config))
     return options, [draw(layout_dicts(space, options)) for _ in range(size)]
+
+
+@st.composite
+def fresh_pack_dicts(draw: st.DrawFn, space: Space, max_size: int
+                     ) -> tuple[dict, dict, list[dict]]:
+    """A configuration, options and 1 to ``max_size`` layouts: one pack of its own."""
+    config = draw(config_dicts(space))
+    options, layouts = draw(pack_dicts(space, config, draw(st.integers(1, max_size))))
+    return config, options, layouts
 
 
 @st.composite

@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture.providers import AVAILABLE_PROVIDERS, HypothesisProvider
 
-from fuzz.cases.strategies import Space, config_dicts, pack_dicts
+from fuzz.cases.strategies import Space, config_dicts, fresh_pack_dicts, pack_dicts
 from verify.case import CaseError, CaseSpec, parse_case
 
 # Configurations in the pool at once, and the cases each serves by default and at most.
@@ -84,13 +84,22 @@ class _Slot:
 
 class CaseStream:
     """Packs of cases for one target: ``next_pack()`` gives cases sharing a configuration
-    and options, at most ``pack_cases`` of them and ``pack_tokens`` keys in all."""
+    and options, at most ``pack_cases`` of them and ``pack_tokens`` keys in all.
+
+    ``pooled``: the target compiles per configuration, so a small pool of configurations
+    serves many cases each; otherwise every pack has a fresh configuration and a drawn
+    size (1 to ``pack_cases``), so a bug that needs one GQA ratio or page size meets it
+    within a few dozen cases.
+    """
 
     def __init__(self, spaces: list[Space], declines: Callable[[CaseSpec], str | None],
-                 stream_seed: int, *, pack_cases: int, pack_tokens: int) -> None:
+                 stream_seed: int, *, pack_cases: int, pack_tokens: int,
+                 pooled: bool = True) -> None:
         self.spaces = spaces
         self.declines = declines
         self.pack_cases, self.pack_tokens = pack_cases, pack_tokens
+        self.pooled = pooled
+        self._fresh: list[list[CaseSpec]] = []
         self.random = random.Random(stream_seed)
         self.declined: Counter[str] = Counter()
         self.drawn = 0
@@ -122,21 +131,27 @@ class CaseStream:
                                                          self.pack_cases),
                                               max(1, min(PACKS_PER_DRAW, wanted)),
                                               self._seed()):
-            specs = [s for s in (self._case(slot, options, layout) for layout in layouts) if s]
-            pack: list[CaseSpec] = []
-            for spec in specs:
-                if pack and sum(s.total_k for s in pack) + spec.total_k > self.pack_tokens:
-                    slot.packs.append(pack)
-                    pack = []
-                pack.append(spec)
-            if pack:
-                slot.packs.append(pack)
+            slot.packs += self._split([self._case(slot.config, options, layout)
+                                       for layout in layouts])
 
-    def _case(self, slot: _Slot, options: dict[str, Any], layout: dict[str, Any]
+    def _split(self, specs: list[CaseSpec | None]) -> list[list[CaseSpec]]:
+        """The drawn cases (None: declined) in packs of at most ``pack_tokens`` keys."""
+        packs: list[list[CaseSpec]] = []
+        pack: list[CaseSpec] = []
+        for spec in specs:
+            if spec is None:
+                continue
+            if pack and sum(s.total_k for s in pack) + spec.total_k > self.pack_tokens:
+                packs.append(pack)
+                pack = []
+            pack.append(spec)
+        return [*packs, pack] if pack else packs
+
+    def _case(self, config: dict[str, Any], options: dict[str, Any], layout: dict[str, Any]
               ) -> CaseSpec | None:
         self.drawn += 1
         try:
-            spec = parse_case({**layout, **slot.config, **options})
+            spec = parse_case({**layout, **config, **options})
         except CaseError as exc:  # a strategy bug, counted rather than hidden
             self.declined[f"invalid: {exc}"] += 1
             return None
@@ -152,6 +167,8 @@ class CaseStream:
 
     def next_pack(self) -> list[CaseSpec]:
         """The next pack (never empty; raises RuntimeError if nothing can be drawn)."""
+        if not self.pooled:
+            return self._fresh_pack()
         for _ in range(64):
             while len(self._slots) < POOL:
                 self._slots.append(self._new_slot())
@@ -166,8 +183,26 @@ class CaseStream:
                 slot.used += len(pack)
                 return pack
             slot.used = slot.quota  # nothing new in this configuration: replace it
-        raise RuntimeError("the space yields no new case the target accepts "
-                           f"(declined: {dict(self.declined.most_common(3))})")
+        raise self._exhausted()
+
+    def _fresh_pack(self) -> list[CaseSpec]:
+        """A pack with a configuration of its own, taking the spaces in turn."""
+        for _ in range(64):
+            if not self._fresh:
+                index = self._configs_drawn % len(self.spaces)
+                self._configs_drawn += 1
+                for config, options, layouts in draw_examples(
+                        fresh_pack_dicts(self.spaces[index], self.pack_cases), PACKS_PER_DRAW,
+                        self._seed()):
+                    self._fresh += self._split([self._case(config, options, layout)
+                                                for layout in layouts])
+            if self._fresh:
+                return self._fresh.pop(0)
+        raise self._exhausted()
+
+    def _exhausted(self) -> RuntimeError:
+        return RuntimeError("the space yields no new case the target accepts "
+                            f"(declined: {dict(self.declined.most_common(3))})")
 
     def compiled(self, seconds: float, seconds_per_case: float) -> None:
         """A configuration compiled in ``seconds``: size the quotas so that compiling stays

@@ -17,7 +17,6 @@ import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
-from fuzz.loop.findings import Cause, Finding
 from fuzz.loop.shrink import Predicate, shrink
 from fuzz.loop.triage import (
     BY_NAME,
@@ -25,6 +24,7 @@ from fuzz.loop.triage import (
     Accepts,
     Diagnosis,
     cap,
+    error_ratio,
     family,
     longest,
     relative_error,
@@ -33,6 +33,7 @@ from fuzz.loop.triage import (
     triage,
     without,
 )
+from fuzz.records.findings import Cause, Finding
 from verify.case import CaseSpec
 from verify.runner import Outcome
 
@@ -40,17 +41,23 @@ from verify.runner import Outcome
 TRIAGED_FIRST = 3
 TRIAGE_EVERY = 8
 # Candidates a new identity's case is shrunk through before it is triaged again.
-CANONICAL_CANDIDATES = 60
+CANONICAL_CANDIDATES = 200
+# A feature whose removal leaves more than this multiple of the error ratio that taking a
+# known finding's cause away leaves only made that finding visible (half precision).
+VISIBILITY = 2.0
 
 
 @dataclass(frozen=True)
 class Attribution:
-    """A sighting of ``finding``, or a new finding ``diagnosis`` shown by ``spec`` (the
+    """A sighting of ``finding`` (with the first failing position a full triage found for a
+    threshold), or a new finding ``diagnosis`` shown by ``spec`` with ``outcome`` (the
     failing case, shrunk for a trigger or threshold)."""
 
     finding: Finding | None
     diagnosis: Diagnosis | None = None
     spec: CaseSpec | None = None
+    outcome: Outcome | None = None
+    position: int | None = None
 
 
 def removal(spec: CaseSpec, finding: Finding, accepts: Accepts) -> CaseSpec | None:
@@ -60,7 +67,7 @@ def removal(spec: CaseSpec, finding: Finding, accepts: Accepts) -> CaseSpec | No
     taken: CaseSpec | None = None
     if identity.cause is Cause.TRIGGER and all(BY_NAME[name].present(spec)
                                                for name in identity.features):
-        taken = without(spec, identity.features)
+        taken = without(spec, identity.features, accepts)
     elif (identity.cause is Cause.THRESHOLD and finding.position is not None
           and longest(spec) > finding.position):
         taken = cap(spec, finding.position)
@@ -110,6 +117,24 @@ def _same_consistency(findings: Sequence[Finding], explained: Sequence[Finding],
     return still
 
 
+def consistency_kept(finding: Finding, others: Sequence[Finding], accepts: Accepts
+                     ) -> Predicate:
+    """A predicate for shrinking ``finding``'s case: a candidate must still show its
+    symptom and be explained by exactly the findings that explain the case now."""
+    what = symptom(finding.outcome)
+    everyone = [finding, *others]
+    state: dict[str, list[Finding]] = {}
+
+    def still(candidate: CaseSpec) -> Generator[list[CaseSpec], list[Outcome], bool]:
+        if "before" not in state:
+            state["before"] = yield from _consistent(finding.spec, finding.outcome, what,
+                                                     everyone, accepts)
+        return (yield from _same_consistency(everyone, state["before"], what, accepts)(
+            candidate))
+
+    return still
+
+
 def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], accepts: Accepts
               ) -> Generator[list[CaseSpec], list[Outcome], Attribution]:
     """Attribute the failure ``outcome`` of ``spec`` to a known finding or a new one."""
@@ -122,16 +147,42 @@ def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], acc
     diagnosis = yield from triage(spec, outcome, accepts, known)
     for finding in findings:
         if finding.identity == diagnosis.identity:
-            return Attribution(finding)
+            return Attribution(finding, position=diagnosis.position)
     if diagnosis.identity.cause not in (Cause.TRIGGER, Cause.THRESHOLD):
-        return Attribution(None, diagnosis, spec)
+        return Attribution(None, diagnosis, spec, outcome)
     # A new trigger or threshold: its identity is the one of a small case.
     small, _ = yield from shrink(spec, _same_consistency(findings, explained, what, accepts),
                                  accepts, math.inf, max_tried=CANONICAL_CANDIDATES)
+    again = (yield [small])[0] if small is not spec else outcome
     if small is not spec:
-        again = (yield [small])[0]
         diagnosis = yield from triage(small, again, accepts, known)
         for finding in findings:
             if finding.identity == diagnosis.identity:
                 return Attribution(finding)
-    return Attribution(None, diagnosis, small)
+    for finding in explained:
+        if (yield from _only_visibility(small, again, diagnosis, finding, accepts)):
+            return Attribution(finding)
+    return Attribution(None, diagnosis, small, again)
+
+
+def _only_visibility(spec: CaseSpec, outcome: Outcome, diagnosis: Diagnosis, finding: Finding,
+                     accepts: Accepts) -> Generator[list[CaseSpec], list[Outcome], bool]:
+    """Whether the new trigger's extra features only made ``finding`` visible on ``spec``.
+
+    In half precision a wrong key among many can sink below the tolerance, so a feature
+    that narrows the keys (a window, a short range) can seem to be a cause. Taken away, such
+    a feature leaves part of the error; a cause leaves what taking the known finding's
+    cause away leaves. In float32 the baseline's error is far below any wrong key's, and a
+    feature that clears a failure is a cause.
+    """
+    if diagnosis.identity.cause is not Cause.TRIGGER or spec.dtype == "float32":
+        return False
+    taken = removal(spec, finding, accepts)
+    if taken is None:
+        return False
+    what = symptom(outcome)
+    left = error_ratio((yield [taken])[0], what)
+    known = set(finding.identity.features)
+    extra = [n for n in diagnosis.identity.features if n not in known]
+    return left is not None and bool(extra) and all(
+        diagnosis.evidence.get(n, 0.0) > VISIBILITY * left for n in extra)

@@ -1,32 +1,36 @@
-"""One target's fuzzing: draw, pack, run in workers, judge, group failures, shrink.
+"""One target's fuzzing: draw, pack, run in workers, judge, attribute failures, shrink.
 
-The loop of docs/design.md for a single target. Exploration can be resumed (the
-schedule gives a target time in rounds); it goes on after failures, groups them by
-signature and confirms a failure seen inside a pack by running that case alone (if it
-passes alone, the pack is the failure: a cross-request bug). Every new failure is saved
-as a reproducer at once and shrunk at the end, within its own deadline.
+The loop of docs/design.md for a single target. Exploration can be resumed (the schedule
+gives a target time in rounds) and goes on after failures. A failure seen inside a pack
+is first rerun alone (if it passes alone, the pack is the failing case: a cross-request
+bug); then it is attributed (:mod:`fuzz.loop.attribution`) to a known finding, as a
+sighting, or becomes a new finding, saved as a reproducer at once and shrunk at the end.
+Expected findings are replayed before exploration starts: confirmed, or stale.
 """
 
 from __future__ import annotations
 
 import random
 import time
-from collections import Counter
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
+from enum import Enum
 from itertools import count
-from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from fuzz.cases.coverage import features
+from fuzz.cases.coverage import configuration, features
 from fuzz.cases.drawing import DrawnAhead
 from fuzz.cases.strategies import Space
 from fuzz.cases.stream import CaseStream
+from fuzz.loop.attribution import attribute, consistency_kept
 from fuzz.loop.jobs import Job, JobResult
+from fuzz.loop.settings import RunSettings
 from fuzz.loop.shrink import shrink
-from fuzz.loop.signature import signature
+from fuzz.loop.triage import symptom, triage
 from fuzz.loop.workers import WorkerPool
 from fuzz.records.casefiles import write_reproducer
+from fuzz.records.findings import Cause, ExpectedFinding, Finding
 from fuzz.records.journal import RunDirectory
 from fuzz.records.stats import TargetStats
 from verify.case import CaseSpec
@@ -39,47 +43,25 @@ from verify.target import Target
 POLL_SECONDS = 0.5
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What every campaign of a run shares."""
-
-    devices: tuple[str, ...]  # one entry per worker (a device may be listed more than once)
-    seed: int
-    case_timeout: float
-    isolation: str
-    pack_cases: int
-    pack_tokens: int
-    max_failures: int
-    shrink_seconds: float
-    expected: frozenset[tuple[str, str]] = frozenset()
-    versions: dict[str, str | None] = field(default_factory=dict)
-
-
 def stream_seed(seed: int, slot: int) -> int:
     """The seed of worker ``slot``'s stream: the run's own for the first worker (a run on
     one worker draws what it always drew), one derived from it for the others."""
     return seed if slot == 0 else random.Random(f"{seed}/{slot}").randrange(2**32)
 
 
+class Purpose(Enum):
+    """Why a job was submitted: exploration, a pack's failing case rerun alone, or a run
+    triage or shrinking asked for."""
+
+    EXPLORE = "explore"
+    ALONE = "alone"
+    TRIAGE = "triage"
+
+
 class _Submitted(NamedTuple):
     cases: list[CaseSpec]
-    confirm: bool  # a case of a pack rerun alone
+    purpose: Purpose
     slot: int | None  # the worker whose stream drew it (None: whichever was free)
-
-
-@dataclass
-class Failure:
-    """One distinct failure (signature) of a target and its reproducer."""
-
-    signature: str
-    spec: CaseSpec
-    outcome: Outcome
-    expected: bool
-    sightings: int = 1
-    path: Path | None = None
-    shrunk: bool = False
-    shrink_cases: int = 0
-    unpacked: bool = True  # False: it fails only inside a pack (a cross-request bug)
 
 
 @dataclass
@@ -102,6 +84,14 @@ class Distance:
 
 
 @dataclass
+class Stale:
+    """An expected finding whose reproducer no longer fails with its identity."""
+
+    expected: ExpectedFinding
+    now: str  # what its case does now: "passes", or the identity it fails with
+
+
+@dataclass
 class TargetRun:
     """What fuzzing one target found, for the report."""
 
@@ -110,16 +100,20 @@ class TargetRun:
     spaces: list[Space]
     stats: TargetStats = field(default_factory=TargetStats)
     features: Counter[str] = field(default_factory=Counter)
-    failures: dict[str, Failure] = field(default_factory=dict)
+    findings: list[Finding] = field(default_factory=list)
+    stale: list[Stale] = field(default_factory=list)
     worst_ratio: float | None = None
     worst_spec: CaseSpec | None = None
     distance: Distance = field(default_factory=Distance)
+    configurations: set[str] = field(default_factory=set)
     compiles: int = 0
     compile_seconds: float = 0.0
     seconds: Counter[str] = field(default_factory=Counter)  # where the time went
     declined: Counter[str] = field(default_factory=Counter)
     drawn: int = 0
     restarts: int = 0
+    triage_runs: int = 0
+    unattributed: int = 0  # failures left after --max-findings new findings
     broken: str | None = None  # the exploration itself broke (not the target)
 
     @property
@@ -128,47 +122,59 @@ class TargetRun:
         return counts[Status.PASS] + counts[Status.FAIL] + counts[Status.ERROR]
 
     @property
-    def new_failures(self) -> list[Failure]:
-        return [f for f in self.failures.values() if not f.expected]
+    def new_findings(self) -> list[Finding]:
+        return [f for f in self.findings if not f.expected]
 
 
 class Campaign:
     """Fuzz one target; ``explore`` may be called several times, ``finish`` shrinks."""
 
-    def __init__(self, target: Target, spaces: list[Space], settings: Settings,
+    def __init__(self, target: Target, spaces: list[Space], settings: RunSettings,
                  journal: RunDirectory, on_case: Callable[[str, Outcome], None]) -> None:
         self.target = target
         self.settings = settings
         self.journal = journal
         self.on_case = on_case
-        device_type = settings.devices[0].split(":")[0]
-        self.pool = WorkerPool(target.name, settings.devices, case_timeout=settings.case_timeout,
+        devices = settings.worker_devices
+        self.device_type = devices[0].split(":")[0]
+        limit = target.capabilities.max_total_tokens
+        pack_tokens = min(settings.pack_tokens, limit or settings.pack_tokens)
+        self.pool = WorkerPool(target.name, devices, case_timeout=settings.case_timeout,
                                isolation=settings.isolation, log=journal.log)
-        workers = 1 if settings.isolation == "none" else len(settings.devices)
+        workers = 1 if settings.isolation == "none" else len(devices)
         self.streams = [DrawnAhead(CaseStream(
-            spaces, lambda spec: target.unsupported_reason(spec, device_type),
+            spaces, lambda spec: target.unsupported_reason(spec, self.device_type),
             stream_seed(settings.seed, slot), pack_cases=settings.pack_cases,
-            pack_tokens=settings.pack_tokens)) for slot in range(workers)]
+            pack_tokens=pack_tokens, pooled=target.compiles))
+            for slot in range(workers)]
         self.run = TargetRun(target.name, target.exact, spaces)
         self._ids = count()
         self._jobs: dict[int, _Submitted] = {}
+        self._deferred: list[JobResult] = []
+        self._failures: deque[tuple[CaseSpec, Outcome, bool]] = deque()
         self._first_compile_credit: float | None = None
+        self._confirmed_expected = False
         # Packs whose failing case is being rerun alone, by that case's JSON.
         self._pending: dict[str, tuple[list[CaseSpec], Outcome | None]] = {}
+
+    def accepts(self, spec: CaseSpec) -> bool:
+        return self.target.unsupported_reason(spec, self.device_type) is None
 
     # --- exploration ----------------------------------------------------------------------
 
     def explore(self, seconds: float | None, cases: int | None) -> None:
         """Explore until ``seconds`` pass (the first compile not counted) or ``cases`` more
-        cases are judged, or ``max_failures`` distinct new failures are found."""
+        cases are judged, or ``max_findings`` new findings are found."""
         start = time.monotonic()
+        if not self._confirmed_expected:
+            self._confirmed_expected = True
+            self._confirm_expected()
         target_judged = None if cases is None else self.run.judged + cases
         submitted = self.run.judged
 
         def done() -> bool:
             credit = self._first_compile_credit or 0.0
-            return (self.run.broken is not None
-                    or len(self.run.new_failures) >= self.settings.max_failures
+            return (self.run.broken is not None or self._findings_full()
                     or (seconds is not None and time.monotonic() - start - credit >= seconds)
                     or (target_judged is not None and submitted >= target_judged))
 
@@ -179,14 +185,20 @@ class Campaign:
                 if not pack_:
                     break
                 submitted += len(pack_)
-                self._submit(pack_, confirm=False, slot=slot)
-            if not self.pool.busy and not self._jobs:
+                self._submit(pack_, Purpose.EXPLORE, slot)
+            if not self.pool.busy and not self._jobs and not self._deferred \
+                    and not self._failures:
                 break
-            for result in self.pool.wait(POLL_SECONDS):
+            for result in self._collect(POLL_SECONDS):
                 self._absorb(result)
-            if done() and not self._jobs:
+            while self._failures:
+                self._attribute(*self._failures.popleft())
+            if done() and not self._jobs and not self._deferred:
                 break
         self.run.seconds["explore"] += time.monotonic() - start
+
+    def _findings_full(self) -> bool:
+        return len(self.run.new_findings) >= self.settings.max_findings
 
     def _next_pack(self, slot: int, limit: int | None) -> list[CaseSpec]:
         try:
@@ -199,46 +211,55 @@ class Campaign:
             self.run.drawn = sum(s.drawn for s in self.streams)
         return pack_ if limit is None else pack_[:limit]
 
-    def _submit(self, cases: list[CaseSpec], *, confirm: bool, slot: int | None) -> None:
+    def _submit(self, cases: list[CaseSpec], purpose: Purpose, slot: int | None) -> int:
         job = Job(next(self._ids), tuple(c.to_dict() for c in cases), packed=len(cases) > 1)
-        self._jobs[job.id] = _Submitted(cases, confirm, slot)
+        self._jobs[job.id] = _Submitted(cases, purpose, slot)
         self.pool.submit(job, slot)
+        return job.id
 
-    def _absorb(self, result: JobResult) -> None:
-        cases, confirm, slot = self._jobs.pop(result.id)
+    def _collect(self, timeout: float) -> list[JobResult]:
+        if self._deferred:
+            ready, self._deferred = self._deferred, []
+            return ready
+        return self.pool.wait(timeout)
+
+    def _account(self, result: JobResult, submitted: _Submitted) -> None:
         self.run.restarts = self.pool.restarts
         for phase, seconds in result.timings.items():
             self.run.seconds[phase] += seconds
         if result.compiled:
-            self._compiled(result, slot)
-        if confirm:
-            self._confirmed(cases[0], result.outcomes[0])
+            self._compiled(result, submitted.slot)
+
+    def _absorb(self, result: JobResult) -> None:
+        submitted = self._jobs.pop(result.id)
+        self._account(result, submitted)
+        cases = submitted.cases
+        if submitted.purpose is Purpose.ALONE:
+            self._alone(cases[0], result.outcomes[0])
             return
         for spec, outcome in zip(cases, result.outcomes, strict=True):
             self._record(spec, outcome)
         if len(cases) > 1 and any(o.status == Status.ERROR for o in result.outcomes):
-            # A crash, hang or exception of the packed call: the pack is the reproducer.
+            # A crash, hang or exception of the packed call: the pack is the failing case.
             packed, _ = pack(cases)
-            self._failure(packed, result.batch or result.outcomes[0], unpacked=False)
+            self._failures.append((packed, result.batch or result.outcomes[0], False))
             return
         for spec, outcome in zip(cases, result.outcomes, strict=True):
-            if outcome.failed:
-                sig = signature(outcome, spec.dtype)
-                if sig in self.run.failures:
-                    self.run.failures[sig].sightings += 1
-                elif len(cases) > 1:
-                    self._pending[spec.to_json()] = (cases, result.batch)
-                    self._submit([spec], confirm=True, slot=slot)  # where it compiled
-                else:
-                    self._failure(spec, outcome)
+            if not outcome.failed:
+                continue
+            if len(cases) > 1:
+                self._pending[spec.to_json()] = (cases, result.batch)
+                self._submit([spec], Purpose.ALONE, submitted.slot)  # where it compiled
+            else:
+                self._failures.append((spec, outcome, True))
 
-    def _confirmed(self, spec: CaseSpec, alone: Outcome) -> None:
+    def _alone(self, spec: CaseSpec, alone: Outcome) -> None:
         cases, batch = self._pending.pop(spec.to_json(), ([spec], None))
         if alone.failed:
-            self._failure(spec, alone)
+            self._failures.append((spec, alone, True))
         elif batch is not None and batch.failed:
             packed, _ = pack(cases)
-            self._failure(packed, batch, unpacked=False)
+            self._failures.append((packed, batch, False))
 
     def _compiled(self, result: JobResult, slot: int | None) -> None:
         seconds = result.timings.get("target", 0.0)
@@ -258,69 +279,111 @@ class Campaign:
         ratio = outcome.verdict.ratio if outcome.verdict is not None else None
         run.stats.add(outcome.status, ratio)
         run.features.update(features(spec))
+        run.configurations.add(configuration(spec))
         run.distance.add(outcome.distance, spec)
         if ratio is not None and (run.worst_ratio is None or ratio > run.worst_ratio):
             run.worst_ratio, run.worst_spec = ratio, spec
-        record = {"target": run.target, "status": outcome.status.value, "ratio": ratio,
-                  "seconds": round(outcome.seconds, 6)}
+        record: dict[str, Any] = {"target": run.target, "status": outcome.status.value,
+                                  "ratio": ratio, "seconds": round(outcome.seconds, 6)}
         if outcome.failed:
-            record["signature"] = signature(outcome, spec.dtype)
+            record["symptom"] = symptom(outcome)
         if outcome.distance is not None:
             record["exact_ulps"] = round(outcome.distance.scale_ulps, 3)
         self.journal.record_case(record)
         self.on_case(run.target, outcome)
 
-    def _failure(self, spec: CaseSpec, outcome: Outcome, *, unpacked: bool = True) -> None:
-        sig = signature(outcome, spec.dtype)
-        if sig in self.run.failures:
-            self.run.failures[sig].sightings += 1
-            return
-        expected = (self.target.name, sig) in self.settings.expected
-        failure = Failure(sig, spec, outcome, expected, unpacked=unpacked)
-        self.run.failures[sig] = failure
-        index = len(self.run.failures)
-        slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in self.target.name)
-        failure.path = write_reproducer(spec, outcome, sig,
-                                        self.journal.reproducers / f"{slug}-{index}.json",
-                                        self.settings.versions)
+    # --- attribution ----------------------------------------------------------------------
 
-    # --- shrinking -------------------------------------------------------------------------
-
-    def _run_alone(self, spec: CaseSpec) -> Outcome:
-        self._submit([spec], confirm=True, slot=None)
-        while True:
+    def _run_batch(self, specs: list[CaseSpec]) -> list[Outcome]:
+        """Run ``specs`` alone, each on whichever worker is free; results of other jobs that
+        arrive meanwhile wait in ``_deferred``."""
+        start = time.monotonic()
+        ids = {self._submit([spec], Purpose.TRIAGE, None): i for i, spec in enumerate(specs)}
+        found: dict[int, Outcome] = {}
+        while len(found) < len(ids):
             for result in self.pool.wait(POLL_SECONDS):
-                cases = self._jobs.pop(result.id).cases
-                for phase, seconds in result.timings.items():
-                    self.run.seconds[phase] += seconds
-                if cases[0] is spec:
-                    return result.outcomes[0]
+                if result.id in ids:
+                    self._account(result, self._jobs.pop(result.id))
+                    found[ids[result.id]] = result.outcomes[0]
+                else:
+                    self._deferred.append(result)
+        self.run.triage_runs += len(specs)
+        self.run.seconds["triage"] += time.monotonic() - start
+        return [found[i] for i in range(len(specs))]
+
+    def _drive(self, runs: Generator[list[CaseSpec], list[Outcome], Any]) -> Any:
+        """Drive a triage, attribution or shrink generator on the workers; its result."""
+        try:
+            batch = next(runs)
+            while True:
+                batch = runs.send(self._run_batch(batch) if batch else [])
+        except StopIteration as stop:
+            return stop.value
+
+    def _attribute(self, spec: CaseSpec, outcome: Outcome, alone: bool) -> None:
+        if self._findings_full():
+            self.run.unattributed += 1
+            return
+        found = self._drive(attribute(spec, outcome, self.run.findings, self.accepts))
+        if found.finding is not None:
+            finding = found.finding
+            finding.sightings += 1
+            if found.position is not None and (finding.position is None
+                                               or found.position < finding.position):
+                finding.position = found.position
+            return
+        diagnosis = found.diagnosis
+        finding = Finding(diagnosis.identity, diagnosis.words, found.spec, found.outcome,
+                          diagnosis.position, fails_alone=alone)
+        self.run.findings.append(finding)
+        self._write(finding)
+
+    def _write(self, finding: Finding) -> None:
+        if finding.path is None:
+            slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in self.target.name)
+            index = len(self.run.findings)
+            finding.path = self.journal.reproducers / f"{slug}-{index}.json"
+        write_reproducer(finding, self.target.name, self.settings.versions)
+
+    def _confirm_expected(self) -> None:
+        """Replay each expected finding of this target: confirmed, or stale."""
+        for expected in (e for e in self.settings.expected if e.target == self.target.name):
+            if not self.accepts(expected.spec):
+                self.run.stale.append(Stale(expected, "declined by the target here"))
+                continue
+            outcome = self._run_batch([expected.spec])[0]
+            if not outcome.failed:
+                self.run.stale.append(Stale(expected, "passes"))
+                continue
+            diagnosis = self._drive(triage(expected.spec, outcome, self.accepts))
+            if diagnosis.identity != expected.identity:
+                self.run.stale.append(Stale(expected, f"fails as {diagnosis.identity}"))
+                continue
+            self.run.findings.append(Finding(
+                expected.identity, diagnosis.words, expected.spec, outcome, diagnosis.position,
+                expected=True, sightings=0, path=expected.path))
+
+    # --- shrinking ------------------------------------------------------------------------
 
     def finish(self) -> None:
-        """Shrink each new failure within its deadline; rewrite its reproducer."""
+        """Shrink each new finding within its deadline, keeping its identity; say its cause
+        in words from the shrunk case; rewrite its reproducer."""
         start = time.monotonic()
-        device_type = self.settings.devices[0].split(":")[0]
-
-        def accepts(candidate: CaseSpec) -> bool:
-            return self.target.unsupported_reason(candidate, device_type) is None
-
-        for failure in self.run.new_failures:
-            failure.spec, failure.shrink_cases = shrink(
-                failure.spec, lambda c, f=failure: self._fails_like(c, f), accepts,
-                time.monotonic() + self.settings.shrink_seconds)
-            failure.shrunk = True
-            failure.path = write_reproducer(failure.spec, failure.outcome, failure.signature,
-                                            failure.path, self.settings.versions)
+        for finding in self.run.new_findings:
+            if finding.identity.cause in (Cause.UNTRIAGED, Cause.PRECISION):
+                continue  # a hang costs the timeout a run; precision needs its length
+            others = [f for f in self.run.findings if f is not finding]
+            small, finding.shrink_cases = self._drive(shrink(
+                finding.spec, consistency_kept(finding, others, self.accepts), self.accepts,
+                time.monotonic() + self.settings.shrink_seconds))
+            outcome = self._run_batch([small])[0]
+            diagnosis = self._drive(triage(small, outcome, self.accepts,
+                                           [f.identity for f in others], describe=True))
+            if diagnosis.identity == finding.identity:
+                finding.spec, finding.outcome, finding.words = small, outcome, diagnosis.words
+                finding.shrunk = small is not finding.spec or finding.shrink_cases > 0
+            self._write(finding)
         self.run.seconds["shrink"] += time.monotonic() - start
-
-    def _fails_like(self, candidate: CaseSpec, failure: Failure) -> bool:
-        """Whether ``candidate`` alone fails with ``failure``'s signature (then it becomes
-        the failure's outcome)."""
-        outcome = self._run_alone(candidate)
-        if outcome.failed and signature(outcome, candidate.dtype) == failure.signature:
-            failure.outcome = outcome
-            return True
-        return False
 
     def close(self) -> None:
         for stream in self.streams:

@@ -18,10 +18,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Generator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fuzz.loop.findings import Cause, Identity
+from fuzz.records.findings import Cause, Identity
 from verify.case import DTYPES, CaseError, CaseSpec, parse_case, without_annotations
 from verify.limits import MAX_SEED
 from verify.pack import with_explicit_seeds
@@ -49,6 +49,7 @@ PRECISION_KEEPS = 0.25
 PRECISION_RELATIVE = 1 / 16
 # Over four times the keys, rounding grows at least sqrt(4) = 2 times; the error ratio
 # must grow at least this much (its denominator, the baseline's error, grows a little too).
+# A missing or extra key does the opposite: more keys dilute it.
 PRECISION_GROWTH = 1.5
 CUTS = (2, 4)  # the sequences are cut to 1/2 and 1/4 of the longest
 # A constant factor between the LSE and the reference that names its cause.
@@ -56,7 +57,7 @@ LSE_FACTORS = {1 / math.log(2): "log base 2 where the natural log belongs?",
                math.log(2): "a natural log scaled by ln 2?"}
 LSE_FACTOR_TOLERANCE = 1e-3
 # Other values a cleared feature is confirmed on, at most, and how their seeds are derived.
-REDRAWS = 2
+REDRAWS = 3
 REDRAW_MULTIPLIER = 1_000_003
 
 
@@ -139,6 +140,12 @@ def cap(spec: CaseSpec, length: int) -> CaseSpec | None:
     return found[0] if found else None
 
 
+def doubled(spec: CaseSpec) -> CaseSpec | None:
+    """Every request with queries given twice as many (more keys for each later query)."""
+    found = _requests(spec, lambda r: {**r, "query_len": 2 * r["query_len"]})
+    return found[0] if found else None
+
+
 def longest(spec: CaseSpec) -> int:
     return max(r.seq_len for r in spec.requests)
 
@@ -211,10 +218,6 @@ def _other_page_size(spec: CaseSpec) -> list[CaseSpec]:
     return _with(spec, page_size=16 if spec.page_size != 16 else 64)
 
 
-def _present(spec: CaseSpec, key: str, default: Any) -> bool:
-    return getattr(spec, key) != default
-
-
 @dataclass(frozen=True)
 class Feature:
     """Something a case has that can be taken away. ``remove`` gives the cases without it,
@@ -284,19 +287,20 @@ FEATURES: tuple[Feature, ...] = (
     Feature("head_dim_v", lambda s: s.value_dim != s.head_dim,
             lambda s: _with(s, head_dim_v=None), lambda s: f"head_dim_v {s.value_dim}",
             structural=False),
-    Feature("values", lambda s: _present(s, "value_profile", "normal"),
-            lambda s: _with(s, value_profile="normal"), lambda s: f"{s.value_profile} values",
-            structural=False),
+    Feature("values", lambda s: s.value_distribution != "normal",
+            lambda s: _with(s, value_distribution="normal"),
+            lambda s: f"{s.value_distribution} values", structural=False),
 )
 BY_NAME = {f.name: f for f in FEATURES}
 
 
-def without(spec: CaseSpec, names: Sequence[str]) -> CaseSpec | None:
-    """``spec`` with every named feature it has taken away (each by its first neighbour)."""
+def without(spec: CaseSpec, names: Sequence[str], accepts: Accepts) -> CaseSpec | None:
+    """``spec`` with every named feature it has taken away (each by the first case without
+    it that the target accepts), or None where one cannot be."""
     for name in names:
         feature = BY_NAME[name]
         if feature.present(spec):
-            neighbours = feature.remove(spec)
+            neighbours = [n for n in feature.remove(spec) if accepts(n)]
             if not neighbours:
                 return None
             spec = neighbours[0]
@@ -339,6 +343,9 @@ class Diagnosis:
     words: str
     runs: int
     position: int | None = None  # a threshold's first failing position
+    # Per trigger feature, the error ratio its removal left (a cause leaves what a correct
+    # kernel has; a feature that only made a bug visible leaves part of the error).
+    evidence: dict[str, float] = field(default_factory=dict)
 
 
 def _clears(outcome: Outcome, what: str, ratio: float | None, structural: bool) -> bool:
@@ -350,14 +357,17 @@ def _clears(outcome: Outcome, what: str, ratio: float | None, structural: bool) 
     return after is None or after <= ratio / VALUE_CLEARS_BY
 
 
-def _precision(what: str, outcome: Outcome, ratios: list[float | None]) -> bool:
-    """The error shrinks with the keys, without a cliff, and stays small (the constants)."""
-    if what not in NUMERIC or any(r is None for r in ratios):
+def _precision(what: str, outcome: Outcome, cut: list[float | None], longer: float | None
+               ) -> bool:
+    """The error grows with the keys (cut to a half and a quarter it shrinks without a
+    cliff; with twice the queries it does not shrink) and stays small: the constants."""
+    if what not in NUMERIC or any(r is None for r in cut):
         return False
-    chain = [error_ratio(outcome, what), *ratios]  # all keys, a half, a quarter
+    chain = [error_ratio(outcome, what), *cut]  # all keys, a half, a quarter
     shrinks = chain[0] >= chain[-1] * PRECISION_GROWTH
     no_cliff = all(b >= a * PRECISION_KEEPS for a, b in itertools.pairwise(chain))
-    return shrinks and no_cliff and relative_error(outcome, what) < PRECISION_RELATIVE
+    grows = longer is None or longer >= chain[0]
+    return shrinks and no_cliff and grows and relative_error(outcome, what) < PRECISION_RELATIVE
 
 
 def _lse_factor(outcome: Outcome) -> str:
@@ -375,7 +385,8 @@ def _trigger_words(spec: CaseSpec, names: list[str], details: dict[str, str]) ->
     parts = [BY_NAME[n].words(spec) + (f" ({details[n]})" if details.get(n) else "")
              for n in names]
     if len(parts) == 1:
-        return f"fails only with {parts[0]} (passes without it)"
+        return f"fails only with {parts[0]}" + ("" if details.get(names[0]) else
+                                               " (passes without it)")
     listed = ", ".join(parts[:-1]) + f" and {parts[-1]}"
     return f"fails only with {listed} (passes without any one of them)"
 
@@ -389,18 +400,26 @@ def _redrawn(spec: CaseSpec, draw: int) -> CaseSpec:
 
 
 def _cleared(tested: list[tuple[Feature, list[CaseSpec]]], outcomes: list[Outcome], what: str,
-             ratio: float | None) -> list[Feature]:
-    """The features whose every neighbour cleared the failure (outcomes in batch order)."""
+             ratio: float | None, evidence: dict[str, float]) -> list[Feature]:
+    """The features whose every neighbour cleared the failure (outcomes in batch order);
+    ``evidence`` gets the largest error ratio left by each feature's removal."""
     results = iter(outcomes)
-    return [f for f, ns in tested
-            if all([_clears(next(results), what, ratio, f.structural) for _ in ns])]
+    cleared = []
+    for f, ns in tested:
+        left = [next(results) for _ in ns]
+        evidence[f.name] = max((error_ratio(o, what) or 0.0 for o in left), default=0.0)
+        if all(_clears(o, what, ratio, f.structural) for o in left):
+            cleared.append(f)
+    return cleared
 
 
-def _confirm(spec: CaseSpec, what: str, cleared: list[Feature], accepts: Accepts
+def _confirm(spec: CaseSpec, what: str, cleared: list[Feature], accepts: Accepts,
+             evidence: dict[str, float]
              ) -> Generator[list[CaseSpec], list[Outcome], tuple[list[Feature], int]]:
     """Keep the cleared features that clear the failure on other values too: a feature's
     removal can hide a bug by luck of the values (a key's weight falls below the
-    tolerance), never by luck twice. A draw on which the case itself passes says nothing."""
+    tolerance), seldom by luck twice. A draw on which the case itself passes says nothing;
+    a feature never confirmed on other values is not kept."""
     runs = 0
     for draw in range(1, REDRAWS + 1):
         again = _redrawn(spec, draw)
@@ -408,9 +427,9 @@ def _confirm(spec: CaseSpec, what: str, cleared: list[Feature], accepts: Accepts
         outcomes = yield [again, *(n for _, ns in tested for n in ns)]
         runs += len(outcomes)
         if shows(outcomes[0], what):
-            kept = _cleared(tested, outcomes[1:], what, error_ratio(outcomes[0], what))
-            return [f for f in cleared if f in kept or f not in [g for g, _ in tested]], runs
-    return cleared, runs
+            found = _cleared(tested, outcomes[1:], what, error_ratio(outcomes[0], what), {})
+            return found, runs
+    return [], runs
 
 
 def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
@@ -431,20 +450,24 @@ def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
     length = longest(spec)
     cuts = [c for c in (cap(spec, max(1, length // k)) for k in CUTS)
             if c is not None and c != spec and accepts(c)]
-    batch = [n for _, ns in tested for n in ns] + cuts
+    longer = [c for c in [doubled(spec)] if c is not None and accepts(c)]
+    batch = [n for _, ns in tested for n in ns] + cuts + longer
     outcomes = yield batch
     runs = len(batch)
-    cut_outcomes = outcomes[len(batch) - len(cuts):]
+    probes = len(cuts) + len(longer)
+    cut_outcomes = outcomes[len(batch) - probes:len(batch) - len(longer)]
     cut_ratios = [error_ratio(o, what) for o in cut_outcomes]
-    if len(cuts) == len(CUTS) and _precision(what, outcome, cut_ratios):
+    longer_ratio = error_ratio(outcomes[-1], what) if longer else None
+    if len(cuts) == len(CUTS) and _precision(what, outcome, cut_ratios, longer_ratio):
         shown = ", ".join(f"{r:.3g}" for r in [*cut_ratios[::-1], ratio])
         return Diagnosis(Identity(what, Cause.PRECISION),
                          f"{what} error grows with the key count (error ratio {shown} at a "
                          "quarter, half and all of the keys) and has no structural cause: "
                          "precision (accumulation in a low-precision type?)", runs)
-    cleared = _cleared(tested, outcomes[:len(batch) - len(cuts)], what, ratio)
+    evidence: dict[str, float] = {}
+    cleared = _cleared(tested, outcomes[:len(batch) - probes], what, ratio, evidence)
     if cleared:
-        cleared, more = yield from _confirm(spec, what, cleared, accepts)
+        cleared, more = yield from _confirm(spec, what, cleared, accepts, evidence)
         runs += more
     structural = [f.name for f in cleared if f.structural]
     names = structural or [f.name for f in cleared]
@@ -459,7 +482,8 @@ def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
                 ok = [_clears(next(answers), what, ratio, True) for _ in cs]
                 details[n] = _detail_words(spec, n, cs, ok)
         return Diagnosis(Identity(family(what), Cause.TRIGGER, tuple(names)),
-                         f"{what}: {_trigger_words(spec, names, details)}", runs)
+                         f"{what}: {_trigger_words(spec, names, details)}", runs,
+                         evidence={n: evidence[n] for n in names})
     if peel:
         peeled = yield from _peel(spec, what, accepts, known)
         if peeled is not None:
@@ -493,7 +517,7 @@ def _peel(spec: CaseSpec, what: str, accepts: Accepts, known: Sequence[Identity]
     the case is a sighting of it (two bugs in one case clear neither alone)."""
     peeled = [(k, c) for k in known if k.cause == Cause.TRIGGER and k.symptom == family(what)
               and all(BY_NAME[n].present(spec) for n in k.features)
-              for c in [without(spec, k.features)] if c is not None and accepts(c)]
+              for c in [without(spec, k.features, accepts)] if c is not None]
     if not peeled:
         return None
     outcomes = yield [c for _, c in peeled]

@@ -1,6 +1,6 @@
 """Cases for people: reproducer and golden files, and one-line descriptions.
 
-Files are case JSON (docs/contract.md) plus annotations (target, signature, diagnosis,
+Files are case JSON (docs/contract.md) plus annotations (target, finding, diagnosis,
 bug_class, versions, replay, expect, note), written one key and one request per line so
 that a diff or a glance shows the layout.
 """
@@ -13,9 +13,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from fuzz.records.findings import Finding
 from fuzz.records.journal import write_atomically
 from verify.case import CaseSpec, without_annotations
-from verify.runner import Outcome
 from verify.targets.faults import FAULTS
 
 
@@ -103,17 +103,17 @@ def replay_command(target: str, path: Path) -> str:
     return f"{prefix}python -m fuzz replay {relative(path)}"
 
 
-def write_reproducer(spec: CaseSpec, outcome: Outcome, signature: str, path: Path,
-                     versions: dict[str, str | None]) -> Path:
-    """Write the failing case with its target, signature, diagnosis and versions."""
-    data = without_annotations(spec).to_dict()
-    data["target"] = outcome.target
-    data["signature"] = signature
-    data["diagnosis"] = outcome.summary()
-    klass = bug_class(outcome.target)
+def write_reproducer(finding: Finding, target: str, versions: dict[str, str | None]) -> Path:
+    """Write ``finding``'s case with its target, identity, diagnosis and versions to its
+    path (a reproducer is also an expected-findings file of one finding)."""
+    data = without_annotations(finding.spec).to_dict()
+    data["target"] = target
+    data["finding"] = finding.identity.to_json()
+    data["diagnosis"] = f"{finding.words}\n{finding.outcome.summary()}"
+    klass = bug_class(target)
     if klass is not None:
         data["bug_class"] = klass
     data["versions"] = versions
-    data["replay"] = replay_command(outcome.target, path)
-    write_atomically(path, case_json(data))
-    return path
+    data["replay"] = replay_command(target, finding.path)
+    write_atomically(finding.path, case_json(data))
+    return finding.path

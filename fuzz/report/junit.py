@@ -18,10 +18,12 @@ def write_junit(report: RunReport, path: Path) -> None:
         status = report.status(run)
         if status == RunStatus.FAILED:
             tallies["failures"] += 1
-            message = run.new_failures[0].outcome.summary().splitlines()[0]
-            failure = ET.SubElement(case, "failure", message=message)
-            failure.text = "\n\n".join(f"{f.signature}: {f.outcome.summary()}\nreproducer: "
-                                       f"{f.path}" for f in run.new_failures)
+            lines = [f"{f.identity}: {f.words}\n{f.outcome.summary()}\nreproducer: {f.path}"
+                     for f in run.new_findings]
+            lines += [f"stale: {s.expected.identity} in {s.expected.path}: its case {s.now}"
+                      for s in run.stale]
+            failure = ET.SubElement(case, "failure", message=lines[0].splitlines()[0])
+            failure.text = "\n\n".join(lines)
         elif status == RunStatus.BROKEN:
             tallies["errors"] += 1
             ET.SubElement(case, "error", message=run.broken or "")

@@ -19,13 +19,15 @@ from rich.table import Table
 from rich.text import Text
 
 from fuzz.cases.coverage import FEATURES
-from fuzz.loop.campaign import Failure, TargetRun
+from fuzz.loop.campaign import TargetRun
+from fuzz.loop.settings import RunSettings
 from fuzz.records.casefiles import describe_case, relative
+from fuzz.records.findings import Finding
 from verify.compare import POLICY
 from verify.runner import Status
 
-COLUMNS = ("target", "status", "judged", "passed", "failed", "declined", "compiles",
-           "worst ratio", "from exact", "failures", "worst case")
+COLUMNS = ("target", "status", "judged", "passed", "failed", "configs", "declined",
+           "compiles", "worst ratio", "from exact", "findings", "worst case")
 
 
 class RunStatus(str, enum.Enum):
@@ -33,8 +35,8 @@ class RunStatus(str, enum.Enum):
     and the table show the value)."""
 
     CLEAN = "clean"  # enough cases judged, no failure
-    FAILED = "failed"  # a new failure
-    EXPECTED = "expected"  # only known failures
+    FAILED = "failed"  # a new finding, or an expected finding that went stale
+    EXPECTED = "expected"  # only expected findings
     INCONCLUSIVE = "inconclusive"  # fewer cases judged than asked for
     BROKEN = "broken"  # the exploration itself broke (not the target)
 
@@ -47,15 +49,16 @@ STATUS_STYLES = {RunStatus.FAILED: "bold red", RunStatus.BROKEN: "bold red",
 
 
 def status(run: TargetRun, min_cases: int) -> RunStatus:
-    """failed (a new failure), broken (the exploration itself broke), expected (only known
-    failures), inconclusive (fewer than ``min_cases`` judged) or clean."""
+    """failed (a new finding or a stale expected one), broken (the exploration itself
+    broke), expected (only expected findings), inconclusive (fewer than ``min_cases``
+    judged) or clean."""
     if run.broken is not None:
         return RunStatus.BROKEN
-    if run.new_failures:
+    if run.new_findings or run.stale:
         return RunStatus.FAILED
     if run.judged < min_cases:
         return RunStatus.INCONCLUSIVE
-    return RunStatus.EXPECTED if run.failures else RunStatus.CLEAN
+    return RunStatus.EXPECTED if run.findings else RunStatus.CLEAN
 
 
 def distance_text(run: TargetRun) -> str:
@@ -83,16 +86,18 @@ def _json_number(value: float | None) -> float | str | None:
 
 @dataclass(frozen=True)
 class RunReport:
-    """A whole run: its settings, versions, device, and one entry per target."""
+    """A whole run: its settings (versions included), device, and one entry per target."""
 
-    settings: dict[str, Any]
+    settings: RunSettings
     targets: list[TargetRun]
     seconds: float
-    min_cases: int
-    versions: dict[str, str | None]
     device: str
     run_dir: Path | None = None
     interrupted: bool = False
+
+    @property
+    def min_cases(self) -> int:
+        return self.settings.min_cases
 
     def status(self, run: TargetRun) -> RunStatus:
         return status(run, self.min_cases)
@@ -106,10 +111,24 @@ class RunReport:
         return any(self.status(t) == RunStatus.INCONCLUSIVE for t in self.targets)
 
 
+def findings_text(run: TargetRun) -> str:
+    """New and expected findings, and stale expected ones."""
+    parts = [f"{len(run.new_findings)} new"] if run.new_findings else []
+    expected = len(run.findings) - len(run.new_findings)
+    if expected:
+        parts.append(f"{expected} expected")
+    if run.stale:
+        parts.append(f"{len(run.stale)} stale")
+    return ", ".join(parts) or "0"
+
+
 def worst_case(run: TargetRun) -> str:
-    """The first new failure's reproducer, else the highest-ratio case described."""
-    for failure in run.new_failures:
-        return relative(failure.path) if failure.path else failure.signature
+    """The first new finding and its reproducer, else the highest-ratio case described."""
+    for finding in run.new_findings:
+        where = relative(finding.path) if finding.path else ""
+        return f"{finding.identity} {where}".strip()
+    for stale in run.stale:
+        return f"stale: {stale.expected.identity} ({stale.now})"
     if run.broken is not None:
         return run.broken
     return describe_case(run.worst_spec) if run.worst_spec is not None else "-"
@@ -118,18 +137,18 @@ def worst_case(run: TargetRun) -> str:
 def row(report: RunReport, run: TargetRun) -> tuple[str, ...]:
     counts = run.stats.counts
     return (run.target, report.status(run).value, str(run.judged), str(counts[Status.PASS]),
-            str(counts[Status.FAIL] + counts[Status.ERROR]), declined_text(run),
-            str(run.compiles), _ratio_text(run.worst_ratio), distance_text(run),
-            str(len(run.failures)), worst_case(run))
+            str(counts[Status.FAIL] + counts[Status.ERROR]), str(len(run.configurations)),
+            declined_text(run), str(run.compiles), _ratio_text(run.worst_ratio),
+            distance_text(run), findings_text(run), worst_case(run))
 
 
 def render_table(report: RunReport) -> Table:
-    title = f"prefix-attention fuzz ({report.seconds:.0f} s, seed {report.settings['seed']}"
+    title = f"prefix-attention fuzz ({report.seconds:.0f} s, seed {report.settings.seed}"
     title += ", interrupted)" if report.interrupted else ")"
     table = Table(title=title)
     for column in COLUMNS:
-        numeric = column in ("judged", "passed", "failed", "declined", "compiles", "worst ratio",
-                             "failures")
+        numeric = column in ("judged", "passed", "failed", "configs", "declined", "compiles",
+                             "worst ratio")
         table.add_column(column, justify="right" if numeric else "left",
                          no_wrap=column != "worst case", overflow="fold")
     for run in report.targets:  # Text: a message or path is never rich markup
@@ -137,13 +156,14 @@ def render_table(report: RunReport) -> Table:
     return table
 
 
-def _failure_json(failure: Failure) -> dict[str, Any]:
-    return {"signature": failure.signature, "expected": failure.expected,
-            "sightings": failure.sightings,
-            "reproducer": None if failure.path is None else relative(failure.path),
-            "diagnosis": failure.outcome.summary(), "shrunk": failure.shrunk,
-            "shrink_cases": failure.shrink_cases, "fails_alone": failure.unpacked,
-            "case": failure.spec.to_dict()}
+def _finding_json(finding: Finding) -> dict[str, Any]:
+    return {"finding": str(finding.identity), "identity": finding.identity.to_json(),
+            "words": finding.words, "expected": finding.expected,
+            "sightings": finding.sightings,
+            "reproducer": None if finding.path is None else relative(finding.path),
+            "diagnosis": finding.outcome.summary(), "shrunk": finding.shrunk,
+            "shrink_cases": finding.shrink_cases, "fails_alone": finding.fails_alone,
+            "case": finding.spec.to_dict()}
 
 
 def _time_shares(run: TargetRun) -> dict[str, float]:
@@ -154,8 +174,9 @@ def _time_shares(run: TargetRun) -> dict[str, float]:
     return {"compile": round(run.compile_seconds, 3), "target": round(target, 3),
             "reference_and_baseline": round(s["reference"] + s["materialize"], 3),
             "policy": round(s["judge"], 3),
-            "bookkeeping": round(max(0.0, s["explore"] - known), 3),
-            "explore": round(s["explore"], 3), "shrink": round(s["shrink"], 3)}
+            "bookkeeping": round(max(0.0, s["explore"] - s["triage"] - known), 3),
+            "triage": round(s["triage"], 3), "explore": round(s["explore"], 3),
+            "shrink": round(s["shrink"], 3)}
 
 
 def _target_json(report: RunReport, run: TargetRun) -> dict[str, Any]:
@@ -170,7 +191,11 @@ def _target_json(report: RunReport, run: TargetRun) -> dict[str, Any]:
             "max_ulps": _json_number(run.distance.max_ulps),
             "beyond_exact_policy": run.distance.beyond_exact, "judged": run.distance.judged,
             "worst_case": None if run.distance.worst is None else run.distance.worst.to_dict()},
-        "failures": [_failure_json(f) for f in run.failures.values()],
+        "findings": [_finding_json(f) for f in run.findings],
+        "stale": [{"finding": str(s.expected.identity), "file": str(s.expected.path),
+                   "now": s.now} for s in run.stale],
+        "triage_runs": run.triage_runs, "unattributed_failures": run.unattributed,
+        "configurations": len(run.configurations),
         "features": {name: run.features[name] for name in FEATURES},
         "declined": dict(run.declined.most_common()), "drawn": run.drawn,
         "compiles": run.compiles, "seconds": _time_shares(run),
@@ -181,7 +206,8 @@ def _target_json(report: RunReport, run: TargetRun) -> dict[str, Any]:
 
 
 def report_json(report: RunReport) -> dict[str, Any]:
-    return {"settings": report.settings, "versions": report.versions, "device": report.device,
+    return {"settings": report.settings.to_json(), "versions": report.settings.versions,
+            "device": report.device,
             "policy": POLICY, "seconds": round(report.seconds, 3),
             "interrupted": report.interrupted, "failed": report.failed,
             "inconclusive": report.inconclusive, "min_cases": report.min_cases,
@@ -191,16 +217,20 @@ def report_json(report: RunReport) -> dict[str, Any]:
 def report_markdown(report: RunReport) -> str:
     s = report.settings
     lines = ["# Prefix-attention fuzz report", "",
-             f"Device `{report.device}`, space `{s['space']}`, seed {s['seed']}, "
-             f"budget {s['budget'] or '-'} s, examples {s['examples'] or '-'}, "
+             f"Device `{report.device}`, space `{s.space}`, seed {s.seed}, "
+             f"budget {s.budget or '-'} s, examples {s.examples or '-'}, "
              f"{report.seconds:.0f} s in all" + (" (interrupted)." if report.interrupted else "."),
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(row(report, t)) + " |" for t in report.targets]
     for run in report.targets:
-        for failure in run.failures.values():
-            mark = " (expected)" if failure.expected else ""
-            lines += ["", f"## {run.target}: `{failure.signature}`{mark}", "",
-                      f"Seen {failure.sightings} times. Reproducer "
-                      f"`{relative(failure.path) if failure.path else '-'}`", "", "```",
-                      failure.outcome.summary(), "```"]
+        for finding in run.findings:
+            mark = " (expected)" if finding.expected else ""
+            lines += ["", f"## {run.target}: `{finding.identity}`{mark}", "", finding.words, "",
+                      f"Seen {finding.sightings} times. Reproducer "
+                      f"`{relative(finding.path) if finding.path else '-'}`", "", "```",
+                      finding.outcome.summary(), "```"]
+        for stale in run.stale:
+            lines += ["", f"## {run.target}: `{stale.expected.identity}` (stale)", "",
+                      f"Expected in `{stale.expected.path}`, but its case {stale.now}: fixed? "
+                      "remove it from the file."]
     return "\n".join(lines) + "\n"

@@ -101,6 +101,10 @@ class ExternalTarget(Target):
     def compile_key(self, spec: CaseSpec) -> tuple | None:
         return self._compile_key(spec) if self._compile_key is not None else None
 
+    @property
+    def compiles(self) -> bool:
+        return self._compile_key is not None
+
     def approximation_bias(self, case: MaterializedCase) -> LogWeight | None:
         return overlap_weight(case) if self._approximation == "two_call" else None
 

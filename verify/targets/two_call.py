@@ -140,6 +140,10 @@ class _Decomposition(Target):
         return (spec.dtype, spec.head_dim, spec.value_dim, spec.num_heads // spec.num_kv_heads,
                 spec.softcap, spec.sliding_window is not None, spec.clamp_ranges_to_window)
 
+    @property
+    def compiles(self) -> bool:
+        return self.engine.compiles
+
     def spans(self, case: MaterializedCase) -> list[RangeSpan]:
         """The (request, range) pieces the dense calls cover."""
         return range_spans(case)
