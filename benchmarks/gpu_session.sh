@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# GPU sessions (docs/gpu.md) on a 2-GPU H200 machine, in two parts that each fit one device
-# call. Run from the repository root after `source .gpu/b/install.sh`:
+# The GPU benchmarks and the GPU tier in one go (docs/gpu.md), on a machine with two GPUs
+# (cuda:0 and cuda:1; with one GPU, run the single commands docs/gpu.md lists). Run from
+# the repository root, in an environment with the suite's gpu and test extras installed:
 #   bash benchmarks/gpu_session.sh OUT main   # GPU 0: 180 s of fa4, then of two_call_fa4,
 #                                             #   the reference's throughput, compiled Flex;
 #                                             # GPU 1: 180 s of triton, then the GPU tier and
 #                                             #   the golden replay (one GPU, timed)
 #   bash benchmarks/gpu_session.sh OUT scale  # 1 worker against 2 GPUs (triton, fa4);
 #                                             #   the Gemma-4 kernel table
-# Each step has its own time limit so the others' logs come back; everything of a part is
-# packed into OUT/<part>.tgz (the device tool returns few files) and the key lines printed.
+# BUDGET (default 180) and SCALE_BUDGET (default 60) set the seconds of each fuzzing run.
+# Each step has its own time limit, so one that hangs does not hold up the others. For
+# convenience, every log and JSON file of a part is packed into OUT/<part>.tgz, and the
+# key lines are printed.
 set -uo pipefail
 out=${1:?usage: gpu_session.sh OUT main|scale}
 part=${2:?usage: gpu_session.sh OUT main|scale}

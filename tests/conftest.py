@@ -3,7 +3,7 @@
 Profiles (``HYPOTHESIS_PROFILE``, defined in :mod:`fuzz.plugin.profiles`): ``ci`` (the default
 under ``CI``: derandomized, no database, no deadline, a fixed example budget), ``dev``
 (the default elsewhere: random, a few more examples), ``nightly`` (long exploration) and
-``gpu`` (the lent H100/H200, larger shapes, fewer examples).
+``gpu`` (an H100/H200: larger shapes, fewer examples).
 """
 
 from __future__ import annotations

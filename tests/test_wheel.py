@@ -121,6 +121,14 @@ def test_the_subprocesses_import_the_wheel(site: Path, user_dir: Path,
         assert Path(path).resolve().is_relative_to(site.resolve()), where.stdout
 
 
+def test_the_wheel_installs_the_suite_packages_only(site: Path) -> None:
+    """``examples`` is run from a checkout; installed, it would shadow any other top-level
+    ``examples`` (PyPI has a distribution of that name)."""
+    packages = {p.name for p in site.iterdir() if (p / "__init__.py").is_file()}
+    assert "examples" not in packages, sorted(packages)
+    assert packages == {"fuzz", "golden", "references", "verify"}, sorted(packages)
+
+
 def test_the_wheel_ships_the_golden_cases(site: Path) -> None:
     def shipped(root: Path) -> list[str]:
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.json"))

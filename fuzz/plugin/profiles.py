@@ -2,7 +2,7 @@
 
 ``ci`` (the default under ``CI``: derandomized, no database, a fixed example budget, so
 a red gate replays), ``dev`` (the default elsewhere: random, a few more examples),
-``nightly`` (long exploration, every phase) and ``gpu`` (the lent H100/H200: larger
+``nightly`` (long exploration, every phase) and ``gpu`` (an H100 or H200: larger
 shapes cost more, so fewer examples). None has a deadline: a first call materializes the
 reference and may compile a kernel.
 

@@ -555,7 +555,7 @@ class Sm90Resources(NamedTuple):
 
     shared_bytes: int
     registers: int  # per thread
-    spill_bytes: int  # spill stores + spill loads, per thread
+    spill_bytes: int  # stack frame per thread: spilled registers (no calls, no local arrays)
     pipelined_loops: int  # key-tile loops that load through cp.async ahead of use (3 is all)
 
     def problem(self) -> str | None:
@@ -589,8 +589,9 @@ def sm90_unavailable_reason() -> str | None:
         ptxas = _ptxas()
     except Exception as exc:  # no NVIDIA backend in this Triton build, whatever the error
         return f"Triton's NVIDIA backend is not usable here ({type(exc).__name__}: {exc})"
-    if not os.path.isfile(ptxas):
-        return f"no ptxas at {ptxas}"
+    for tool in (ptxas, _cuobjdump()):
+        if not os.path.isfile(tool):
+            return f"no {os.path.basename(tool)} at {tool}"
     return None
 
 
@@ -599,8 +600,12 @@ def sm90_resources(head_dim: int, head_dim_v: int, dtype: torch.dtype, config: K
                    has_softcap: bool = True) -> Sm90Resources:
     """Compile one variant for sm90 on this machine (no GPU needed) and read what it needs.
 
-    Uses Triton's NVIDIA backend and its bundled ptxas (:func:`sm90_unavailable_reason` says
-    whether they are here). The flags default to all on, the variant with the most code.
+    Uses Triton's NVIDIA backend and its bundled ptxas and cuobjdump
+    (:func:`sm90_unavailable_reason` says whether they are here). Registers and spills are
+    read from the cubin Triton built, so they are what a launch gets: a ptxas run of our own
+    would miss the flags Triton passes (Triton 3.9 adds ``--regAllocOptLevel=2``, without
+    which its ptxas 13 spills the fp32 short config at 96 registers; Triton's build takes
+    108 and spills nothing). The flags default to all on, the variant with the most code.
     """
     import subprocess
     import tempfile
@@ -619,19 +624,19 @@ def sm90_resources(head_dim: int, head_dim_v: int, dtype: torch.dtype, config: K
                               options={"num_warps": config.num_warps,
                                        "num_stages": config.num_stages})
     with tempfile.TemporaryDirectory() as tmp:
-        ptx = Path(tmp, "kernel.ptx")
-        ptx.write_text(compiled.asm["ptx"])
-        log = subprocess.run([_ptxas(), "-arch=sm_90a", "-v", str(ptx), "-o", str(ptx) + ".o"],
-                             capture_output=True, text=True, check=True).stderr
-    registers = re.search(r"Used (\d+) registers", log)
-    spills = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
-    if registers is None or spills is None:
-        raise RuntimeError(f"unexpected ptxas -v output: {log!r}")
+        cubin = Path(tmp, "kernel.cubin")
+        cubin.write_bytes(compiled.asm["cubin"])
+        usage = subprocess.run([_cuobjdump(), "-res-usage", str(cubin)],
+                               capture_output=True, text=True, check=True).stdout
+    registers = re.search(r"REG:(\d+)", usage)
+    stack = re.search(r"STACK:(\d+)", usage)
+    if registers is None or stack is None:
+        raise RuntimeError(f"unexpected cuobjdump -res-usage output: {usage!r}")
     loops = compiled.asm["ttgir"].split("scf.for")[1:]
     return Sm90Resources(
         shared_bytes=compiled.metadata.shared,
         registers=int(registers.group(1)),
-        spill_bytes=int(spills.group(1)) + int(spills.group(2)),
+        spill_bytes=int(stack.group(1)),
         pipelined_loops=sum("async_wait" in loop.split("scf.yield")[0] for loop in loops),
     )
 
@@ -646,6 +651,11 @@ def _ptxas() -> str:
         from triton import knobs
 
         return knobs.nvidia.ptxas.path
+
+
+def _cuobjdump() -> str:
+    """The cuobjdump Triton bundles beside its ptxas."""
+    return os.path.join(os.path.dirname(_ptxas()), "cuobjdump")
 
 
 class TileCounts(NamedTuple):
