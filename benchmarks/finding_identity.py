@@ -10,6 +10,8 @@ figures come from each run's report.json; docs/fuzzing.md records them.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import sys
 import tempfile
@@ -30,7 +32,8 @@ def run(fault: str, seed: int, examples: int, space: str | None, out: Path) -> d
             "--device", "cpu", "--report-dir", str(out), "--shrink-budget", "2"]
     if space:
         argv += ["--space", space]
-    fuzz(argv)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        fuzz(argv)
     entry = json.loads((out / "latest" / "report.json").read_text())["targets"][0]
     seconds = entry["seconds"]
     return {"fault": fault, "seed": seed, "judged": entry["judged"],

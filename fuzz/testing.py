@@ -13,7 +13,7 @@ reference and tolerance policy (docs/plugin.md)::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,8 @@ from fuzz.cases.strategies import (
     cases,
     with_adversarial_examples,
 )
+from fuzz.loop.triage import run_sync, triage
+from fuzz.records.findings import ExpectedFinding
 from verify.capabilities import Capabilities
 from verify.case import CaseSpec, read_case
 from verify.materialize import MaterializedCase, materialize
@@ -64,7 +66,8 @@ def default_device(target: Target) -> str:
 
 def assert_matches_reference(target: str | Target | Kernel,
                              case: CaseSpec | Mapping[str, Any] | MaterializedCase | str | Path,
-                             *, device: str | None = None, allow_skip: bool = False) -> Outcome:
+                             *, device: str | None = None, allow_skip: bool = False,
+                             expected: Sequence[ExpectedFinding] = ()) -> Outcome:
     """Run ``target`` on ``case`` and judge it with the suite's policy; the Outcome.
 
     ``case``: a spec, its JSON mapping (or a file or JSON string), or a materialized case
@@ -72,14 +75,25 @@ def assert_matches_reference(target: str | Target | Kernel,
     head, what the query should see) and the case JSON when the target fails or errs; also
     when it does not run the case (unavailable here, or a case outside its declared
     capabilities) unless ``allow_skip``, since a test that runs nothing must not pass.
+    A failure whose finding (its symptom and cause, found by triage) is one of
+    ``expected`` is returned instead; the error names any other finding.
     """
     runner = as_target(target)
     if not isinstance(case, MaterializedCase):
         case = materialize(read_case(case), device or default_device(runner))
     outcome = evaluate(runner, case)
-    if outcome.status != Status.PASS and not (allow_skip and outcome.status == Status.SKIP):
-        raise AssertionError(f"{outcome.summary()}\ncase: {case.spec.to_json()}")
-    return outcome
+    if outcome.status == Status.PASS or (allow_skip and outcome.status == Status.SKIP):
+        return outcome
+    finding = ""
+    if expected and outcome.failed:
+        diagnosis = run_sync(
+            triage(case.spec, outcome,
+                   lambda spec: runner.unsupported_reason(spec, case.device.type) is None),
+            lambda spec: evaluate(runner, materialize(spec, case.device)))
+        if diagnosis.identity in {e.identity for e in expected}:
+            return outcome
+        finding = f"\nfinding: {diagnosis.identity}: {diagnosis.words} (not expected)"
+    raise AssertionError(f"{outcome.summary()}{finding}\ncase: {case.spec.to_json()}")
 
 
 __all__ = [

@@ -1,5 +1,6 @@
-"""One run reports every distinct bug: exploration goes on after a failure, failures are
-grouped by signature, known ones are accepted without masking new ones."""
+"""One run reports one finding per cause, caps new findings at --max-findings, and gates on
+expected findings by identity: a second bug fails the run however its symptoms look, and an
+expected finding that no longer reproduces is stale (docs/design.md)."""
 
 from __future__ import annotations
 
@@ -8,65 +9,107 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, main
+from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, main
 from fuzz.loop.shrink import shrink
+from fuzz.loop.triage import run_sync
 from fuzz.report.summary import RunStatus
 from verify import parse_case
 
-TWO_BUGS = "tests.buggy:two_bugs"
-RUN = ["--examples", "48", "--seed", "3", "--device", "cpu", "--shrink-budget", "1",
-       "--max-failures", "100"]
+GQA = "fault:gqa_ratio_4"
+THREE_BUGS = "fault:gqa_ratio_4+lse_base2+window_inclusive_under_clamp"
+THREE_FINDINGS = {"values: gqa", "lse: everywhere", "values: window + clamp"}
+RUN = ["--device", "cpu", "--shrink-budget", "1", "--seed", "0"]
 
 
 def _target(report_dir: Path) -> dict:
-    report = json.loads((report_dir / "latest" / "report.json").read_text())
-    return report["targets"][0]
+    return json.loads((report_dir / "latest" / "report.json").read_text())["targets"][0]
 
 
-def test_every_distinct_bug_is_reported_and_known_ones_are_accepted(tmp_path: Path) -> None:
-    assert main(["--target", TWO_BUGS, *RUN, "--report-dir", str(tmp_path / "a")]) == EXIT_FOUND
-    failures = _target(tmp_path / "a")["failures"]
-    kinds = {f["signature"].split("|")[0] for f in failures}
-    assert {"out", "lse"} <= kinds, kinds
-    assert _target(tmp_path / "a")["judged"] == 48  # exploration went on after the first
-
-    known = tmp_path / "known.json"
-    expected = [{"target": TWO_BUGS, "signature": f["signature"]} for f in failures]
-    known.write_text(json.dumps({"expected": expected[1:]}))
-    assert main(["--target", TWO_BUGS, *RUN, "--report-dir", str(tmp_path / "b"),
-                 "--expect-failures", str(known)]) == EXIT_FOUND  # the first is still new
-    known.write_text(json.dumps({"expected": expected}))
-    assert main(["--target", TWO_BUGS, *RUN, "--report-dir", str(tmp_path / "c"),
-                 "--expect-failures", str(known)]) == EXIT_CLEAN
-    assert _target(tmp_path / "c")["status"] == RunStatus.EXPECTED
+def _findings(report_dir: Path) -> dict[str, dict]:
+    return {f["finding"]: f for f in _target(report_dir)["findings"]}
 
 
-def test_a_reproducer_names_its_expected_failure(tmp_path: Path) -> None:
-    assert main(["--target", "fault:lse_base2", *RUN, "--report-dir", str(tmp_path / "a"),
-                 "--max-failures", "1"]) == EXIT_FOUND
-    failure = _target(tmp_path / "a")["failures"][0]
-    reproducer = Path(failure["reproducer"])
-    if not reproducer.is_absolute():
-        reproducer = Path.cwd() / reproducer
-    assert main(["--target", "fault:lse_base2", *RUN, "--report-dir", str(tmp_path / "b"),
-                 "--max-failures", "1", "--expect-failures", str(reproducer)]) in (
-                     EXIT_CLEAN, EXIT_FOUND)
-    assert any(f["expected"] for f in _target(tmp_path / "b")["failures"])
-
-
-def test_max_failures_stops_a_target_early(tmp_path: Path) -> None:
-    assert main(["--target", TWO_BUGS, *RUN, "--max-failures", "1",
+def test_three_bugs_in_one_kernel_are_three_findings(tmp_path: Path) -> None:
+    assert main(["--target", THREE_BUGS, "--examples", "150", *RUN,
                  "--report-dir", str(tmp_path)]) == EXIT_FOUND
-    assert _target(tmp_path)["judged"] < 48
+    target = _target(tmp_path)
+    assert set(_findings(tmp_path)) == THREE_FINDINGS
+    assert target["judged"] == 150  # sightings never stop exploration
+    assert "GQA ratio 4" in _findings(tmp_path)["values: gqa"]["words"]
 
 
-@pytest.mark.parametrize("bad", ['{"expected": [{"target": "x"}]}', '[1, 2]', '{"requests": []}'])
+def test_max_findings_reports_and_shrinks_at_most_n(tmp_path: Path) -> None:
+    assert main(["--target", THREE_BUGS, "--examples", "150", "--max-findings", "2", *RUN,
+                 "--report-dir", str(tmp_path)]) == EXIT_FOUND
+    findings = _target(tmp_path)["findings"]
+    assert len(findings) == 2 and set(_findings(tmp_path)) < THREE_FINDINGS
+    assert len(list((tmp_path / "latest" / "reproducers").iterdir())) == 2
+
+
+def _accepted(report_dir: Path, target: str, into: Path) -> Path:
+    """The findings file a run wrote, renamed to ``target`` (as for a renamed kernel)."""
+    written = next((report_dir / "latest" / "findings").iterdir())
+    data = json.loads(written.read_text())
+    data["target"] = target
+    into.write_text(json.dumps(data))
+    return into
+
+
+def test_expected_findings_green_exactly_themselves(tmp_path: Path) -> None:
+    assert main(["--target", GQA, "--examples", "40", *RUN,
+                 "--report-dir", str(tmp_path / "a")]) == EXIT_FOUND
+    assert set(_findings(tmp_path / "a")) == {"values: gqa"}
+    known = _accepted(tmp_path / "a", GQA, tmp_path / "known.json")
+    # The known bug alone: expected, exit 0.
+    assert main(["--target", GQA, "--examples", "40", *RUN, "--expect", str(known),
+                 "--report-dir", str(tmp_path / "b")]) == EXIT_CLEAN
+    assert _target(tmp_path / "b")["status"] == RunStatus.EXPECTED
+    # The known bug and a second one: the second is new, exit 1.
+    both = "fault:gqa_ratio_4+lse_base2"
+    assert main(["--target", both, "--examples", "40", *RUN,
+                 "--expect", str(_accepted(tmp_path / "a", both, tmp_path / "both.json")),
+                 "--report-dir", str(tmp_path / "c")]) == EXIT_FOUND
+    findings = _findings(tmp_path / "c")
+    assert findings["values: gqa"]["expected"] and not findings["lse: everywhere"]["expected"]
+    # The known bug fixed: its entry is stale, exit 1 until it is removed.
+    fixed = "reference"
+    assert main(["--target", fixed, "--examples", "20", *RUN,
+                 "--expect", str(_accepted(tmp_path / "a", fixed, tmp_path / "fixed.json")),
+                 "--report-dir", str(tmp_path / "d")]) == EXIT_FOUND
+    assert [s["finding"] for s in _target(tmp_path / "d")["stale"]] == ["values: gqa"]
+    assert _target(tmp_path / "d")["stale"][0]["now"] == "passes"
+
+
+def test_a_reproducer_is_an_expected_finding(tmp_path: Path) -> None:
+    assert main(["--target", "fault:lse_base2", "--examples", "10", *RUN,
+                 "--report-dir", str(tmp_path / "a")]) == EXIT_FOUND
+    reproducer = next((tmp_path / "a" / "latest" / "reproducers").iterdir())
+    assert main(["--target", "fault:lse_base2", "--examples", "10", *RUN,
+                 "--expect", str(reproducer), "--report-dir", str(tmp_path / "b")]) == EXIT_CLEAN
+
+
+@pytest.mark.parametrize("bad", [
+    '{"expected": [{"target": "x", "signature": "out|inside-range|bfloat16"}]}',
+    '[1, 2]', '{"requests": []}',
+    '{"target": "sdpa", "findings": [{"identity": {"symptom": "out", "cause": "nope"}}]}',
+    '{"target": "sdpa", "findings": [{"identity": {"symptom": "out", "cause": "everywhere"}, '
+    '"case": {"requests": "no"}}]}'])
 def test_unreadable_expectations_are_usage_errors(bad: str, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "known.json"
     path.write_text(bad)
-    assert main(["--target", "sdpa", *RUN, "--expect-failures", str(path)]) == 2
-    assert capsys.readouterr().err.count("\n") == 1
+    assert main(["--target", "sdpa", "--examples", "1", *RUN, "--expect", str(path)]) == (
+        EXIT_USAGE)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(path) in err, err
+
+
+def _pure(fails):  # a shrink predicate that needs no runs
+    def still(spec):
+        return fails(spec)
+        yield  # a generator
+
+    return still
 
 
 def test_shrinking_keeps_the_smallest_case_that_still_fails() -> None:
@@ -79,7 +122,7 @@ def test_shrinking_keeps_the_smallest_case_that_still_fails() -> None:
         return any(e - s >= 3 and max(s, r.context_len) <= min(e, r.seq_len - 1)
                    for r in spec.requests for s, e in r.ranges)
 
-    small, tried = shrink(big, fails, lambda spec: True, deadline=float("inf"))
+    small, tried = run_sync(shrink(big, _pure(fails), lambda spec: True, float("inf")), None)
     assert fails(small) and tried > 0
     assert len(small.requests) == 1 and small.requests[0].ranges == ((0, 3),)
     assert small.requests[0].query_len == 1 and small.requests[0].context_len == 0
@@ -94,5 +137,13 @@ def test_a_range_at_the_end_of_a_long_context_moves_forward_as_it_shrinks() -> N
     def fails(spec) -> bool:  # "the chunk starts inside a range"
         return any(s < r.context_len <= e for r in spec.requests for s, e in r.ranges)
 
-    small, _ = shrink(late, fails, lambda spec: True, deadline=float("inf"))
+    small, _ = run_sync(shrink(late, _pure(fails), lambda spec: True, float("inf")), None)
     assert small.requests[0].context_len == 1 and small.requests[0].ranges == ((0, 1),)
+
+
+def test_shrinking_stops_after_max_tried_candidates() -> None:
+    spec = parse_case({"requests": [{"query_len": 40, "ranges": [[3, 30]]}], "num_heads": 2,
+                       "head_dim": 64, "dtype": "bfloat16"})
+    _, tried = run_sync(shrink(spec, _pure(lambda s: True), lambda s: True, float("inf"),
+                               max_tried=3), None)
+    assert tried == 3

@@ -5,6 +5,7 @@ Then the helper engines' own tests call, ``fuzz.testing.assert_matches_reference
 
 from __future__ import annotations
 
+import json
 from importlib.metadata import entry_points
 
 import pytest
@@ -28,7 +29,8 @@ pytest_plugins = ["pytester"]
 PLUGIN = ([] if any(ep.value == "fuzz.plugin.hooks" for ep in entry_points(group="pytest11"))
           else ["-p", "fuzz.plugin.hooks"])
 # Few random cases: the adversarial layouts run as well, and the golden replay is cheap.
-FAST = ["-p", "no:cacheprovider", "--prefix-profile", "ci", "--prefix-examples", "3"]
+FAST = ["-p", "no:cacheprovider", "--prefix-profile", "ci", "--prefix-examples", "3",
+        "--prefix-min-cases", "1"]
 # The kernels below, as module:callable targets of the in-process runs.
 HERE = __name__
 
@@ -130,10 +132,16 @@ def test_the_profile_sets_the_budget_of_the_property_test(pytester: pytest.Pytes
 
 @pytest.mark.parametrize(("options", "message"), [
     (("--prefix-target", "nope"), "--prefix-target: unknown target 'nope'; registered: *"),
-    (("--prefix-target", "fault:nope"), "--prefix-target: unknown fault 'fault:nope'; *"),
+    (("--prefix-target", "fault:nope"), "--prefix-target: unknown fault 'nope'*"),
+    (("--prefix-target", "no_such:kernel"), "--prefix-target no_such:kernel cannot run here: "
+                                            "cannot load no_such:kernel: ModuleNotFoundError*"),
+    (("--prefix-target", "fa4"), "--prefix-target fa4 cannot run here: *"),
     (("--prefix-target", "sdpa", "--prefix-examples", "0"),
      "--prefix-examples: must be at least 1, got 0"),
-], ids=["unknown target", "unknown fault", "no examples"])
+    (("--prefix-target", "sdpa", "--prefix-expect", "no/such.json"),
+     "--prefix-expect: no/such.json: cannot read expected findings: *"),
+], ids=["unknown target", "unknown fault", "unloadable module", "no device for it",
+        "no examples", "unreadable expectations"])
 def test_bad_options_are_one_line_usage_errors(pytester: pytest.Pytester,
                                                options: tuple[str, ...], message: str) -> None:
     result = _run(pytester, *options)
@@ -142,11 +150,58 @@ def test_bad_options_are_one_line_usage_errors(pytester: pytest.Pytester,
     assert len([line for line in result.errlines if line.strip()]) == 1
 
 
-def test_an_unloadable_kernel_module_skips_with_the_reason(pytester: pytest.Pytester) -> None:
-    result = _run(pytester, "-rs", "--prefix-target", "no_such_module:kernel", "-k",
-                  "test_matches_reference")
-    result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["*cannot load no_such_module:kernel: ModuleNotFoundError*"])
+@prefix_kernel(Capabilities(dtypes=frozenset({"float32"}), head_dims=frozenset({64}),
+                            max_total_tokens=4))
+def narrow_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
+    """A correct kernel that declines nearly every case."""
+    return get_target("reference").run(case)
+
+
+def test_a_target_that_judges_too_few_cases_fails(pytester: pytest.Pytester) -> None:
+    result = _run(pytester, "-p", "no:cacheprovider", "--prefix-examples", "5",
+                  "--prefix-target", f"{HERE}:narrow_kernel", "-k", "test_matches_reference")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*judged only * random cases, fewer than --prefix-min-cases 10*"])
+
+
+CAUSAL_FINDING = {"identity": {"symptom": "values", "cause": "trigger", "features": ["image"]},
+                  "case": {"requests": [{"query_len": 12, "ranges": [[2, 7]]}], "num_heads": 2,
+                           "head_dim": 16, "dtype": "float32"}}
+
+
+def _expect(pytester: pytest.Pytester, target: str) -> str:
+    path = pytester.path / "known.json"
+    path.write_text(json.dumps({"target": target, "findings": [CAUSAL_FINDING]}))
+    return str(path)
+
+
+def test_expected_findings_pass_while_they_reproduce(pytester: pytest.Pytester) -> None:
+    """The causal-only kernel's one bug (it ignores the images) is accepted; the gate is
+    green, and a fixed kernel's entry is stale."""
+    causal = f"{HERE}:causal_kernel"
+    result = _run(pytester, *FAST, "--prefix-target", causal, "--prefix-expect",
+                  _expect(pytester, causal), "-k", "test_matches_reference or expected")
+    result.assert_outcomes(passed=2)
+    fixed = f"{HERE}:reference_kernel"
+    result = _run(pytester, *FAST, "--prefix-target", fixed, "--prefix-expect",
+                  _expect(pytester, fixed), "-k", "expected")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*stale: values: image in *known.json no longer reproduces: "
+                                 "fixed? remove it from the file*"])
+
+
+def lse_doubled_kernel(case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
+    """Exact attention with its LSE doubled: a bug everywhere, unlike the causal one."""
+    out, lse = get_target("reference").run(case)
+    return out, lse * 2
+
+
+def test_an_unexpected_finding_fails_naming_it(pytester: pytest.Pytester) -> None:
+    kernel = f"{HERE}:lse_doubled_kernel"
+    result = _run(pytester, *FAST, "--prefix-target", kernel, "--prefix-expect",
+                  _expect(pytester, kernel), "-k", "test_matches_reference")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*finding: lse: everywhere: * (not expected)*"])
 
 
 # fuzz.testing.assert_matches_reference: what an engine's own tests call.

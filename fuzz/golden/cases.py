@@ -105,6 +105,33 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
                 "request 1's rows of query_ranges follow request 0's; read at the chunk-local "
                 "row they hand request 1 request 0's image [0, 7]",
                 [{"query_len": 8, "ranges": [[0, 7]]}, {"query_len": 8, "ranges": []}]),
+    _fault_case("last_range_end_exclusive",
+                "two images, [2, 5] and [8, 12]: queries of the last one must see its key 12",
+                [{"query_len": 16, "ranges": [[2, 5], [8, 12]]}]),
+    _fault_case("context_positions_restart",
+                "8 cached keys and image [5, 10]: the chunk's queries sit at positions 8..15",
+                [{"context_len": 8, "query_len": 8, "ranges": [[5, 10]]}]),
+    _fault_case("window_inclusive_under_clamp",
+                "window 4 clamping image [2, 12]: a query sees 4 keys, not 5",
+                [{"query_len": 20, "ranges": [[2, 12]]}], sliding_window=4,
+                clamp_ranges_to_window=True),
+    _fault_case("gqa_ratio_4",
+                "8 query heads on 2 KV heads (ratio 4): head 1 reads KV head 0, not 1",
+                [{"query_len": 12, "ranges": [[2, 7]]}], num_heads=8, num_kv_heads=2),
+    _fault_case("low_precision_accumulator",
+                "64 keys of float16 outlier values: adding them one by one in float16 loses "
+                "more than the baseline's rounding",
+                [{"query_len": 64}], num_heads=2, num_kv_heads=1, dtype="float16", seed=3,
+                value_distribution="outliers"),
+    _fault_case("position_off_by_one_from_100",
+                "110 tokens: queries from position 100 on must still see their own key",
+                [{"query_len": 110, "ranges": [[20, 30]]}]),
+    _fault_case("page_size_assumed_16",
+                "40 keys in 7-token pages: the page table is read per 7 tokens, not per 16",
+                [{"query_len": 40, "ranges": [[3, 17]]}], page_size=7),
+    _fault_case("softcap_without_division",
+                "softcap 5: scores become 5 tanh(s / 5), not 5 tanh(s)",
+                [{"query_len": 20, "ranges": [[2, 7]]}], softcap=5.0),
 )
 
 

@@ -40,6 +40,12 @@ from verify.runner import Outcome
 # Sightings of a finding triaged in full: the first few, then one in every few.
 TRIAGED_FIRST = 3
 TRIAGE_EVERY = 8
+# The features a second bug's trigger may add to a known one's: a failure a known finding
+# explains still fails with them taken away. What is left must keep this share of the
+# error ratio (taking a window or softcap away can also sink a bug below the tolerance).
+INDEPENDENT = ("cached_context", "window", "clamp", "softcap", "softmax_scale", "gqa", "paging",
+               "nan_poison", "page_table_slack", "zero_range_padding")
+SUFFICIENT_KEEPS = 0.25
 # Candidates a new identity's case is shrunk through before it is triaged again.
 CANONICAL_CANDIDATES = 200
 # A feature whose removal leaves more than this multiple of the error ratio that taking a
@@ -78,21 +84,51 @@ def _matches(finding: Finding, what: str) -> bool:
     return finding.identity.symptom in (what, family(what))
 
 
+def reduced(spec: CaseSpec, finding: Finding, accepts: Accepts) -> CaseSpec:
+    """``spec`` with every feature outside ``finding``'s trigger that could join a trigger of
+    its own taken away (the images' shapes and the batch are kept: they are how a bug
+    shows, not what it needs): a failure ``finding`` explains still fails here."""
+    keep = set(finding.identity.features)
+    others = [name for name in INDEPENDENT if name not in keep and BY_NAME[name].present(spec)]
+    for name in others:
+        less = without(spec, [name], accepts)
+        if less is not None:
+            spec = less
+    return spec
+
+
 def _consistent(spec: CaseSpec, outcome: Outcome, what: str, findings: Sequence[Finding],
                 accepts: Accepts) -> Generator[list[CaseSpec], list[Outcome], list[Finding]]:
-    """The known findings whose cause explains this failure, in the order they were found."""
-    checks = [(f, r) for f in findings if _matches(f, what)
-              for r in [removal(spec, f, accepts)] if r is not None]
-    outcomes = (yield [r for _, r in checks]) if checks else []
-    cleared = {id(f) for (f, _), o in zip(checks, outcomes, strict=True) if not shows(o, what)}
+    """The known findings whose cause explains this failure, in the order they were found:
+    taking the cause away clears it (a trigger, a threshold), and the cause alone, every
+    other structural feature taken away, still fails (a cause that needs more is another
+    bug); an error that follows the dtype small, for precision."""
+    matching = [f for f in findings if _matches(f, what)]
+    taken = {id(f): removal(spec, f, accepts) for f in matching
+             if f.identity.cause in (Cause.TRIGGER, Cause.THRESHOLD)}
+    alone = {id(f): reduced(spec, f, accepts) for f in matching}
+    asked = [c for c in (*taken.values(), *alone.values()) if c is not None and c != spec]
+    answers = dict(zip([c.to_json() for c in asked], (yield asked) if asked else [],
+                       strict=True))
+
+    def still_fails(case: CaseSpec) -> bool:
+        return case == spec or shows(answers[case.to_json()], what)
+
+    def keeps_error(case: CaseSpec) -> bool:
+        if still_fails(case):
+            return True
+        left, before = error_ratio(answers[case.to_json()], what), error_ratio(outcome, what)
+        return left is not None and before is not None and left >= before * SUFFICIENT_KEEPS
+
     found = []
-    for f in findings:
-        if not _matches(f, what):
-            continue
+    for f in matching:
         cause = f.identity.cause
-        if id(f) in cleared or cause in (Cause.EVERYWHERE, Cause.UNTRIAGED) or (
-                cause is Cause.PRECISION
-                and relative_error(outcome, what) < PRECISION_RELATIVE):
+        if cause in (Cause.TRIGGER, Cause.THRESHOLD):
+            explains = taken[id(f)] is not None and not still_fails(taken[id(f)])
+        else:
+            explains = cause is not Cause.PRECISION or (
+                relative_error(outcome, what) < PRECISION_RELATIVE)
+        if explains and keeps_error(alone[id(f)]):
             found.append(f)
     return found
 
@@ -103,36 +139,37 @@ def _sampled(finding: Finding) -> bool:
     return seen < TRIAGED_FIRST or (seen - TRIAGED_FIRST) % TRIAGE_EVERY == TRIAGE_EVERY - 1
 
 
-def _same_consistency(findings: Sequence[Finding], explained: Sequence[Finding], what: str,
-                      accepts: Accepts) -> Predicate:
-    """A shrink predicate: the candidate still shows the symptom and the same known
-    findings explain it (so shrinking does not drift into a known bug)."""
-    def still(candidate: CaseSpec) -> Generator[list[CaseSpec], list[Outcome], bool]:
-        outcome = (yield [candidate])[0]
-        if not shows(outcome, what):
-            return False
-        now = yield from _consistent(candidate, outcome, what, findings, accepts)
-        return [id(f) for f in now] == [id(f) for f in explained]
-
-    return still
+def _needs(spec: CaseSpec, what: str, findings: Sequence[Finding], accepts: Accepts
+           ) -> Generator[list[CaseSpec], list[Outcome], list[bool]]:
+    """For each finding, whether taking its cause away clears this failure."""
+    taken = [removal(spec, f, accepts) if _matches(f, what) else None for f in findings]
+    asked = [c for c in taken if c is not None]
+    answers = iter((yield asked) if asked else [])
+    return [c is not None and not shows(next(answers), what) for c in taken]
 
 
-def consistency_kept(finding: Finding, others: Sequence[Finding], accepts: Accepts
-                     ) -> Predicate:
-    """A predicate for shrinking ``finding``'s case: a candidate must still show its
-    symptom and be explained by exactly the findings that explain the case now."""
-    what = symptom(finding.outcome)
-    everyone = [finding, *others]
-    state: dict[str, list[Finding]] = {}
+def _same_needs(spec: CaseSpec, findings: Sequence[Finding], what: str, accepts: Accepts
+                ) -> Predicate:
+    """A shrink predicate: the candidate still shows the symptom and needs the same known
+    causes as ``spec`` (so shrinking neither drifts into a known bug nor away from one; a
+    feature that only made a known bug visible on a big case is free to go)."""
+    state: dict[str, list[bool]] = {}
 
     def still(candidate: CaseSpec) -> Generator[list[CaseSpec], list[Outcome], bool]:
         if "before" not in state:
-            state["before"] = yield from _consistent(finding.spec, finding.outcome, what,
-                                                     everyone, accepts)
-        return (yield from _same_consistency(everyone, state["before"], what, accepts)(
-            candidate))
+            state["before"] = yield from _needs(spec, what, findings, accepts)
+        outcome = (yield [candidate])[0]
+        if not shows(outcome, what):
+            return False
+        return (yield from _needs(candidate, what, findings, accepts)) == state["before"]
 
     return still
+
+
+def cause_kept(finding: Finding, others: Sequence[Finding], accepts: Accepts) -> Predicate:
+    """A predicate for shrinking ``finding``'s case: a candidate must still show its symptom
+    and need the same causes (its own and the other findings')."""
+    return _same_needs(finding.spec, [finding, *others], symptom(finding.outcome), accepts)
 
 
 def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], accepts: Accepts
@@ -151,7 +188,7 @@ def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], acc
     if diagnosis.identity.cause not in (Cause.TRIGGER, Cause.THRESHOLD):
         return Attribution(None, diagnosis, spec, outcome)
     # A new trigger or threshold: its identity is the one of a small case.
-    small, _ = yield from shrink(spec, _same_consistency(findings, explained, what, accepts),
+    small, _ = yield from shrink(spec, _same_needs(spec, findings, what, accepts),
                                  accepts, math.inf, max_tried=CANONICAL_CANDIDATES)
     again = (yield [small])[0] if small is not spec else outcome
     if small is not spec:
@@ -159,8 +196,9 @@ def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], acc
         for finding in findings:
             if finding.identity == diagnosis.identity:
                 return Attribution(finding)
-    for finding in explained:
-        if (yield from _only_visibility(small, again, diagnosis, finding, accepts)):
+    for finding in findings:
+        if _matches(finding, what) and (
+                yield from _only_visibility(small, again, diagnosis, finding, accepts)):
             return Attribution(finding)
     return Attribution(None, diagnosis, small, again)
 
@@ -181,8 +219,9 @@ def _only_visibility(spec: CaseSpec, outcome: Outcome, diagnosis: Diagnosis, fin
     if taken is None:
         return False
     what = symptom(outcome)
-    left = error_ratio((yield [taken])[0], what)
+    result = (yield [taken])[0]
+    left = error_ratio(result, what)
     known = set(finding.identity.features)
     extra = [n for n in diagnosis.identity.features if n not in known]
-    return left is not None and bool(extra) and all(
+    return not shows(result, what) and left is not None and bool(extra) and all(
         diagnosis.evidence.get(n, 0.0) > VISIBILITY * left for n in extra)

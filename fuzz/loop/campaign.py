@@ -23,7 +23,7 @@ from fuzz.cases.coverage import configuration, features
 from fuzz.cases.drawing import DrawnAhead
 from fuzz.cases.strategies import Space
 from fuzz.cases.stream import CaseStream
-from fuzz.loop.attribution import attribute, consistency_kept
+from fuzz.loop.attribution import attribute, cause_kept
 from fuzz.loop.jobs import Job, JobResult
 from fuzz.loop.settings import RunSettings
 from fuzz.loop.shrink import shrink
@@ -369,12 +369,13 @@ class Campaign:
         """Shrink each new finding within its deadline, keeping its identity; say its cause
         in words from the shrunk case; rewrite its reproducer."""
         start = time.monotonic()
+        self._merge_overlaps()
         for finding in self.run.new_findings:
             if finding.identity.cause in (Cause.UNTRIAGED, Cause.PRECISION):
                 continue  # a hang costs the timeout a run; precision needs its length
             others = [f for f in self.run.findings if f is not finding]
             small, finding.shrink_cases = self._drive(shrink(
-                finding.spec, consistency_kept(finding, others, self.accepts), self.accepts,
+                finding.spec, cause_kept(finding, others, self.accepts), self.accepts,
                 time.monotonic() + self.settings.shrink_seconds))
             outcome = self._run_batch([small])[0]
             diagnosis = self._drive(triage(small, outcome, self.accepts,
@@ -384,6 +385,23 @@ class Campaign:
                 finding.shrunk = small is not finding.spec or finding.shrink_cases > 0
             self._write(finding)
         self.run.seconds["shrink"] += time.monotonic() - start
+
+    def _merge_overlaps(self) -> None:
+        """A failure that nothing single clears, found before the bugs in it were known
+        (two bugs in one case), is triaged again now that they are: if taking a known
+        trigger away leaves another known finding, it was a sighting of that one."""
+        for finding in [f for f in self.run.new_findings
+                        if f.identity.cause is Cause.EVERYWHERE]:
+            others = [f for f in self.run.findings if f is not finding]
+            diagnosis = self._drive(triage(finding.spec, finding.outcome, self.accepts,
+                                           [f.identity for f in others]))
+            for other in others:
+                if other.identity == diagnosis.identity:
+                    other.sightings += finding.sightings
+                    self.run.findings.remove(finding)
+                    if finding.path is not None:
+                        finding.path.unlink(missing_ok=True)
+                    break
 
     def close(self) -> None:
         for stream in self.streams:

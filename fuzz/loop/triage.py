@@ -21,6 +21,8 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import torch
+
 from fuzz.records.findings import Cause, Identity
 from verify.case import DTYPES, CaseError, CaseSpec, parse_case, without_annotations
 from verify.limits import MAX_SEED
@@ -49,13 +51,18 @@ PRECISION_KEEPS = 0.25
 PRECISION_RELATIVE = 1 / 16
 # Over four times the keys, rounding grows at least sqrt(4) = 2 times; the error ratio
 # must grow at least this much (its denominator, the baseline's error, grows a little too).
-# A missing or extra key does the opposite: more keys dilute it.
 PRECISION_GROWTH = 1.5
+# Errors below this count as zero when comparing dtypes (a computation exact by chance).
+TINY = 1e-30
 CUTS = (2, 4)  # the sequences are cut to 1/2 and 1/4 of the longest
 # A constant factor between the LSE and the reference that names its cause.
 LSE_FACTORS = {1 / math.log(2): "log base 2 where the natural log belongs?",
                math.log(2): "a natural log scaled by ln 2?"}
 LSE_FACTOR_TOLERANCE = 1e-3
+# Structural features whose removal also changes the values the case draws or the scores
+# they give (other KV heads; queries renumbered when the chunk moves; scores uncapped or
+# rescaled).
+CHANGE_VALUES = ("gqa", "cached_context", "chunk_inside_range", "softcap", "softmax_scale")
 # Other values a cleared feature is confirmed on, at most, and how their seeds are derived.
 REDRAWS = 3
 REDRAW_MULTIPLIER = 1_000_003
@@ -137,12 +144,6 @@ def cap(spec: CaseSpec, length: int) -> CaseSpec | None:
                 "ranges": ranges}
 
     found = _requests(spec, cut)
-    return found[0] if found else None
-
-
-def doubled(spec: CaseSpec) -> CaseSpec | None:
-    """Every request with queries given twice as many (more keys for each later query)."""
-    found = _requests(spec, lambda r: {**r, "query_len": 2 * r["query_len"]})
     return found[0] if found else None
 
 
@@ -357,17 +358,51 @@ def _clears(outcome: Outcome, what: str, ratio: float | None, structural: bool) 
     return after is None or after <= ratio / VALUE_CLEARS_BY
 
 
-def _precision(what: str, outcome: Outcome, cut: list[float | None], longer: float | None
-               ) -> bool:
-    """The error grows with the keys (cut to a half and a quarter it shrinks without a
-    cliff; with twice the queries it does not shrink) and stays small: the constants."""
-    if what not in NUMERIC or any(r is None for r in cut):
+def absolute_error(outcome: Outcome, what: str) -> float:
+    verdict = outcome.verdict
+    if verdict is None:
+        return math.inf
+    return verdict.out_error if what == "out" else (verdict.lse_error or 0.0)
+
+
+def _follows_dtype(what: str, spec: CaseSpec, outcome: Outcome,
+                   others: list[tuple[CaseSpec, Outcome]]) -> bool | None:
+    """Whether the error follows the dtype's unit roundoff: in every other dtype the
+    error changes by at least the square root of the ratio of their epsilons, the way
+    (and in the direction) rounding does. A wrong mask or formula errs by about as much in
+    every dtype. None: there is no other dtype to compare with."""
+    if not others:
+        return None
+    error = absolute_error(outcome, what)
+    for other, result in others:
+        step = math.log2(_epsilon(spec.dtype) / _epsilon(other.dtype))
+        moved = math.log2(max(error, TINY) / max(absolute_error(result, what), TINY))
+        if not (abs(moved - step) <= abs(step) / 2 or (step > 0 and moved >= step / 2)):
+            return False
+    return True
+
+
+def _epsilon(dtype: str) -> float:
+    return float(torch.finfo(getattr(torch, dtype)).eps)
+
+
+def _shrinks_with_keys(what: str, outcome: Outcome, cut: list[float | None]) -> bool:
+    """Cut to a half and a quarter of the keys, the error ratio shrinks without a cliff."""
+    if any(r is None for r in cut):
         return False
     chain = [error_ratio(outcome, what), *cut]  # all keys, a half, a quarter
-    shrinks = chain[0] >= chain[-1] * PRECISION_GROWTH
     no_cliff = all(b >= a * PRECISION_KEEPS for a, b in itertools.pairwise(chain))
-    grows = longer is None or longer >= chain[0]
-    return shrinks and no_cliff and grows and relative_error(outcome, what) < PRECISION_RELATIVE
+    return chain[0] >= chain[-1] * PRECISION_GROWTH and no_cliff
+
+
+def _precision(what: str, spec: CaseSpec, outcome: Outcome, cut: list[float | None],
+               others: list[tuple[CaseSpec, Outcome]]) -> bool:
+    """A small error (against the values) that follows the dtype's precision, or, with no
+    other dtype to try, shrinks with the keys: the constants say why."""
+    if what not in NUMERIC or relative_error(outcome, what) >= PRECISION_RELATIVE:
+        return False
+    follows = _follows_dtype(what, spec, outcome, others)
+    return follows if follows is not None else _shrinks_with_keys(what, outcome, cut)
 
 
 def _lse_factor(outcome: Outcome) -> str:
@@ -399,14 +434,19 @@ def _redrawn(spec: CaseSpec, draw: int) -> CaseSpec:
     return parse_case(data)
 
 
+def _split_by(tested: list[tuple[Feature, list[CaseSpec]]], outcomes: list[Outcome]
+              ) -> list[list[Outcome]]:
+    """The outcomes of a batch, grouped by the feature whose neighbours they are."""
+    results = iter(outcomes)
+    return [[next(results) for _ in ns] for _, ns in tested]
+
+
 def _cleared(tested: list[tuple[Feature, list[CaseSpec]]], outcomes: list[Outcome], what: str,
              ratio: float | None, evidence: dict[str, float]) -> list[Feature]:
     """The features whose every neighbour cleared the failure (outcomes in batch order);
     ``evidence`` gets the largest error ratio left by each feature's removal."""
-    results = iter(outcomes)
     cleared = []
-    for f, ns in tested:
-        left = [next(results) for _ in ns]
+    for (f, _), left in zip(tested, _split_by(tested, outcomes), strict=True):
         evidence[f.name] = max((error_ratio(o, what) or 0.0 for o in left), default=0.0)
         if all(_clears(o, what, ratio, f.structural) for o in left):
             cleared.append(f)
@@ -416,20 +456,25 @@ def _cleared(tested: list[tuple[Feature, list[CaseSpec]]], outcomes: list[Outcom
 def _confirm(spec: CaseSpec, what: str, cleared: list[Feature], accepts: Accepts,
              evidence: dict[str, float]
              ) -> Generator[list[CaseSpec], list[Outcome], tuple[list[Feature], int]]:
-    """Keep the cleared features that clear the failure on other values too: a feature's
-    removal can hide a bug by luck of the values (a key's weight falls below the
-    tolerance), seldom by luck twice. A draw on which the case itself passes says nothing;
-    a feature never confirmed on other values is not kept."""
+    """Keep the cleared features that clear the failure on other values too, where their
+    removal changes the values (other KV heads, queries shifted by moving the chunk, another
+    dtype, other scores): it can hide a bug by luck of the values (a key's weight falls below
+    the tolerance), seldom by luck twice. A draw on which the case itself passes says nothing;
+    a value-changing feature never confirmed on other values is not kept. A removal that
+    keeps every value cannot be lucky and needs no confirming."""
+    changing = [f for f in cleared if f.name in CHANGE_VALUES or not f.structural]
+    if not changing:
+        return cleared, 0
     runs = 0
     for draw in range(1, REDRAWS + 1):
         again = _redrawn(spec, draw)
-        tested = [(f, ns) for f in cleared for ns in [f.neighbours(again, accepts)] if ns]
+        tested = [(f, ns) for f in changing for ns in [f.neighbours(again, accepts)] if ns]
         outcomes = yield [again, *(n for _, ns in tested for n in ns)]
         runs += len(outcomes)
         if shows(outcomes[0], what):
-            found = _cleared(tested, outcomes[1:], what, error_ratio(outcomes[0], what), {})
-            return found, runs
-    return [], runs
+            kept = _cleared(tested, outcomes[1:], what, error_ratio(outcomes[0], what), {})
+            return [f for f in cleared if f not in changing or f in kept], runs
+    return [f for f in cleared if f not in changing], runs
 
 
 def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
@@ -450,22 +495,24 @@ def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
     length = longest(spec)
     cuts = [c for c in (cap(spec, max(1, length // k)) for k in CUTS)
             if c is not None and c != spec and accepts(c)]
-    longer = [c for c in [doubled(spec)] if c is not None and accepts(c)]
-    batch = [n for _, ns in tested for n in ns] + cuts + longer
+    batch = [n for _, ns in tested for n in ns] + cuts
     outcomes = yield batch
     runs = len(batch)
-    probes = len(cuts) + len(longer)
-    cut_outcomes = outcomes[len(batch) - probes:len(batch) - len(longer)]
+    cut_outcomes = outcomes[len(batch) - len(cuts):]
     cut_ratios = [error_ratio(o, what) for o in cut_outcomes]
-    longer_ratio = error_ratio(outcomes[-1], what) if longer else None
-    if len(cuts) == len(CUTS) and _precision(what, outcome, cut_ratios, longer_ratio):
-        shown = ", ".join(f"{r:.3g}" for r in [*cut_ratios[::-1], ratio])
+    by_feature = dict(zip([f.name for f, _ in tested], _split_by(tested, outcomes), strict=False))
+    dtypes = list(zip(dict(tested).get(BY_NAME["dtype"], []), by_feature.get("dtype", []),
+                      strict=True))
+    if _precision(what, spec, outcome, cut_ratios if len(cuts) == len(CUTS) else [None],
+                  dtypes):
+        shown = "; ".join(f"{absolute_error(o, what):.3g} in {s.dtype}"
+                          for s, o in [(spec, outcome), *dtypes])
         return Diagnosis(Identity(what, Cause.PRECISION),
-                         f"{what} error grows with the key count (error ratio {shown} at a "
-                         "quarter, half and all of the keys) and has no structural cause: "
-                         "precision (accumulation in a low-precision type?)", runs)
+                         f"{what}: the error follows the dtype's precision ({shown}) and has "
+                         "no structural cause: precision (accumulation in a low-precision "
+                         "type?)", runs)
     evidence: dict[str, float] = {}
-    cleared = _cleared(tested, outcomes[:len(batch) - probes], what, ratio, evidence)
+    cleared = _cleared(tested, outcomes[:len(batch) - len(cuts)], what, ratio, evidence)
     if cleared:
         cleared, more = yield from _confirm(spec, what, cleared, accepts, evidence)
         runs += more

@@ -9,24 +9,39 @@ names it already; its ``pytest_generate_tests`` parametrizes the tests by the re
 targets (:func:`requested_targets`). Every xdist worker configures itself from the same
 command line, so each appends the same absolute path and collects the same items.
 
-The hypothesis profile (``--prefix-profile``, :mod:`fuzz.plugin.profiles`) applies to the packaged
-tests only: the session's loaded profile, which the engine's own tests use, is left alone.
+The plugin fails closed: a target that does not load or cannot run here is a usage error,
+and a target that judges fewer than ``--prefix-min-cases`` random cases fails, so a gate
+that tested nothing never passes. ``--prefix-expect`` names expected findings
+(docs/plugin.md): accepted while they reproduce, a failing test once they do not.
+
+The hypothesis profile (``--prefix-profile``, :mod:`fuzz.plugin.profiles`) applies to the
+packaged tests only: the session's loaded profile, which the engine's own tests use, is
+left alone. The suite is imported only once ``--prefix-target`` is given.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings
 
 from fuzz.plugin.profiles import HYPOTHESIS_PROFILES, default_hypothesis_profile
 
+if TYPE_CHECKING:
+    from fuzz.records.findings import ExpectedFinding
+
+# A target judging fewer random cases fails: the plugin's runs are short, so fewer than the
+# fuzzer's default (python -m fuzz --min-cases).
+DEFAULT_MIN_CASES = 10
+
 SUITE_FILES = (Path(__file__).resolve().parent / "suite" / "test_target.py",)
 # What the packaged tests' node ids are relative to: the directory holding the package.
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 _TARGETS = pytest.StashKey[list[str]]()
+_EXPECTED = pytest.StashKey[list["ExpectedFinding"]]()
 _SETTINGS = pytest.StashKey[settings]()
 _PROFILE = pytest.StashKey[str]()
 
@@ -44,18 +59,47 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--prefix-examples", type=int, default=None, metavar="N",
                     help="random cases per target, overriding the profile's budget (the "
                          "adversarial layouts always run too)")
+    group.addoption("--prefix-min-cases", type=int, default=DEFAULT_MIN_CASES, metavar="N",
+                    help="a target that judges fewer cases (declining the others) fails "
+                         "(default: %(default)s)")
+    group.addoption("--prefix-expect", action="append", default=[], type=Path, metavar="FILE",
+                    dest="prefix_expect",
+                    help="expected findings (the findings/<target>.json python -m fuzz "
+                         "writes): accepted while they reproduce, stale when they no longer "
+                         "do; repeatable")
 
 
-def _check_name(name: str) -> None:
-    """A registered or ``fault:`` name must exist; a ``module:callable`` is loaded when its
-    tests run, after pytest has set up sys.path (its failure to load is then a skip)."""
-    from verify.targets import UnknownTargetError, get_target, target_names
+def _check_target(name: str) -> None:
+    """The target must load and run here: a gate that tested nothing must not pass. (pytest
+    has put ``pythonpath`` and, under ``python -m pytest``, the working directory on
+    sys.path by now, so a ``module:callable`` imports as its tests would.)"""
+    from fuzz.testing import default_device
+    from verify.targets import UnknownTargetError, get_target
 
-    if name in target_names() or name.startswith("fault:") or ":" not in name:
-        try:
-            get_target(name)
-        except UnknownTargetError as exc:
-            raise pytest.UsageError(f"--prefix-target: {exc}") from None
+    try:
+        target = get_target(name)
+    except UnknownTargetError as exc:
+        raise pytest.UsageError(f"--prefix-target: {exc}") from None
+    reason = target.unavailable_reason()
+    device = default_device(target)
+    if reason is None and device not in target.capabilities.devices:
+        reason = f"it runs on {', '.join(sorted(target.capabilities.devices))}, not on {device}"
+    if reason is not None:
+        raise pytest.UsageError(f"--prefix-target {name} cannot run here: {reason}")
+
+
+def _expected(config: pytest.Config, names: list[str]) -> list[ExpectedFinding]:
+    from fuzz.records.findings import ExpectationError, expected_findings
+
+    try:
+        found = expected_findings(config.getoption("prefix_expect"))
+    except ExpectationError as exc:
+        raise pytest.UsageError(f"--prefix-expect: {exc}") from None
+    strangers = sorted({e.target for e in found} - set(names))
+    if strangers:
+        raise pytest.UsageError(f"--prefix-expect: findings of {strangers[0]}, which is not a "
+                                "--prefix-target")
+    return found
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -68,10 +112,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     use_interpreter_without_cuda()
     for name in names:
-        _check_name(name)
+        _check_target(name)
     examples = config.getoption("prefix_examples")
-    if examples is not None and examples < 1:
-        raise pytest.UsageError(f"--prefix-examples: must be at least 1, got {examples}")
+    for option, value in (("--prefix-examples", examples),
+                          ("--prefix-min-cases", config.getoption("prefix_min_cases"))):
+        if value is not None and value < 1:
+            raise pytest.UsageError(f"{option}: must be at least 1, got {value}")
+    config.stash[_EXPECTED] = _expected(config, names)
     profile = config.getoption("prefix_profile") or default_hypothesis_profile()
     chosen = HYPOTHESIS_PROFILES[profile]
     config.stash[_TARGETS] = names
@@ -95,6 +142,17 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector
     return pytest.Module.from_parent(parent, path=module_path, nodeid=nodeid)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without expected findings there is no ``test_expected_finding`` to run (not even the
+    skipped item of an empty parametrization)."""
+    if not requested_targets(config) or config.stash.get(_EXPECTED, []):
+        return
+    unused = [i for i in items if getattr(i, "originalname", "") == "test_expected_finding"]
+    if unused:
+        config.hook.pytest_deselected(items=unused)
+        items[:] = [i for i in items if i not in unused]
+
+
 def pytest_report_header(config: pytest.Config) -> str | None:
     if not requested_targets(config):
         return None
@@ -111,3 +169,12 @@ def requested_targets(config: pytest.Config) -> list[str]:
 def hypothesis_settings(config: pytest.Config) -> settings:
     """The settings the packaged property tests run with."""
     return config.stash[_SETTINGS]
+
+
+def expected_for(config: pytest.Config, target: str) -> list[ExpectedFinding]:
+    """The expected findings of ``target`` (``--prefix-expect``)."""
+    return [e for e in config.stash.get(_EXPECTED, []) if e.target == target]
+
+
+def min_cases(config: pytest.Config) -> int:
+    return config.getoption("prefix_min_cases")
