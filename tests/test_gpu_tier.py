@@ -81,7 +81,7 @@ def test_fuzzing_on_the_gpu_finds_nothing_wrong(tier_target: Target, tmp_path: P
     for line in (tmp_path / "latest" / "cases.jsonl").read_text().splitlines():
         case = json.loads(line)
         record(case["target"], case["status"], case["ratio"])
-    assert code == 0 and report["status"] == RunStatus.CLEAN, json.dumps(report["failures"],
+    assert code == 0 and report["status"] == RunStatus.CLEAN, json.dumps(report["findings"],
                                                                          indent=1)
 
 

@@ -47,9 +47,9 @@ def test_hostile_kernel_is_blamed_alone(kernel: str, kind: str, words: str, tmp_
     targets = _targets(tmp_path)
     hostile, innocent = targets[f"tests.hostile:{kernel}"], targets["sdpa"]
     assert hostile["status"] == RunStatus.FAILED
-    failure = hostile["failures"][0]
-    assert failure["signature"].startswith(f"{kind}|") and words in failure["diagnosis"]
-    assert Path(failure["reproducer"]).is_file() or (tmp_path / failure["reproducer"]).exists()
+    finding = hostile["findings"][0]
+    assert finding["finding"].startswith(f"{kind}:") and words in finding["diagnosis"]
+    assert Path(finding["reproducer"]).is_file() or (tmp_path / finding["reproducer"]).exists()
     assert innocent["status"] == RunStatus.CLEAN and innocent["stats"]["counts"] == {Status.PASS: 4}
 
 
@@ -58,7 +58,7 @@ def test_hang_times_out_the_worker_restarts_and_the_run_goes_on(tmp_path: Path) 
                  "--case-timeout", "1", *RUN, "--report-dir", str(tmp_path)])
     assert code == EXIT_FOUND
     targets = _targets(tmp_path)
-    assert targets["tests.hostile:hangs"]["failures"][0]["signature"].startswith("timeout|")
+    assert targets["tests.hostile:hangs"]["findings"][0]["finding"] == "timeout: untriaged"
     assert targets["tests.hostile:hangs"]["worker_restarts"] >= 1
     assert targets["sdpa"]["status"] == RunStatus.CLEAN
 
