@@ -166,18 +166,6 @@ class Location:
                 f"{what} expected {self.expected:.{self.digits}g}, "
                 f"got {self.got:.{self.digits}g}")
 
-    @property
-    def kind(self) -> str:
-        """The location class a failure signature uses."""
-        if "reaches past seq_len" in self.fact:
-            return "range-past-seq-len"
-        if "chunk starts inside" in self.fact:
-            return "chunk-inside-range"
-        for word in ("inside", "before", "after"):
-            if self.where.startswith(word):
-                return f"{word}-range"
-        return "no-ranges"
-
 
 def _spans(row: Tensor) -> list[tuple[int, int]]:
     """Inclusive runs of True in a boolean vector."""
@@ -256,10 +244,6 @@ class Verdict:
     symptoms: tuple[str, ...] = ()  # the checks that failed: "out" and/or "lse"
     out_scale: float = 0.0  # the reference output's largest magnitude
     lse_scale: float = 0.0  # the reference LSE's largest magnitude
-
-    @property
-    def where(self) -> str:
-        return self.worst.kind if self.worst is not None else "whole-case"
 
     def summary(self) -> str:
         head = "PASS" if self.passed else "FAIL"

@@ -68,10 +68,6 @@ class Outcome:
     def failed(self) -> bool:
         return self.status in (Status.FAIL, Status.ERROR)
 
-    @property
-    def where(self) -> str:
-        return self.verdict.where if self.verdict is not None else "whole-case"
-
     def summary(self) -> str:
         if self.verdict is not None:
             return f"{self.target}: {self.verdict.summary()}"
