@@ -53,16 +53,18 @@ def _request_candidates(data: Data) -> Iterator[Data]:
 
         for k in range(len(r.get("ranges", []))):
             yield with_request({"ranges": r["ranges"][:k] + r["ranges"][k + 1:]})
+        # Drop leading tokens (cached keys first, then queries), the ranges moving with
+        # them: a range late in a long sequence cannot shrink otherwise.
+        context = r.get("context_len", 0)
+        lead = min([context or r["query_len"] - 1, *(s for s, _ in r.get("ranges", []))])
+        for d in sorted({lead, lead // 2} - {0}, reverse=True):
+            yield with_request({"context_len": max(0, context - d),
+                                "query_len": r["query_len"] - max(0, d - context),
+                                "ranges": [[s - d, e - d] for s, e in r.get("ranges", [])]})
         for n in _smaller(r["query_len"], least=1 if r["query_len"] else 0):
             yield with_request({"query_len": n})
-        for n in _smaller(r.get("context_len", 0)):
+        for n in _smaller(context):
             yield with_request({"context_len": n})
-        # Drop leading cached keys, the ranges moving with them: a range near the end of
-        # a long context cannot shrink otherwise.
-        lead = min([r.get("context_len", 0), *(s for s, _ in r.get("ranges", []))])
-        for d in sorted({lead, lead // 2} - {0}, reverse=True):
-            yield with_request({"context_len": r["context_len"] - d,
-                                "ranges": [[s - d, e - d] for s, e in r.get("ranges", [])]})
         for k, (s, e) in enumerate(r.get("ranges", [])):
             shorter = [[s, m] for m in _smaller(e, least=s) if m >= s]
             later = [[m, e] for m in (s + 1, (s + e) // 2) if s < m <= e]
