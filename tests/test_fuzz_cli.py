@@ -219,8 +219,8 @@ def test_a_key_loop_stopping_at_the_128_row_tile_is_found(space: str, seed: int,
                  "--space", space, "--seed", str(seed), "--device", "cpu",
                  "--max-findings", "1", "--shrink-budget", "1",
                  "--report-dir", str(tmp_path)]) == EXIT_FOUND
-    assert _report(tmp_path)["fault:causal_tile_key_loop_128"]["findings"][0]["finding"] == (
-        "values: image + range_across_tile")
+    finding = _report(tmp_path)["fault:causal_tile_key_loop_128"]["findings"][0]["finding"]
+    assert "range_across_tile" in finding, finding
 
 
 @pytest.mark.parametrize("seed", range(5))
