@@ -88,7 +88,7 @@ def _two_calls(spec: CaseSpec, device: str) -> dict[str, Any]:
         target.run(case)
         sync()
         seconds.append(time.perf_counter() - start)
-    figures.update(first_call_s=seconds[0], second_call_s=seconds[1], compiles=target.compiles,
+    figures.update(first_call_s=seconds[0], second_call_s=seconds[1], compiles=target.compiled,
                    rss_peak_gib=_rss_kib("VmHWM") / (1 << 20))
     if device == "cuda":
         figures["gpu_peak_gib"] = torch.cuda.max_memory_allocated() / GIB

@@ -299,7 +299,7 @@ class FlexTarget(Target):
 
     def __init__(self) -> None:
         super().__init__("flex", "torch.compile'd FlexAttention, block-sparse varlen mask_mod")
-        self.compiles = 0
+        self.compiled = 0  # calls that compiled a graph (``compiles`` says it compiles at all)
         self.compile_seconds = 0.0  # wall time of the calls that compiled a graph
 
     def unavailable_reason(self) -> str | None:
@@ -314,7 +314,7 @@ class FlexTarget(Target):
 
         Lengths, KV heads, pages, window, clamp, scale and the softcap value are runtime
         data. On CPU many keys share a bucketed graph (one per dtype and length bucket);
-        :attr:`compiles` and :attr:`compile_seconds` count what really compiled.
+        :attr:`compiled` and :attr:`compile_seconds` count what really compiled.
         """
         return (spec.dtype, spec.num_heads // spec.num_kv_heads, spec.head_dim,
                 spec.value_dim, spec.softcap is not None)
@@ -342,7 +342,7 @@ class FlexTarget(Target):
                 enable_gqa=shape.heads > 1, return_aux=AuxRequest(lse=not cpu),
                 kernel_options=None if cpu else _kernel_options(shape.head_dim))
         if _graphs_compiled() > graphs:
-            self.compiles += 1
+            self.compiled += 1
             self.compile_seconds += time.perf_counter() - start
         out = _unfold(out[0, ..., :case.head_dim_v], kv_heads, group, total_q)
         lse = None if cpu else _unfold(aux.lse[0], kv_heads, group, total_q).T.float()
