@@ -105,6 +105,27 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
                 "request 1's rows of query_ranges follow request 0's; read at the chunk-local "
                 "row they hand request 1 request 0's image [0, 7]",
                 [{"query_len": 8, "ranges": [[0, 7]]}, {"query_len": 8, "ranges": []}]),
+    _fault_case("descale_not_applied",
+                "an e4m3fn cache with a per-tensor K descale near 2^-6.75 and V's near "
+                "2^-3.25: its codes are about 100 and 10 times its values",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
+    _fault_case("descale_applied_twice",
+                "an e4m3fn cache with per-tensor descales far below 1: applied twice, K and V "
+                "shrink by that factor once more",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
+    _fault_case("k_descale_for_v",
+                "an e4m3fn cache whose V descale is about 11 times its K descale: V "
+                "dequantized with K's comes out that much too small",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
+    _fault_case("per_tensor_descale",
+                "2 KV heads with per-head descales: KV head 1 is dequantized with its own "
+                "descale, not head 0's",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn",
+                kv_scale="head"),
+    _fault_case("saturated_at_240",
+                "an e4m3fn cache whose outlier codes are 448 (and others reach 416): stored "
+                "values past 240 are taken as stored, not clipped to e4m3fnuz's range",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
 )
 
 

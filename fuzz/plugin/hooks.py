@@ -44,6 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--prefix-examples", type=int, default=None, metavar="N",
                     help="random cases per target, overriding the profile's budget (the "
                          "adversarial layouts always run too)")
+    group.addoption("--prefix-kv-dtype", choices=("float8_e4m3fn", "float8_e5m2"),
+                    default=None, help="draw the random cases with an FP8 K/V cache of this "
+                                       "dtype and float32 descales (docs/contract.md)")
 
 
 def _check_name(name: str) -> None:
