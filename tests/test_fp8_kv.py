@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fuzz.cases.models import MODELS
 from fuzz.cases.spaces import space_for
 from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE
 from fuzz.loop.triage import BY_NAME
@@ -100,6 +101,17 @@ def test_a_kernel_written_from_the_contract_passes_and_forgetting_v_descale_fail
     assert bad.status == Status.FAIL and bad.kind == "out", bad.summary()
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("spec", OUTSIDE_CASES.values(), ids=list(OUTSIDE_CASES))
+def test_codes_and_descales_are_the_same_bits_on_the_gpu(spec: CaseSpec) -> None:
+    cpu, gpu = materialize(spec), materialize(spec, "cuda")
+    for name, t in cpu.tensors().items():
+        got = gpu.tensors()[name].cpu()
+        if t.element_size() == 1:
+            t, got = t.view(torch.uint8), got.view(torch.uint8)
+        assert torch.equal(got.nan_to_num(), t.nan_to_num()), name
+
+
 def test_targets_declare_the_kv_dtypes_they_take() -> None:
     spec = ADVERSARIAL_CASES["fp8_per_head_scales_paged_nan"]
     for name in ("reference", "sdpa", "flex", "triton", "fault:descale_not_applied"):
@@ -116,6 +128,8 @@ def test_spaces_draw_fp8_only_for_targets_that_take_it() -> None:
     assert space_for(get_target("sdpa").capabilities, fp8).kv_dtypes == ("float8_e4m3fn",)
     assert space_for(get_target("two_call_sdpa").capabilities, fp8) is None
     assert space_for(get_target("two_call_sdpa").capabilities, CPU_SPACE) is not None
+    for model in ("gemma3-27b", "gemma4-31b"):  # presets keep the option
+        assert all(s.kv_dtypes == ("float8_e4m3fn",) for s in MODELS[model].spaces(fp8))
 
 
 def test_plugin_option_and_triage_feature() -> None:
