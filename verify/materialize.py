@@ -6,11 +6,11 @@ device and rounded once to the case dtype; every target and the float64 referenc
 the same rounded values. With an FP8 ``kv_dtype``, K and V are stored as FP8 codes with
 float32 descales per KV head (:func:`kv_descales`), and the references read the codes
 times their descales, exactly, in float64. The layout (lengths, ranges, page tables, each
-query row's visible key interval) is built on the host with vectorized ops and moved once. The paged
-cache scatters each request's keys over a random permutation of pages and fills every
-slot no request owns (spare pages, slots past ``seqused_k``, the padding and slack
-columns of the page table) with poison, so a kernel that reads past a sequence shows it
-in its output.
+query row's visible key interval) is built on the host with vectorized ops and moved
+once. The paged cache scatters each request's keys over a random permutation of pages and
+fills every slot no request owns (spare pages, slots past ``seqused_k``, the padding and
+slack columns of the page table) with poison, so a kernel that reads past a sequence
+shows it in its output.
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ FP8_CODE_SCALE = 96.0
 FP8_SATURATED = 448.0
 FP8_SATURATED_SHARE = 1 / 128
 # FP8 descales: log2 of K's in [-7.5, -6) and of V's in [-4, -2.5) (dequantized K about
-# the size of the other cases' K, V 4 to 16 times K's scale), KV head h at a fraction
-# 0.5 + h * golden ratio (mod 1) of the way, so heads differ; a per-tensor scale is at 0.5.
+# the size of the other cases' K; V's descale 2^3.5 = 11.3 times K's), KV head h at a
+# fraction 0.5 + h * golden ratio (mod 1) of the way, so heads differ; a per-tensor scale
+# is at 0.5.
 FP8_K_LOG2_DESCALE, FP8_V_LOG2_DESCALE, FP8_LOG2_SPREAD = -7.5, -4.0, 1.5
 _GOLDEN = (5**0.5 - 1) / 2
 # Spare pages beyond the ones requests own, so poisoned pages exist in every layout.

@@ -338,7 +338,6 @@ def _prefix_attention_kernel(
         v_scale = tl.load(v_descale_ptr + descale_at)
     else:
         qk_scale = sm_scale
-        v_scale = 1.0
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -365,7 +364,10 @@ def _prefix_attention_kernel(
 
     has_keys = l_i > 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
-    out = acc * (v_scale / l_safe)[:, None]
+    if KV_DESCALE:
+        out = acc * (v_scale / l_safe)[:, None]
+    else:
+        out = acc / l_safe[:, None]
     lse = tl.where(has_keys, (m_i + tl.log2(l_safe)) * _LN2, float("-inf"))
     tl.store(
         out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
