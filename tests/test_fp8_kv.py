@@ -8,7 +8,7 @@ import torch
 
 from fuzz.cases.models import MODELS
 from fuzz.cases.spaces import space_for
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE
+from fuzz.cases.strategies import CPU_SPACE, FP8_ADVERSARIAL_CASES
 from fuzz.loop.triage import BY_NAME
 from fuzz.plugin import hooks
 from verify import CaseSpec, materialize, parse_case
@@ -84,7 +84,7 @@ def test_a_request_has_the_same_codes_in_any_batch() -> None:
 # The FP8 adversarial layouts (golden/edge-fp8_*.json), a clamped window with softcap, and
 # fp32 queries on an e5m2 cache with four KV heads.
 OUTSIDE_CASES = {
-    **{name: spec for name, spec in ADVERSARIAL_CASES.items() if spec.kv_dtype is not None},
+    **FP8_ADVERSARIAL_CASES,
     "window_softcap": _spec(sliding_window=5, clamp_ranges_to_window=True, softcap=20.0,
                             page_size=3),
     "e5m2_fp32": _spec(dtype="float32", kv_dtype="float8_e5m2", kv_scale="tensor",
@@ -113,7 +113,7 @@ def test_codes_and_descales_are_the_same_bits_on_the_gpu(spec: CaseSpec) -> None
 
 
 def test_targets_declare_the_kv_dtypes_they_take() -> None:
-    spec = ADVERSARIAL_CASES["fp8_per_head_scales_paged_nan"]
+    spec = FP8_ADVERSARIAL_CASES["fp8_per_head_scales_paged_nan"]
     for name in ("reference", "sdpa", "flex", "triton", "fault:descale_not_applied"):
         assert set(KV_DTYPES) <= get_target(name).capabilities.kv_dtypes, name
     for name in ("two_call_reference", "replace_sdpa"):

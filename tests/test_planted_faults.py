@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import Phase, find, settings
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
+from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, FP8_ADVERSARIAL_CASES, cases
 from verify import CaseSpec, materialize
 from verify.runner import Status, TruthCache, evaluate
 from verify.targets import get_target
@@ -28,9 +28,8 @@ def _outcome(name: str, spec: CaseSpec):
 def _exposing_case(name: str) -> CaseSpec:
     """An adversarial layout that exposes the fault, else the first generated one (an FP8
     fault can fail only on the layouts with an FP8 cache)."""
-    for spec in ADVERSARIAL_CASES.values():
-        if name in FP8_FAULTS and spec.kv_dtype is None:
-            continue
+    layouts = FP8_ADVERSARIAL_CASES if name in FP8_FAULTS else ADVERSARIAL_CASES
+    for spec in layouts.values():
         if _outcome(name, spec).failed:
             return spec
     return find(cases(CPU_SPACE), lambda spec: _outcome(name, spec).failed, settings=BUDGET)

@@ -141,8 +141,6 @@ def test_float64_decomposition_equals_its_claim(target: Target, bias, spec: Case
 @with_adversarial_examples
 def test_overlap_error_identities(spec: CaseSpec) -> None:
     """lse shift = ln(1 + m), TV = m (1 - m) / (1 + m) <= 3 - 2 sqrt 2; zero outside images."""
-    if spec.kv_dtype is not None:  # the two-call engines take K/V in the query dtype only
-        return
     error = measure(materialize(spec))
     m = error.mass
     assert float((error.lse_shift - torch.log1p(m)).abs().max()) <= FLOAT64_TOLERANCE

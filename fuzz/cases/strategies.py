@@ -388,6 +388,12 @@ ADVERSARIAL_CASES: dict[str, CaseSpec] = {
     "slack_columns_and_zero_padding": _case(
         [{"context_len": 5, "query_len": 12, "ranges": [[1, 3], [9, 14]]}, {"query_len": 4}],
         page_table_slack=3, range_padding="zero"),
+}
+# Hand-picked layouts with an FP8 KV cache (docs/contract.md). Kept apart from
+# ADVERSARIAL_CASES, which every property test runs on targets that may not read an FP8
+# cache; golden/edge-<name>.json replays each with the verdict every target that takes it
+# must give.
+FP8_ADVERSARIAL_CASES: dict[str, CaseSpec] = {
     "fp8_per_head_scales_paged_nan": _case(
         [{"context_len": 9, "query_len": 14, "ranges": [[4, 15]]},
          {"context_len": 20, "query_len": 1, "ranges": [[2, 12]]}],

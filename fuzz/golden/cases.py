@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES
+from fuzz.cases.strategies import ADVERSARIAL_CASES, FP8_ADVERSARIAL_CASES
 from fuzz.records.casefiles import case_json, describe_case
 from verify.case import CaseSpec, parse_case
 from verify.materialize import materialize
@@ -130,10 +130,13 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
 
 
 def edge_cases() -> tuple[GoldenCase, ...]:
-    """The adversarial layouts every property test also runs, as golden cases."""
-    return tuple(GoldenCase(f"edge-{name}", f"fuzz.cases.strategies.ADVERSARIAL_CASES[{name!r}]: "
+    """The adversarial layouts every property test also runs, and those with an FP8 cache,
+    as golden cases."""
+    return tuple(GoldenCase(f"edge-{name}", f"fuzz.cases.strategies.{cases}[{name!r}]: "
                             f"{describe_case(spec)}", spec)
-                 for name, spec in ADVERSARIAL_CASES.items())
+                 for cases, table in (("ADVERSARIAL_CASES", ADVERSARIAL_CASES),
+                                      ("FP8_ADVERSARIAL_CASES", FP8_ADVERSARIAL_CASES))
+                 for name, spec in table.items())
 
 
 def _declines(target: Target, spec: CaseSpec) -> bool:
