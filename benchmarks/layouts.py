@@ -50,9 +50,10 @@ def _image(start: int) -> list[int]:
     return [start, start + GEMMA4_IMAGE - 1]
 
 
-def gemma4(layer: str, dtype: str = "bfloat16", page_size: int | None = GEMMA4_PAGE
-           ) -> CaseSpec:
-    """The Gemma 4 batch for a ``local`` or ``global`` layer (see :data:`GEMMA4_LAYERS`)."""
+def gemma4(layer: str, dtype: str = "bfloat16", page_size: int | None = GEMMA4_PAGE,
+           kv_dtype: str | None = None, kv_scale: str = "tensor") -> CaseSpec:
+    """The Gemma 4 batch for a ``local`` or ``global`` layer (see :data:`GEMMA4_LAYERS`),
+    its KV cache in ``kv_dtype`` (an FP8 dtype with descales per ``kv_scale``) if given."""
     prompt = {"query_len": GEMMA4_PROMPT,
               "ranges": [_image(s) for s in (300, 2500, 4700, 7000)]}
     # The chunk's context (4096 tokens) ends 140 tokens into its second image.
@@ -60,5 +61,6 @@ def gemma4(layer: str, dtype: str = "bfloat16", page_size: int | None = GEMMA4_P
              "ranges": [_image(1000), _image(4096 - GEMMA4_IMAGE // 2)]}
     decodes = [{"context_len": 2048 + 512 * i, "query_len": 1, "ranges": [_image(200 + 97 * i)]}
                for i in range(GEMMA4_DECODES)]
+    fp8 = {} if kv_dtype is None else {"kv_dtype": kv_dtype, "kv_scale": kv_scale}
     return parse_case({"requests": [prompt, chunk, *decodes], "dtype": dtype,
-                       "page_size": page_size, "seed": 0, **GEMMA4_LAYERS[layer]})
+                       "page_size": page_size, "seed": 0, **GEMMA4_LAYERS[layer], **fp8})

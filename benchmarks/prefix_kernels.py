@@ -8,7 +8,10 @@ share of KV tiles the Triton kernel skips.
 ``gemma4``: the Gemma 4 batch (:func:`benchmarks.layouts.gemma4`) for a local layer (head
 dim 256, window 1024 with clamped ranges) and a global one (head dim 512): every target
 that can run there, its milliseconds and the policy's error ratio, the reason of each one
-that declines, and the fastest exact path per layer kind.
+that declines, and the fastest exact path per layer kind. With ``--kv-dtype`` (an FP8
+dtype), FP8-KV rows follow: the same batch with its cache in that dtype, per-tensor and
+per-head descales, every target judged (those that decline say why), and the Triton
+kernel's FP8 time beside its bf16-KV time from the same run.
 
 Every target's output is first judged by the policy, so a fast wrong kernel cannot post a
 figure. ``--sm90`` needs no GPU: it compiles each default Triton config for sm90 offline and
@@ -16,7 +19,7 @@ prints shared memory, registers and spills (exit 1 if one does not fit, 3 if it 
 compile here).
 
     python -m benchmarks.prefix_kernels [--layout prefill|decode|gemma4|all]
-        [--page-size N]... [--json PATH]
+        [--page-size N]... [--kv-dtype float8_e4m3fn|float8_e5m2] [--json PATH]
     python -m benchmarks.prefix_kernels --sm90 [--dtype D]... [--dims 128,512x256,...]
 """
 
@@ -36,6 +39,7 @@ import torch
 
 from benchmarks.layouts import GEMMA4_LAYERS, decode_heavy, gemma4, prefill
 from verify import CaseSpec, materialize
+from verify.case import KV_DTYPES, KV_SCALES
 from verify.kernels.prefix_attention import (
     SM90_MAX_SHARED_BYTES,
     default_config,
@@ -145,6 +149,47 @@ def bench_gemma4(layer: str) -> dict[str, object]:
             "targets": {name: time_target(name, case, truths) for name in GEMMA4_TARGETS}}
 
 
+def bench_gemma4_fp8(layer: str, kv_dtype: str, bf16_row: dict[str, object]
+                     ) -> list[dict[str, object]]:
+    """The Gemma 4 batch of one layer kind with an FP8 cache, per descale granularity: every
+    Gemma 4 target judged (and timed if it passes), the Triton kernel's time against its
+    bf16-KV time on the same batch (``bf16_row``, from this run)."""
+    rows = []
+    bf16_ms = bf16_row["targets"]["triton"].get("ms")
+    for kv_scale in KV_SCALES:
+        spec = gemma4(layer, kv_dtype=kv_dtype, kv_scale=kv_scale)
+        case, truths = materialize(spec, "cuda"), TruthCache()
+        targets = {name: time_target(name, case, truths) for name in GEMMA4_TARGETS}
+        fp8_ms = targets["triton"].get("ms")
+        rows.append({"layout": f"gemma4_{layer}", "kv_dtype": kv_dtype, "kv_scale": kv_scale,
+                     "page_size": spec.page_size, "tokens_q": spec.total_q,
+                     "tokens_k": spec.total_k, "targets": targets,
+                     "triton_bf16_kv_ms": bf16_ms, "triton_fp8_kv_ms": fp8_ms,
+                     "triton_fp8_over_bf16": (fp8_ms / bf16_ms if fp8_ms and bf16_ms
+                                              else None)})
+    return rows
+
+
+def print_gemma4_fp8(rows: list[dict[str, object]]) -> None:
+    print(f"\n{'FP8 KV':<16}{'descales':>9}{'triton bf16 KV':>16}{'triton FP8 KV':>15}"
+          f"{'FP8/bf16':>10}  other targets")
+    for row in rows:
+        bf16, fp8 = row["triton_bf16_kv_ms"], row["triton_fp8_kv_ms"]
+        ratio = row["triton_fp8_over_bf16"]
+        others = ", ".join(f"{name} {r['verdict']}" + (f" {r['ms']:.3f} ms" if "ms" in r
+                                                       else "")
+                           for name, r in row["targets"].items() if name != "triton")
+        print(f"{row['layout']:<16}{row['kv_scale']:>9}"
+              f"{(f'{bf16:.3f} ms' if bf16 else '-'):>16}"
+              f"{(f'{fp8:.3f} ms' if fp8 else row['targets']['triton']['verdict']):>15}"
+              f"{(f'{ratio:.2f}x' if ratio else '-'):>10}  {others}")
+        reason = row["targets"]["triton"].get("reason")
+        if reason:
+            print(f"{'':<16}triton: {reason.splitlines()[0]}")
+    print(f"{rows[0]['kv_dtype']} K/V with float32 descales; the kernel reads the codes and "
+          "applies the descales itself. FP8/bf16 below 1: the FP8 cache is faster")
+
+
 def fastest_exact(row: dict[str, object]) -> str | None:
     """The exact target that passed in the least time, or None."""
     timed = {name: r["ms"] for name, r in row["targets"].items() if r["exact"] and "ms" in r}
@@ -169,32 +214,36 @@ def print_gemma4(rows: list[dict[str, object]]) -> None:
     print("ratio: the policy's error / low-precision baseline error (above 2 fails)")
 
 
-def sm90_variants(dtypes: Sequence[str], dims: Sequence[tuple[int, int]]
-                  ) -> list[tuple[str, int, int, str]]:
-    """(dtype, head_dim, head_dim_v, launch) for every default config to check."""
-    return [(dtype, d, dv, launch) for dtype, (d, dv), launch
+def sm90_variants(dtypes: Sequence[str], dims: Sequence[tuple[int, int]],
+                  kv_dtype: str | None = None) -> list[tuple[str, int, int, str, str | None]]:
+    """(dtype, head_dim, head_dim_v, launch, kv_dtype) for every default config to check."""
+    return [(dtype, d, dv, launch, kv_dtype) for dtype, (d, dv), launch
             in itertools.product(dtypes, dims, ("long", "short"))]
 
 
-def sm90_row(variant: tuple[str, int, int, str]) -> dict[str, object]:
-    """One default config compiled for sm90 (in a worker process)."""
-    dtype_name, d, dv, launch = variant
+def sm90_row(variant: tuple[str, int, int, str, str | None]) -> dict[str, object]:
+    """One default config compiled for sm90 (in a worker process); with an FP8
+    ``kv_dtype``, the variant that reads an FP8 cache."""
+    dtype_name, d, dv, launch, kv_dtype = variant
     dtype = getattr(torch, dtype_name)
     config = (default_config if launch == "long" else default_short_config)(d, dtype, dv)
-    resources = sm90_resources(d, dv, dtype, config)
-    return {"dtype": dtype_name, "head_dim": d, "head_dim_v": dv, "launch": launch,
-            "config": dataclasses.asdict(config), **resources._asdict(),
+    resources = sm90_resources(d, dv, dtype, config,
+                               kv_dtype=getattr(torch, kv_dtype) if kv_dtype else None)
+    return {"dtype": dtype_name, "kv_dtype": kv_dtype, "head_dim": d, "head_dim_v": dv,
+            "launch": launch, "config": dataclasses.asdict(config), **resources._asdict(),
             "problem": resources.problem()}
 
 
-def sm90_table(dtypes: Sequence[str], dims: Sequence[tuple[int, int]]) -> list[dict[str, object]]:
+def sm90_table(dtypes: Sequence[str], dims: Sequence[tuple[int, int]],
+               kv_dtype: str | None = None) -> list[dict[str, object]]:
     with ProcessPoolExecutor(os.cpu_count()) as pool:
-        return list(pool.map(sm90_row, sm90_variants(dtypes, dims)))
+        return list(pool.map(sm90_row, sm90_variants(dtypes, dims, kv_dtype)))
 
 
 def print_sm90(rows: list[dict[str, object]]) -> None:
-    print(f"sm90, all flags on (window, clamp, softcap); shared memory limit "
-          f"{SM90_MAX_SHARED_BYTES // 1024} KiB per block")
+    kv = rows[0].get("kv_dtype") if rows else None
+    print(f"sm90, all flags on (window, clamp, softcap){f', K/V in {kv}' if kv else ''}; "
+          f"shared memory limit {SM90_MAX_SHARED_BYTES // 1024} KiB per block")
     print(f"{'dtype':<10}{'d':>5}{'dv':>5}{'launch':>7}{'m x n':>10}{'warps':>6}{'stages':>7}"
           f"{'smem KiB':>10}{'regs':>6}{'spill B':>8}{'piped':>6}  verdict")
     for r in rows:
@@ -220,6 +269,10 @@ def main() -> None:
     parser.add_argument("--page-size", type=int, action="append", dest="page_sizes",
                         help="paged KV page size of prefill/decode (repeatable; default 16 "
                              "and 128); gemma4 always uses 16")
+    parser.add_argument("--kv-dtype", choices=KV_DTYPES,
+                        help="gemma4: also time the batch with its KV cache in this FP8 "
+                             "dtype (per-tensor and per-head descales) against bf16 KV; "
+                             "--sm90: compile the variants that read such a cache")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--sm90", action="store_true",
                         help="no GPU: compile the default Triton configs for sm90 and print "
@@ -236,7 +289,8 @@ def main() -> None:
             print(f"cannot compile for sm90 here: {reason}")
             sys.exit(3)
         rows = sm90_table(args.dtypes or SM90_DTYPES,
-                          args.dims or list(itertools.product(SM90_DIMS, SM90_DIMS)))
+                          args.dims or list(itertools.product(SM90_DIMS, SM90_DIMS)),
+                          args.kv_dtype)
         print_sm90(rows)
     else:
         if not torch.cuda.is_available():
@@ -246,12 +300,17 @@ def main() -> None:
                 for ps in (args.page_sizes or [16, 128])]
         gemma_rows = ([bench_gemma4(layer) for layer in GEMMA4_LAYERS]
                       if args.layout in ("gemma4", "all") else [])
+        fp8_rows = [fp8_row for row in gemma_rows if args.kv_dtype
+                    for fp8_row in bench_gemma4_fp8(row["layout"].removeprefix("gemma4_"),
+                                                    args.kv_dtype, row)]
         print(f"device: {torch.cuda.get_device_name()}")
         if rows:
             print_table(rows)
         if gemma_rows:
             print_gemma4(gemma_rows)
-        rows += gemma_rows
+        if fp8_rows:
+            print_gemma4_fp8(fp8_rows)
+        rows += gemma_rows + fp8_rows
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1) + "\n")
     if args.sm90 and any(r["problem"] for r in rows):

@@ -42,7 +42,7 @@ from fuzz.records.progress import FuzzProgress
 from fuzz.report.junit import write_junit
 from fuzz.report.summary import RunReport, render_table, report_json, report_markdown
 from golden import GOLDEN_DIR
-from verify.case import CaseError, CaseSpec, read_case
+from verify.case import KV_DTYPES, CaseError, CaseSpec, read_case
 from verify.kernels.interpreter import interpreter_patches, use_interpreter_without_cuda
 from verify.limits import Limits, memory_limit
 from verify.materialize import materialize
@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
                       help="the space cases are drawn from, narrowed per target to what it "
                            "declares it accepts (default: gpu on cuda, cpu on cpu; --profile "
                            "is a deprecated alias)")
+    what.add_argument("--kv-dtype", choices=KV_DTYPES,
+                      help="draw every case with its K/V cache in this FP8 dtype, with float32 "
+                           "descales per tensor or per KV head (docs/contract.md); targets "
+                           "that do not declare it are left out (default: K/V in the query "
+                           "dtype)")
     what.add_argument("--profile", dest="space", choices=sorted(SPACES), help=argparse.SUPPRESS)
     what.add_argument("--seed", type=_seed, help="seed of the case stream (default: random; "
                       "the report records it)")
@@ -366,7 +371,10 @@ def run_command(args: argparse.Namespace) -> int:
     # A log or a pipe gets a wide table rather than rich's default 80 columns.
     console = Console(width=None if sys.stdout.isatty() else 200)
     space = args.space or default_space(device)
-    base = [SPACES[space]] if args.model is None else MODELS[args.model].spaces(SPACES[space])
+    drawn = SPACES[space]
+    if args.kv_dtype is not None:
+        drawn = drawn.narrowed(kv_dtypes=(args.kv_dtype,))
+    base = [drawn] if args.model is None else MODELS[args.model].spaces(drawn)
     chosen = _spaces(select_targets(args.target, device), base, bool(args.target), console)
     seconds = args.budget if args.budget is not None or args.examples else DEFAULT_BUDGET
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(2**31)
@@ -377,7 +385,8 @@ def run_command(args: argparse.Namespace) -> int:
     pack_cases, pack_tokens = PACK_SIZES[device]
     settings = RunSettings(
         targets=tuple(t.name for t, _ in chosen), device=device, devices=devices,
-        workers=args.workers, space=space, model=args.model, seed=seed, budget=seconds,
+        workers=args.workers, space=space, model=args.model, kv_dtype=args.kv_dtype, seed=seed,
+        budget=seconds,
         examples=args.examples, min_cases=args.min_cases, max_findings=args.max_findings,
         shrink_seconds=args.shrink_budget, case_timeout=args.case_timeout,
         isolation=args.isolation, pack_cases=pack_cases, pack_tokens=pack_tokens,

@@ -126,8 +126,8 @@ def _score_bound(batch: Batch) -> float:
         return batch.softcap
     if not batch.q.shape[0] or not batch.k.shape[0]:
         return 0.0
-    q_norm = torch.linalg.vector_norm(batch.q, dim=-1, dtype=torch.float32).amax(dim=0)  # (H,)
-    k_norm = torch.linalg.vector_norm(batch.k, dim=-1, dtype=torch.float32).amax(dim=0)
+    q_norm, k_norm = (torch.linalg.vector_norm(t, dim=-1, dtype=torch.promote_types(
+        t.dtype, torch.float32)).amax(dim=0).float() for t in (batch.q, batch.k))  # (H,), (Hkv,)
     bound = float((q_norm * k_norm.repeat_interleave(batch.group)).max()) * batch.softmax_scale
     return bound * (1 + 1e-5)  # float32 norms: a margin far above their rounding
 

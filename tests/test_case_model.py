@@ -6,10 +6,11 @@ import json
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, case_dicts, cases
+from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, case_dicts, cases
 from verify import CaseError, load_case, parse_case, read_case
+from verify.case import KV_DTYPES
 from verify.limits import Limits
 from verify.materialize import FINITE_POISON, materialize
 
@@ -24,6 +25,14 @@ def test_json_round_trip(data: dict) -> None:
     spec = parse_case(data)
     assert read_case(spec.to_json()) == spec
     assert parse_case(json.loads(json.dumps(spec.to_dict()))) == spec
+
+
+@settings(max_examples=20)
+@given(case_dicts(CPU_SPACE.narrowed(kv_dtypes=(None, *KV_DTYPES))))
+def test_json_round_trip_with_an_fp8_cache(data: dict) -> None:
+    spec = parse_case(data)
+    assert read_case(spec.to_json()) == spec
+    assert ("kv_dtype" in spec.to_dict()) == (spec.kv_dtype is not None)
 
 
 def test_design_example_parses_and_writes_back_identically() -> None:
@@ -88,6 +97,9 @@ def _request(**changes: object) -> dict:
     (_request(seed=-1), "requests[0].seed", ">= 0"),
     (_with(page_table_slack=-1), "page_table_slack", ">= 0"),
     (_with(range_padding="ones"), "range_padding", "one of"),
+    (_with(kv_dtype="float8_e4m3fnuz"), "kv_dtype", "one of"),
+    (_with(kv_dtype="float8_e4m3fn", kv_scale="row"), "kv_scale", "one of"),
+    (_with(kv_scale="head"), "kv_scale", "needs a kv_dtype"),
 ])
 def test_invalid_case_is_one_line_naming_the_field(data: dict, field: str, says: str) -> None:
     with pytest.raises(CaseError) as info:

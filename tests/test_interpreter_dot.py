@@ -20,6 +20,7 @@ import triton.language as tl  # noqa: E402
 from verify.kernels.interpreter import (  # noqa: E402
     CAST_PATCH,
     DOT_PATCH,
+    FP8_CAST_PATCH,
     interpreter_enabled,
     interpreter_patches,
     patch_interpreter_dot,
@@ -62,10 +63,11 @@ def _cast(x_ptr, y_ptr, SIZE: tl.constexpr):
 
 
 def _unpatched(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The interpreter's own create_dot and cast_impl, for the rest of one test."""
+    """The interpreter's own create_dot, cast_impl and create_fp_to_fp, for the rest of one
+    test."""
     from triton.runtime.interpreter import InterpreterBuilder
 
-    for name in ("create_dot", "cast_impl"):
+    for name in ("create_dot", "cast_impl", "create_fp_to_fp"):
         method = getattr(InterpreterBuilder, name)
         monkeypatch.setattr(InterpreterBuilder, name, getattr(method, "__wrapped__", method))
 
@@ -131,6 +133,29 @@ def test_fp8_nan_code_stays_nan() -> None:
     assert c.isnan().all()
 
 
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+@pytest.mark.parametrize("to", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_every_fp8_code_decodes_like_torch(dtype: torch.dtype, to: torch.dtype) -> None:
+    """All 256 codes, NaNs and infinities included: an FP8 cache's poison stays poison."""
+    if DEVICE == "cuda" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 conversions need sm89+")
+    codes = torch.arange(256, dtype=torch.uint8).view(dtype).to(DEVICE)
+    out = torch.empty(256, dtype=to, device=DEVICE)
+    _cast[(1,)](codes, out, 256)
+    want = codes.float().to(to)
+    assert torch.equal(out.isnan(), want.isnan())
+    assert torch.equal(out.nan_to_num(), want.nan_to_num())
+
+
+@needs_interpreter
+def test_unpatched_fp8_decoding_loses_nan(monkeypatch: pytest.MonkeyPatch) -> None:
+    _unpatched(monkeypatch)
+    nan = torch.tensor([0x7F], dtype=torch.uint8).view(torch.float8_e4m3fn).expand(16)
+    out = torch.empty(16)
+    _cast[(1,)](nan.contiguous(), out, 16)
+    assert not out.isnan().any()
+
+
 def _rounding_inputs() -> torch.Tensor:
     """Ties, near-ties, overflow to inf, subnormals, NaN and signed zeros."""
     gen = torch.Generator().manual_seed(2)
@@ -167,7 +192,8 @@ def test_patch_is_idempotent_and_described() -> None:
     from triton.runtime.interpreter import InterpreterBuilder
 
     dot = InterpreterBuilder.create_dot
-    assert patch_interpreter_dot() == [DOT_PATCH, CAST_PATCH] == interpreter_patches()
+    assert (patch_interpreter_dot() == [DOT_PATCH, CAST_PATCH, FP8_CAST_PATCH]
+            == interpreter_patches())
     assert InterpreterBuilder.create_dot is dot
     assert not hasattr(dot.__wrapped__, "__wrapped__")
 
@@ -178,4 +204,4 @@ def test_patched_when_triton_was_imported_first(monkeypatch: pytest.MonkeyPatch)
     _unpatched(monkeypatch)
     assert interpreter_patches() == []
     assert use_interpreter_without_cuda()
-    assert interpreter_patches() == [DOT_PATCH, CAST_PATCH]
+    assert interpreter_patches() == [DOT_PATCH, CAST_PATCH, FP8_CAST_PATCH]

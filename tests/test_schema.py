@@ -20,6 +20,8 @@ from verify.case import (
     ANNOTATION_KEYS,
     DTYPES,
     FORMAT_VERSION,
+    KV_DTYPES,
+    KV_SCALES,
     POISONS,
     RANGE_PADDINGS,
     RENAMED_KEYS,
@@ -105,6 +107,12 @@ def test_drawn_dicts_with_overlapping_ranges_validate(data: dict[str, Any]) -> N
 
 
 @settings(max_examples=10, deadline=None)
+@given(spec=cases(CPU_SPACE.narrowed(kv_dtypes=KV_DTYPES)))
+def test_drawn_fp8_cases_validate(spec: CaseSpec) -> None:
+    assert schema_errors(spec.to_dict()) == []
+
+
+@settings(max_examples=10, deadline=None)
 @given(spec=cases(MODELS["gemma4-31b"].spaces(CPU_SPACE)[1]))
 def test_drawn_model_preset_cases_validate(spec: CaseSpec) -> None:
     assert schema_errors(spec.to_dict()) == []
@@ -153,6 +161,9 @@ INVALID = {
                                                  value_distribution="peaky"),
     "poison": _with(poison="zero"),
     "range padding": _with(range_padding="positive"),
+    "kv dtype": _with(kv_dtype="int8"),
+    "kv scale": _with(kv_dtype="float8_e4m3fn", kv_scale="channel"),
+    "kv scale null": _with(kv_dtype="float8_e4m3fn", kv_scale=None),
     "slack too large": _with(page_table_slack=DEFAULT_LIMITS.max_page_table_slack + 1),
     "too many ranges": _request(ranges=[[2 * i, 2 * i] for i in range(
         DEFAULT_LIMITS.max_ranges_per_request + 1)]),
@@ -172,6 +183,7 @@ CROSS_FIELD = {
     "start after end": _request(ranges=[[5, 2]]),
     "num_kv_heads does not divide num_heads": _with(num_heads=6, num_kv_heads=4),
     "clamp without a window": _with(clamp_ranges_to_window=True),
+    "kv_scale without a kv_dtype": _with(kv_scale="head"),
     "sequence past int32": _request(context_len=MAX_INT32, query_len=1),
     "total keys over the limit": _request(query_len=DEFAULT_LIMITS.max_total_tokens + 1),
     # JSON Schema counts 4.0 as an integer; verify/case.py wants a JSON integer.
@@ -211,6 +223,8 @@ def test_schema_enums_and_bounds_are_the_case_models() -> None:
         assert props[old]["enum"] == props[new]["enum"], old
     assert tuple(props["poison"]["enum"]) == POISONS
     assert tuple(props["range_padding"]["enum"]) == RANGE_PADDINGS
+    assert tuple(props["kv_dtype"]["enum"]) == (*KV_DTYPES, None)
+    assert tuple(props["kv_scale"]["enum"]) == KV_SCALES
     limits = DEFAULT_LIMITS
     for name, maximum in [("num_heads", limits.max_heads), ("num_kv_heads", limits.max_heads),
                           ("head_dim", limits.max_head_dim),

@@ -81,6 +81,7 @@ def _run(case: MaterializedCase, **overrides) -> tuple[torch.Tensor, torch.Tenso
         "softmax_scale": case.softmax_scale, "sliding_window": case.sliding_window,
         "clamp_ranges_to_window": case.clamp_ranges_to_window, "softcap": case.softcap,
         "config": _config(case.head_dim, case.dtype),
+        "k_descale": case.k_descale, "v_descale": case.v_descale,
     }  # fmt: skip
     return prefix_attention_paged(**{**kwargs, **overrides})
 
@@ -171,6 +172,24 @@ def test_softcap() -> None:
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_half_precision(dtype: str) -> None:
     _check(LAYOUTS["mixed_batch"], dtype=dtype, sliding_window=9, softcap=30.0)
+
+
+@pytest.mark.parametrize(("kv_dtype", "dtype"), [("float8_e4m3fn", "bfloat16"),
+                                                  ("float8_e5m2", "float32")])
+def test_fp8_cache(kv_dtype: str, dtype: str) -> None:
+    """Codes read as stored, per-head descales applied in the kernel, NaN poison unread."""
+    layout = {"requests": [{"context_len": 4, "query_len": 18, "ranges": [[2, 9]]},
+                           {"context_len": 7, "query_len": 1, "ranges": [[5, 12]]}]}
+    _check(layout, kv_dtype=kv_dtype, kv_scale="head", dtype=dtype, poison="nan",
+           softcap=30.0)
+
+
+def test_fp8_cache_needs_its_descales() -> None:
+    case = _case({"requests": [{"query_len": 4}]}, kv_dtype="float8_e4m3fn")
+    with pytest.raises(ValueError, match="k_descale and v_descale go with an FP8"):
+        _run(case, v_descale=None)
+    with pytest.raises(ValueError, match=r"k_descale must be float32 of shape \(B, Hkv\)"):
+        _run(case, k_descale=case.k_descale.double())
 
 
 def test_no_range_columns_and_given_max_seqlen_q() -> None:

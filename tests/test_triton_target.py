@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from fuzz.cases.spaces import space_for
 from fuzz.cases.strategies import ADVERSARIAL_CASES, GPU_SPACE, INTERPRETER_SPACE, cases
 from verify import CaseSpec, materialize, parse_case
+from verify.case import KV_DTYPES
 from verify.mask import mask_differs_from_causal
 from verify.runner import Status, evaluate
 from verify.targets import get_target
@@ -30,6 +31,12 @@ SPACE = space_for(TARGET.capabilities, GPU_SPACE if DEVICE == "cuda" else INTERP
 def test_triton_passes_policy(spec: CaseSpec) -> None:
     outcome = evaluate(TARGET, materialize(spec, DEVICE))
     assert outcome.status == Status.PASS, outcome.summary() + "\ncase: " + spec.to_json()
+
+
+@settings(max_examples=6)
+@given(cases(SPACE.narrowed(kv_dtypes=KV_DTYPES, max_seq_len=24, tile_edges=())))
+def test_triton_passes_policy_on_an_fp8_cache(spec: CaseSpec) -> None:
+    test_triton_passes_policy.hypothesis.inner_test(spec)
 
 
 @pytest.mark.parametrize("spec", ADVERSARIAL_CASES.values(), ids=ADVERSARIAL_CASES.keys())
@@ -96,8 +103,14 @@ def test_compile_key_ignores_runtime_data(change: dict) -> None:
         parse_case(KEY_BASE))
 
 
+def test_compile_key_ignores_the_descales() -> None:
+    fp8 = parse_case({**KEY_BASE, "kv_dtype": "float8_e4m3fn"})
+    assert TARGET.compile_key(fp8) == TARGET.compile_key(fp8.with_changes(kv_scale="head"))
+
+
 @pytest.mark.parametrize("change", [
     {"dtype": "float16"}, {"head_dim": 80}, {"head_dim_v": 128}, {"num_kv_heads": 4},
+    {"kv_dtype": "float8_e4m3fn"},
     {"sliding_window": 8}, {"softcap": 5.0},
     {"requests": [{"context_len": 4, "query_len": 16}]},  # short launch only
     {"requests": [{"query_len": 20}, {"context_len": 9, "query_len": 1}]},  # both launches

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from verify.case import DTYPES, CaseSpec, Request
+from verify.case import DTYPES, KV_DTYPES, CaseSpec, Request
 
 # Layout predicates a target may declare: name -> (what it requires, the check).
 LayoutCheck = Callable[[CaseSpec, Request], bool]
@@ -70,12 +70,15 @@ class Capabilities:
     Head dims: ``head_dims`` (a set) or ``head_dim_range`` with ``head_dim_multiple``;
     ``value_dims`` is ``"any"`` or ``"equal"`` (head_dim_v must equal head_dim). Pages:
     ``page_sizes`` (a set) and/or ``page_size_multiple``; ``needs_paged`` declines
-    contiguous K/V (``page_size`` null). ``layout`` names predicates of
-    :data:`LAYOUT_PREDICATES`; ``max_ranges_per_request`` bounds ranges per request.
+    contiguous K/V (``page_size`` null). ``kv_dtypes``: the K/V storage dtypes taken,
+    None for the query dtype (the default takes no FP8 cache: a kernel says it reads
+    one). ``layout`` names predicates of :data:`LAYOUT_PREDICATES`;
+    ``max_ranges_per_request`` bounds ranges per request.
     """
 
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
     dtypes: frozenset[str] = frozenset(DTYPES)
+    kv_dtypes: frozenset[str | None] = frozenset({None})
     head_dims: frozenset[int] | None = None
     head_dim_range: tuple[int, int] | None = None  # inclusive
     head_dim_multiple: int = 1
@@ -98,6 +101,9 @@ class Capabilities:
                              f"{', '.join(LAYOUT_PREDICATES)}")
         if self.value_dims not in ("any", "equal"):
             raise ValueError(f"value_dims must be 'any' or 'equal', got {self.value_dims!r}")
+        if not set(self.kv_dtypes) <= {None, *KV_DTYPES}:
+            raise ValueError(f"kv_dtypes must be among None, {', '.join(KV_DTYPES)}; got "
+                             f"{sorted(map(str, self.kv_dtypes))}")
 
     def accepts_head_dim(self, dim: int) -> bool:
         if self.head_dims is not None and dim not in self.head_dims:
@@ -130,6 +136,9 @@ class Capabilities:
         checks = [
             (device not in self.devices, f"device {device} (runs on {_sorted(self.devices)})"),
             (spec.dtype not in self.dtypes, f"dtype {spec.dtype}"),
+            (spec.kv_dtype not in self.kv_dtypes, f"kv_dtype {spec.kv_dtype} (takes "
+             + ", ".join(d or "the query dtype" for d in sorted(self.kv_dtypes, key=str))
+             + ")"),
             (not self.accepts_head_dim(spec.head_dim),
              f"head_dim {spec.head_dim} (takes {self._head_dims_text()})"),
             (spec.head_dim_v is not None and not self.accepts_head_dim(spec.value_dim),

@@ -27,10 +27,14 @@ from verify.limits import (
 )
 
 # 2: per-request seeds, counter-based values (the same bits on every device), page-table
-# slack and range padding. 3: value_profile renamed value_distribution. Files without
-# "format" are read as the current format.
+# slack and range padding. 3: value_profile renamed value_distribution; an FP8 KV cache
+# (kv_dtype, kv_scale). Files without "format" are read as the current format.
 FORMAT_VERSION = 3
 DTYPES = ("bfloat16", "float16", "float32")
+# The KV cache's storage dtype when it is not the query dtype (docs/contract.md), and how
+# finely its descales vary: one per tensor, or one per KV head.
+KV_DTYPES = ("float8_e4m3fn", "float8_e5m2")
+KV_SCALES = ("tensor", "head")
 VALUE_DISTRIBUTIONS = ("normal", "peaky", "near_ties", "outliers")
 POISONS = ("finite", "nan")
 # How seq_ranges pads a request's ranges: (-1, -1), or (0, 0) as vLLM does (a one-token
@@ -85,6 +89,8 @@ class CaseSpec:
     poison: str = "finite"
     page_table_slack: int = 0
     range_padding: str = "negative"
+    kv_dtype: str | None = None  # None: K/V in the query dtype
+    kv_scale: str = "tensor"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -103,13 +109,21 @@ class CaseSpec:
     def total_k(self) -> int:
         return sum(r.seq_len for r in self.requests)
 
+    @property
+    def fp8_kv(self) -> bool:
+        """Whether K/V are stored in an FP8 dtype with descales (``kv_dtype`` set)."""
+        return self.kv_dtype is not None
+
     def estimated_bytes(self) -> int:
         """Memory to materialize and judge this case: inputs in their dtype (packed, paged
-        and the target's copy), their float64 copies and outputs, plus working tiles."""
+        and the target's copy), their float64 copies and outputs, plus working tiles. An
+        FP8 cache takes one byte an element, and its dequantized copies in the query dtype
+        (the baseline's, a dequantizing target's) come on top."""
         element = 4 if self.dtype == "float32" else 2
         query = self.total_q * self.num_heads * (self.head_dim + 3 * self.value_dim)
         keys = self.total_k * self.num_kv_heads * (self.head_dim + self.value_dim)
-        return query * (element + 8) + keys * (4 * element + 8) + WORKING_BYTES
+        per_key = 4 * element + 8 if not self.fp8_kv else 4 + 8 + 2 * element
+        return query * (element + 8) + keys * per_key + WORKING_BYTES
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; optional keys at their defaults are left out."""
@@ -298,6 +312,13 @@ def parse_case(data: Mapping[str, Any] | CaseSpec, limits: Limits = DEFAULT_LIMI
     clamp = _bool(data, "clamp_ranges_to_window")
     if clamp and window is None:
         raise _fail("clamp_ranges_to_window", "needs a sliding_window")
+    kv_dtype = data.get("kv_dtype")
+    if kv_dtype is not None and kv_dtype not in KV_DTYPES:
+        raise _fail("kv_dtype", f"must be one of {', '.join(KV_DTYPES)} or null (the query "
+                    f"dtype); got {kv_dtype!r}")
+    kv_scale = _choice(data, "kv_scale", KV_SCALES, "tensor")
+    if kv_dtype is None and kv_scale != "tensor":
+        raise _fail("kv_scale", "needs a kv_dtype (descales exist only for an FP8 cache)")
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
         raise _fail("seed", f"must be a non-negative integer below 2**63, got {seed!r}")
@@ -323,6 +344,8 @@ def parse_case(data: Mapping[str, Any] | CaseSpec, limits: Limits = DEFAULT_LIMI
         page_table_slack=_int(data, "page_table_slack", "", minimum=0,
                               maximum=limits.max_page_table_slack, default=0, required=False),
         range_padding=_choice(data, "range_padding", RANGE_PADDINGS, "negative"),
+        kv_dtype=kv_dtype,
+        kv_scale=kv_scale,
         extra={k: data[k] for k in ANNOTATION_KEYS if k in data},
     )
     _check_sizes(spec, limits)

@@ -130,7 +130,7 @@ def expected(case: MaterializedCase, bias: LogWeight | None = None) -> Expected:
         row_lse_scale=_row_max(torch.where(torch.isfinite(lse), lse.abs(), 0.0).T),
         row_q_norm=_row_max(torch.linalg.vector_norm(case.q.double(), dim=-1)),
         row_width=(case.layout.rows_hi - case.layout.rows_lo + 1).clamp_min(0).to(case.device),
-        key_norm=_row_max(torch.linalg.vector_norm(case.k.double(), dim=-1)),
+        key_norm=_row_max(torch.linalg.vector_norm(batch.k.double(), dim=-1)),
         row_nonfinite=unjudgeable,
     )
 

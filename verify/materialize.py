@@ -3,12 +3,14 @@
 Values come from :mod:`verify.values` (counter-based: the same bits on every device, and a
 request's values do not depend on the batch around it), drawn in float32 on the target
 device and rounded once to the case dtype; every target and the float64 reference read
-the same rounded values. The layout (lengths, ranges, page tables, each query row's
-visible key interval) is built on the host with vectorized ops and moved once. The paged
-cache scatters each request's keys over a random permutation of pages and fills every
-slot no request owns (spare pages, slots past ``seqused_k``, the padding and slack
-columns of the page table) with poison, so a kernel that reads past a sequence shows it
-in its output.
+the same rounded values. With an FP8 ``kv_dtype``, K and V are stored as FP8 codes with
+float32 descales per KV head (:func:`kv_descales`), and the references read the codes
+times their descales, exactly, in float64. The layout (lengths, ranges, page tables, each
+query row's visible key interval) is built on the host with vectorized ops and moved
+once. The paged cache scatters each request's keys over a random permutation of pages and
+fills every slot no request owns (spare pages, slots past ``seqused_k``, the padding and
+slack columns of the page table) with poison, so a kernel that reads past a sequence
+shows it in its output.
 """
 
 from __future__ import annotations
@@ -24,11 +26,33 @@ from torch import Tensor
 from references import Batch, LogWeight
 from references.mask import key_intervals, range_bounds
 from verify.case import CaseSpec, read_case
-from verify.values import below, hashed_bits, normal_from_bits, request_stream, stream_keys
+from verify.values import (
+    below,
+    hashed_bits,
+    normal_from_bits,
+    request_stream,
+    round_to_fp8,
+    stream_keys,
+)
 
-TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-# Large enough that an attended poisoned slot dominates its row, small enough for fp16.
+TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32,
+                "float8_e4m3fn": torch.float8_e4m3fn, "float8_e5m2": torch.float8_e5m2}
+# Large enough that an attended poisoned slot dominates its row, small enough for fp16; an
+# FP8 cache holds the largest e4m3 code instead (1024 is past e4m3's range).
 FINITE_POISON = 1024.0
+FP8_POISON = 448.0
+# FP8 K/V: a code is the drawn value times FP8_CODE_SCALE (normal tails reach about 400),
+# clamped to e4m3's largest magnitude FP8_SATURATED, and a share of the codes is that
+# largest magnitude itself (outliers a quantizer saturated), then rounded to the format.
+FP8_CODE_SCALE = 96.0
+FP8_SATURATED = 448.0
+FP8_SATURATED_SHARE = 1 / 128
+# FP8 descales: log2 of K's in [-7.5, -6) and of V's in [-4, -2.5) (dequantized K about
+# the size of the other cases' K; V's descale 2^3.5 = 11.3 times K's), KV head h at a
+# fraction 0.5 + h * golden ratio (mod 1) of the way, so heads differ; a per-tensor scale
+# is at 0.5.
+FP8_K_LOG2_DESCALE, FP8_V_LOG2_DESCALE, FP8_LOG2_SPREAD = -7.5, -4.0, 1.5
+_GOLDEN = (5**0.5 - 1) / 2
 # Spare pages beyond the ones requests own, so poisoned pages exist in every layout.
 SPARE_PAGES = 2
 # Value distributions: score width, near-tie spread, outlier share and size.
@@ -80,11 +104,14 @@ class MaterializedCase:
     seq_ranges: Tensor
     context_lens: Tensor
     query_lens: Tensor
+    k_descale: Tensor | None
+    v_descale: Tensor | None
     softmax_scale: float
     sliding_window: int | None
     clamp_ranges_to_window: bool
     softcap: float | None
     dtype: torch.dtype
+    kv_dtype: torch.dtype
     num_heads: int
     num_kv_heads: int
     head_dim: int
@@ -112,16 +139,33 @@ class MaterializedCase:
             q_start += r.query_len
             k_start += r.seq_len
 
+    @property
+    def fp8_kv(self) -> bool:
+        """Whether ``k``/``v`` (and the caches) hold FP8 codes with descales."""
+        return self.k_descale is not None
+
+    def dequantized(self, dtype: torch.dtype = torch.float64) -> tuple[Tensor, Tensor]:
+        """Packed ``k`` and ``v`` as values in ``dtype``: an FP8 code times its request's
+        and KV head's descale, formed exactly in float64 and rounded once to ``dtype``
+        (without FP8, ``k`` and ``v`` converted to ``dtype``)."""
+        if not self.fp8_kv:
+            return self.k.to(dtype), self.v.to(dtype)
+        rows = self.layout.k_request.to(self.device)
+        return tuple((t.double() * scale.double()[rows][:, :, None]).to(dtype)
+                     for t, scale in ((self.k, self.k_descale), (self.v, self.v_descale)))
+
     def batch(self, bias: LogWeight | None = None) -> Batch:
-        """The case as the references see it (packed ``q``/``k``/``v`` and key intervals)."""
-        return Batch(self.q, self.k, self.v, self.layout.rows_lo, self.layout.rows_hi,
+        """The case as the references see it (packed ``q``/``k``/``v`` and key intervals);
+        an FP8 cache's K/V dequantized exactly, in float64."""
+        k, v = self.dequantized() if self.fp8_kv else (self.k, self.v)
+        return Batch(self.q, k, v, self.layout.rows_lo, self.layout.rows_hi,
                      self.softmax_scale, self.softcap, bias)
 
     def tensors(self) -> dict[str, Tensor]:
         """Every tensor of the contract by name (those the layout has)."""
         names = ("q", "k", "v", "cu_seqlens_q", "cu_seqlens_k", "seqused_k", "k_cache",
                  "v_cache", "page_table", "query_ranges", "seq_ranges", "context_lens",
-                 "query_lens")
+                 "query_lens", "k_descale", "v_descale")
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
@@ -223,7 +267,33 @@ def _draw_inputs(spec: CaseSpec, layout: Layout, device: torch.device
 
 
 def _poison_value(spec: CaseSpec) -> float:
-    return float("nan") if spec.poison == "nan" else FINITE_POISON
+    if spec.poison == "nan":
+        return float("nan")
+    return FP8_POISON if spec.fp8_kv else FINITE_POISON
+
+
+def kv_descales(spec: CaseSpec) -> tuple[list[float], list[float]]:
+    """The float32 descales of K and V per KV head (``kv_scale: tensor``: one value
+    repeated). Fixed by the case's granularity and head count alone, so every request (and
+    every case a pack holds) shares them, as one cache's scales are shared."""
+
+    def descale(low: float, head: int) -> float:
+        where = 0.5 if spec.kv_scale == "tensor" else (0.5 + head * _GOLDEN) % 1.0
+        return torch.tensor(2.0 ** (low + FP8_LOG2_SPREAD * where), dtype=torch.float32).item()
+
+    heads = range(spec.num_kv_heads)
+    return ([descale(FP8_K_LOG2_DESCALE, h) for h in heads],
+            [descale(FP8_V_LOG2_DESCALE, h) for h in heads])
+
+
+def _quantized(spec: CaseSpec, layout: Layout, x: Tensor, name: str) -> Tensor:
+    """Drawn float32 K or V as FP8 codes of the case's ``kv_dtype`` (docs/contract.md)."""
+    dtype = TORCH_DTYPES[spec.kv_dtype]
+    codes = (x * FP8_CODE_SCALE).clamp(-FP8_SATURATED, FP8_SATURATED)
+    bits = _values(_streams(spec), f"{name}_saturated", layout.k_request, layout.k_index,
+                   x.shape[1] * x.shape[2], x.device).view(x.shape)
+    codes = torch.where(below(bits, FP8_SATURATED_SHARE), FP8_SATURATED * torch.sign(x), codes)
+    return round_to_fp8(codes, dtype).to(dtype)
 
 
 def _paged(spec: CaseSpec, layout: Layout, k: Tensor, v: Tensor
@@ -251,8 +321,15 @@ def _paged(spec: CaseSpec, layout: Layout, k: Tensor, v: Tensor
              + layout.k_index % ps).to(device)
     caches = []
     for t in (k, v):
-        cache = torch.full((num_pages * ps, *t.shape[1:]), poison, dtype=t.dtype, device=device)
-        cache.index_copy_(0, slots, t)
+        shape = (num_pages * ps, *t.shape[1:])
+        if t.element_size() == 1:  # FP8: filled and scattered as its bits (uint8)
+            code = int(torch.tensor(poison).to(t.dtype).view(torch.uint8))
+            cache = torch.full(shape, code, dtype=torch.uint8, device=device)
+            cache.index_copy_(0, slots, t.view(torch.uint8))
+            cache = cache.view(t.dtype)
+        else:
+            cache = torch.full(shape, poison, dtype=t.dtype, device=device)
+            cache.index_copy_(0, slots, t)
         caches.append(cache.view(num_pages, ps, *t.shape[1:]))
     return caches[0], caches[1], page_table.to(device)
 
@@ -262,7 +339,16 @@ def materialize(spec: CaseSpec, device: torch.device | str = "cpu") -> Materiali
     device = torch.device(device)
     dtype = TORCH_DTYPES[spec.dtype]
     layout = layout_of(spec)
-    q, k, v = (t.to(dtype) for t in _draw_inputs(spec, layout, device))
+    q, k, v = _draw_inputs(spec, layout, device)
+    q = q.to(dtype)
+    k_descale = v_descale = None
+    if spec.fp8_kv:
+        k, v = _quantized(spec, layout, k, "k"), _quantized(spec, layout, v, "v")
+        k_descale, v_descale = (torch.tensor([scales] * len(spec.requests), dtype=torch.float32,
+                                             device=device).view(-1, spec.num_kv_heads)
+                                for scales in kv_descales(spec))
+    else:
+        k, v = k.to(dtype), v.to(dtype)
     k_cache = v_cache = page_table = None
     if spec.page_size is not None:
         k_cache, v_cache, page_table = _paged(spec, layout, k, v)
@@ -281,12 +367,14 @@ def materialize(spec: CaseSpec, device: torch.device | str = "cpu") -> Materiali
     moved = {name: t.to(device, non_blocking=True) for name, t in host.items()}
     return MaterializedCase(
         spec=spec, q=q, k=k, v=v, k_cache=k_cache, v_cache=v_cache, page_table=page_table,
+        k_descale=k_descale, v_descale=v_descale,
         **moved,
         softmax_scale=spec.resolved_scale,
         sliding_window=spec.sliding_window,
         clamp_ranges_to_window=spec.clamp_ranges_to_window,
         softcap=spec.softcap,
         dtype=dtype,
+        kv_dtype=k.dtype,
         num_heads=spec.num_heads,
         num_kv_heads=spec.num_kv_heads,
         head_dim=spec.head_dim,

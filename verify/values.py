@@ -22,8 +22,12 @@ _MASK64 = (1 << 64) - 1
 # Normal quantiles at 2**16 + 1 evenly spaced probabilities: a value interpolates between
 # two neighbours, so tails reach about +-4.2 and the distribution is smooth.
 _TABLE_BITS = 16
-# Streams per request: q, k, v and the outlier masks of k and v.
-STREAMS = {"q": 0, "k": 1, "v": 2, "k_outliers": 3, "v_outliers": 4}
+# Streams per request: q, k, v, the outlier masks of k and v, and in an FP8 cache the
+# masks of k's and v's saturated codes.
+STREAMS = {"q": 0, "k": 1, "v": 2, "k_outliers": 3, "v_outliers": 4, "k_saturated": 5,
+           "v_saturated": 6}
+# FP8 formats: mantissa bits, and the exponent of the smallest normal number.
+FP8_FORMATS = {torch.float8_e4m3fn: (3, -6), torch.float8_e5m2: (2, -14)}
 
 
 def _splitmix64(x: int) -> int:
@@ -92,3 +96,23 @@ def normal_from_bits(bits: Tensor) -> Tensor:
 def below(bits: Tensor, probability: float) -> Tensor:
     """True with ``probability`` per element (an integer comparison: exact everywhere)."""
     return bits < int(probability * (1 << 32))
+
+
+def round_to_fp8(x: Tensor, dtype: torch.dtype) -> Tensor:
+    """float32 ``x`` rounded to nearest even in FP8 ``dtype``'s grid, as float32.
+
+    Integer operations on the float32 bits (normal numbers) and a scaling by a power of
+    two (subnormals): exact on every device, so the FP8 codes are the same bits on a CPU
+    and a GPU whatever their own float-to-FP8 conversions do. ``x`` must lie within the
+    format's finite range; the result converts to ``dtype`` exactly.
+    """
+    mantissa, min_exponent = FP8_FORMATS[dtype]
+    magnitude = x.abs()
+    drop = 23 - mantissa
+    bits = magnitude.view(torch.int32).long()
+    bits = (bits + (1 << (drop - 1)) - 1 + ((bits >> drop) & 1)) >> drop << drop
+    normal = bits.to(torch.int32).view(torch.float32)
+    quantum = 2.0 ** (min_exponent - mantissa)
+    subnormal = torch.round(magnitude / quantum) * quantum
+    rounded = torch.where(magnitude < 2.0**min_exponent, subnormal, normal)
+    return torch.where(x < 0, -rounded, rounded)

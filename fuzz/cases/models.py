@@ -41,7 +41,8 @@ class ModelPreset:
     sources: tuple[str, ...] = ()
 
     def spaces(self, base: Space) -> list[Space]:
-        """One space per layer kind: ``base``'s layouts with this model's shapes."""
+        """One space per layer kind: ``base``'s layouts with this model's shapes (and
+        ``base``'s KV cache dtypes: ``--kv-dtype`` gives every layer kind an FP8 cache)."""
         longest = max(base.max_seq_len, min(self.image_sizes) + 64)
         return [base.narrowed(
             heads=((kind.num_heads, kind.num_kv_heads),), head_dims=(kind.head_dim,),

@@ -4,7 +4,7 @@ what the target declares it accepts.
 Drawing only inside a target's declared capabilities keeps the budget on cases that test
 something: ``--examples N`` judges N cases instead of skipping the ones the kernel never
 promised to take (the Triton interpreter's token limit, a kernel without softcap, page
-sizes that are multiples of 16, no range cut by the chunk end).
+sizes that are multiples of 16, no range cut by the chunk end, no FP8 cache).
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ def space_for(capabilities: Capabilities, base: Space) -> Space | None:
     head_dims = tuple(d for d in base.head_dims if capabilities.accepts_head_dim(d))
     page_sizes = tuple(p for p in base.page_sizes if capabilities.accepts_page_size(p))
     dtypes = tuple(d for d in base.dtypes if d in capabilities.dtypes)
-    if not head_dims or not page_sizes or not dtypes:
+    kv_dtypes = tuple(d for d in base.kv_dtypes if d in capabilities.kv_dtypes)
+    if not head_dims or not page_sizes or not dtypes or not kv_dtypes:
         return None
     max_ranges = base.max_ranges
     if capabilities.max_ranges_per_request is not None:
@@ -46,6 +47,7 @@ def space_for(capabilities: Capabilities, base: Space) -> Space | None:
         max_ranges=max_ranges,
         tile_edges=edges,
         dtypes=dtypes,
+        kv_dtypes=kv_dtypes,
         head_dims=head_dims,
         page_sizes=page_sizes,
         window=base.window and capabilities.sliding_window,

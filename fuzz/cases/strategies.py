@@ -6,10 +6,10 @@ per request, one-token images, images touching 0 or the last position, images cu
 end of the chunk, lengths around the tile sizes kernels use. A case is drawn in three
 parts, so that a fuzzer can hold the expensive part fixed:
 
-* the **configuration** (dtype, heads, head dims, page size, softcap: what kernels
-  compile for), :func:`config_dicts`;
-* the batch-wide **options** (window, clamp, scale, values, poison, contract knobs),
-  :func:`option_dicts`;
+* the **configuration** (dtype, KV cache dtype, heads, head dims, page size, softcap:
+  what kernels compile for), :func:`config_dicts`;
+* the batch-wide **options** (window, clamp, scale, values, poison, FP8 scale
+  granularity, contract knobs), :func:`option_dicts`;
 * the **layout** (requests and their ranges, the seed), :func:`layout_dicts`.
 
 :func:`case_dicts` draws all three. Every knob has a default for the CPU gate; the fuzz
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from hypothesis import example
 from hypothesis import strategies as st
 
-from verify.case import DTYPES, POISONS, VALUE_DISTRIBUTIONS, CaseSpec, parse_case
+from verify.case import DTYPES, KV_SCALES, POISONS, VALUE_DISTRIBUTIONS, CaseSpec, parse_case
 
 PAGE_SIZES = (None, 1, 3, 7, 16, 64, 128)
 HEAD_DIMS = (64, 128, 256)
@@ -48,7 +48,9 @@ class Space:
     too; ``tile_edge_rarity`` makes them that many times rarer (a space of short cases
     still crosses the edges kernels tile by, now and then). ``image_sizes``: the token counts of
     images (else any). ``prefix_lm``: each request's range is one prefix ``[0, L - 1]``
-    (PaliGemma's image + prompt). ``layout`` names predicates of
+    (PaliGemma's image + prompt). ``kv_dtypes``: the K/V storage dtypes (None: the query
+    dtype; an FP8 dtype draws an FP8 cache with descales of a granularity in
+    ``kv_scales``). ``layout`` names predicates of
     :data:`verify.capabilities.LAYOUT_PREDICATES` to honour.
     """
 
@@ -60,6 +62,8 @@ class Space:
     heads: Sequence[tuple[int, int]] | None = None
     head_dims: Sequence[int] = HEAD_DIMS
     dtypes: Sequence[str] = DTYPES
+    kv_dtypes: Sequence[str | None] = (None,)
+    kv_scales: Sequence[str] = KV_SCALES
     page_sizes: Sequence[int | None] = PAGE_SIZES
     window: bool = True
     windows: Sequence[int] | None = None
@@ -236,9 +240,17 @@ def request_dicts(draw: st.DrawFn, space: Space, window: int | None = None) -> d
     return {"context_len": context_len, "query_len": query_len, "ranges": ranges}
 
 
+def _one_of(draw: st.DrawFn, choices: Sequence[Any]) -> Any:
+    """One of ``choices``, drawing nothing when there is only one (so a space that offers a
+    single choice draws the same stream of cases it drew before the choice existed)."""
+    choices = list(choices)
+    return choices[0] if len(choices) == 1 else draw(st.sampled_from(choices))
+
+
 @st.composite
 def config_dicts(draw: st.DrawFn, space: Space) -> dict:
-    """What a kernel compiles for: dtype, heads, head dims, page size, softcap."""
+    """What a kernel compiles for: dtype, KV cache dtype, heads, head dims, page size,
+    softcap."""
     if space.heads:
         num_heads, num_kv_heads = draw(st.sampled_from(list(space.heads)))
     else:
@@ -249,13 +261,15 @@ def config_dicts(draw: st.DrawFn, space: Space) -> dict:
     others = [d for d in space.head_dims if d != head_dim]
     if space.value_dims and others and draw(st.integers(0, 3)) == 3:  # shrinks toward equal
         head_dim_v = draw(st.sampled_from(others))
-    return {
+    config = {
         "num_heads": num_heads, "num_kv_heads": num_kv_heads,
         "head_dim": head_dim, "head_dim_v": head_dim_v,
         "dtype": draw(st.sampled_from(list(space.dtypes))),
         "page_size": draw(st.sampled_from(list(space.page_sizes))),
         "softcap": draw(st.sampled_from([None, *space.softcaps])) if space.softcap else None,
     }
+    kv_dtype = _one_of(draw, space.kv_dtypes)
+    return config if kv_dtype is None else {**config, "kv_dtype": kv_dtype}
 
 
 @st.composite
@@ -280,6 +294,8 @@ def option_dicts(draw: st.DrawFn, space: Space, config: dict) -> dict:
         knobs["page_table_slack"] = draw(st.integers(1, 4))
     if space.contract_knobs and draw(st.integers(0, 7)) == 0:
         knobs["range_padding"] = "zero"
+    if config.get("kv_dtype") is not None:
+        knobs["kv_scale"] = _one_of(draw, space.kv_scales)
     return {
         "sliding_window": window,
         "clamp_ranges_to_window": clamp,
@@ -372,6 +388,19 @@ ADVERSARIAL_CASES: dict[str, CaseSpec] = {
     "slack_columns_and_zero_padding": _case(
         [{"context_len": 5, "query_len": 12, "ranges": [[1, 3], [9, 14]]}, {"query_len": 4}],
         page_table_slack=3, range_padding="zero"),
+}
+# Hand-picked layouts with an FP8 KV cache (docs/contract.md). Kept apart from
+# ADVERSARIAL_CASES, which every property test runs on targets that may not read an FP8
+# cache; golden/edge-<name>.json replays each with the verdict every target that takes it
+# must give.
+FP8_ADVERSARIAL_CASES: dict[str, CaseSpec] = {
+    "fp8_per_head_scales_paged_nan": _case(
+        [{"context_len": 9, "query_len": 14, "ranges": [[4, 15]]},
+         {"context_len": 20, "query_len": 1, "ranges": [[2, 12]]}],
+        kv_dtype="float8_e4m3fn", kv_scale="head", page_size=7, poison="nan"),
+    "fp8_e5m2_fp16_outliers": _case([{"query_len": 19, "ranges": [[3, 11]]}], dtype="float16",
+                                    kv_dtype="float8_e5m2", page_size=None, num_heads=2,
+                                    num_kv_heads=1, value_distribution="outliers"),
 }
 
 

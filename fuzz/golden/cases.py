@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES
+from fuzz.cases.strategies import ADVERSARIAL_CASES, FP8_ADVERSARIAL_CASES
 from fuzz.records.casefiles import case_json, describe_case
 from verify.case import CaseSpec, parse_case
 from verify.materialize import materialize
@@ -132,14 +132,38 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
     _fault_case("softcap_without_division",
                 "softcap 5: scores become 5 tanh(s / 5), not 5 tanh(s)",
                 [{"query_len": 20, "ranges": [[2, 7]]}], softcap=5.0),
+    _fault_case("descale_not_applied",
+                "an e4m3fn cache with a per-tensor K descale near 2^-6.75 and V's near "
+                "2^-3.25: its codes are about 100 and 10 times its values",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
+    _fault_case("descale_applied_twice",
+                "an e4m3fn cache with per-tensor descales far below 1: applied twice, K and V "
+                "shrink by that factor once more",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
+    _fault_case("k_descale_for_v",
+                "an e4m3fn cache whose V descale is about 11 times its K descale: V "
+                "dequantized with K's comes out that much too small",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
+    _fault_case("per_tensor_descale",
+                "2 KV heads with per-head descales: KV head 1 is dequantized with its own "
+                "descale, not head 0's",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn",
+                kv_scale="head"),
+    _fault_case("saturated_at_240",
+                "an e4m3fn cache whose outlier codes are 448 (and others reach 416): stored "
+                "values past 240 are taken as stored, not clipped to e4m3fnuz's range",
+                [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
 )
 
 
 def edge_cases() -> tuple[GoldenCase, ...]:
-    """The adversarial layouts every property test also runs, as golden cases."""
-    return tuple(GoldenCase(f"edge-{name}", f"fuzz.cases.strategies.ADVERSARIAL_CASES[{name!r}]: "
+    """The adversarial layouts every property test also runs, and those with an FP8 cache,
+    as golden cases."""
+    return tuple(GoldenCase(f"edge-{name}", f"fuzz.cases.strategies.{cases}[{name!r}]: "
                             f"{describe_case(spec)}", spec)
-                 for name, spec in ADVERSARIAL_CASES.items())
+                 for cases, table in (("ADVERSARIAL_CASES", ADVERSARIAL_CASES),
+                                      ("FP8_ADVERSARIAL_CASES", FP8_ADVERSARIAL_CASES))
+                 for name, spec in table.items())
 
 
 def _declines(target: Target, spec: CaseSpec) -> bool:

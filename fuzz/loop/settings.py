@@ -18,6 +18,7 @@ class RunSettings:
     workers: int  # per device
     space: str
     model: str | None
+    kv_dtype: str | None
     seed: int
     budget: float | None  # seconds of exploration
     examples: int | None  # judged cases per target
@@ -42,6 +43,7 @@ class RunSettings:
         return {
             "targets": list(self.targets), "device": self.device, "devices": list(self.devices),
             "workers": self.workers, "space": self.space, "model": self.model,
+            "kv_dtype": self.kv_dtype,
             "seed": self.seed, "budget": self.budget, "examples": self.examples,
             "min_cases": self.min_cases, "max_findings": self.max_findings,
             "shrink_budget": self.shrink_seconds, "case_timeout": self.case_timeout,

@@ -67,6 +67,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="expected findings (the findings/<target>.json python -m fuzz "
                          "writes): accepted while they reproduce, stale when they no longer "
                          "do; repeatable")
+    group.addoption("--prefix-kv-dtype", choices=("float8_e4m3fn", "float8_e5m2"),
+                    default=None, help="draw the random cases with an FP8 K/V cache of this "
+                                       "dtype and float32 descales (docs/contract.md)")
 
 
 def _check_target(name: str) -> None:

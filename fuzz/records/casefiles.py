@@ -66,6 +66,8 @@ def describe_case(spec: CaseSpec) -> str:
         parts.append(f"{spec.page_table_slack} slack page columns")
     if spec.range_padding != "negative":
         parts.append(f"{spec.range_padding} range padding")
+    if spec.kv_dtype is not None:
+        parts.append(f"{spec.kv_dtype} KV per-{spec.kv_scale} scales")
     parts.append(f"seed {spec.seed}")
     return ", ".join(parts)
 

@@ -8,10 +8,13 @@ suite's packages changes nothing in the environment.
 The interpreter keeps bf16 as raw ``uint16`` bits (numpy has no bf16), and its ``tl.dot``
 multiplies those bits as integers: every bf16 attention kernel, the suite's and anyone
 else's, computes garbage on the CPU. Its fp32 -> bf16 cast truncates where the GPU rounds
-to nearest even, which biases the bf16 P of ``P @ V``. :func:`patch_interpreter_dot` fixes
-both on the interpreter's builder, for every kernel the process runs; the GPU path is not
-touched. Elementwise bf16 arithmetic (``x + y`` on two bf16 tensors) stays wrong there:
-kernels that compute in fp32 between loads and dots, as attention kernels do, are fine.
+to nearest even, which biases the bf16 P of ``P @ V``. Its FP8 loads are right, and so are
+its conversions of finite FP8 codes, but it decodes NaN codes (e4m3fn's 0x7F, e5m2's) and
+e5m2's infinities as finite numbers, so a kernel that reads a NaN-poisoned FP8 slot would
+see a number. :func:`patch_interpreter_dot` fixes all three on the interpreter's builder,
+for every kernel the process runs; the GPU path is not touched. Elementwise bf16
+arithmetic (``x + y`` on two bf16 tensors) stays wrong there: kernels that compute in fp32
+between loads and dots, as attention kernels do, are fine.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ DOT_PATCH = ("tl.dot: bf16 and fp8 operands (and a bf16 accumulator) decoded to 
              "before an fp32-accumulated product; the interpreter multiplied their bit patterns")
 CAST_PATCH = ("casts to and from bf16: values round to nearest even (the interpreter "
               "truncated fp32 -> bf16) and fp64 / integer <-> bf16 convert values, not bits")
+FP8_CAST_PATCH = ("casts from fp8: the 256 codes decode through torch's table (the "
+                  "interpreter read NaN codes and e5m2's infinities as finite numbers)")
 
 
 def use_interpreter_without_cuda() -> bool:
@@ -147,13 +152,32 @@ def _cast(original: Callable[..., Any], interp: Any) -> Callable[..., Any]:
     return cast_impl
 
 
+def _fp_to_fp(original: Callable[..., Any], interp: Any) -> Callable[..., Any]:
+    """``create_fp_to_fp`` that decodes an fp8 source through torch's table (Triton sends
+    every conversion from fp8 here); conversions of other sources are left as they were."""
+
+    @functools.wraps(original)
+    def create_fp_to_fp(self: Any, src: Any, dst_type: Any, rounding_mode: Any) -> Any:
+        values = _decode(src) if src.dtype.scalar.is_fp8() else None
+        dst_scalar = dst_type.scalar
+        if values is None or dst_scalar.is_fp8():
+            return original(self, src, dst_type, rounding_mode)
+        if dst_scalar.is_bf16():
+            return interp.TensorHandle(float_to_bf16_bits(values), dst_scalar)
+        return interp.TensorHandle(values.astype(interp._get_np_dtype(dst_type)), dst_scalar)
+
+    setattr(create_fp_to_fp, _PATCH_MARK, FP8_CAST_PATCH)
+    return create_fp_to_fp
+
+
 # Builder method -> the wrapper that fixes it.
 _FIXES: dict[str, Callable[[Callable[..., Any], Any], Callable[..., Any]]] = {
-    "create_dot": _dot, "cast_impl": _cast}
+    "create_dot": _dot, "cast_impl": _cast, "create_fp_to_fp": _fp_to_fp}
 
 
 def patch_interpreter_dot() -> list[str]:
-    """Fix bf16 / fp8 ``tl.dot`` and bf16 casts in Triton's interpreter; what is patched now.
+    """Fix bf16 / fp8 ``tl.dot``, bf16 casts and fp8 decoding in Triton's interpreter; what
+    is patched now.
 
     Patches the interpreter's builder class, so every kernel interpreted in this process
     gets it, whenever Triton was imported. Idempotent; a no-op without Triton. The

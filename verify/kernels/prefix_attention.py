@@ -8,6 +8,12 @@ largest ``hi`` of its rows; key tiles inside every row's interval run with no ma
 Everything that varies per batch (lengths, ranges, page tables, page size) is runtime data,
 so a new batch never recompiles the kernel.
 
+An FP8 cache (``float8_e4m3fn`` or ``float8_e5m2`` K/V with float32 ``k_descale`` /
+``v_descale`` of shape ``(B, Hkv)``) is read as stored: each tile of codes converts to the
+query dtype exactly (every FP8 value is a bf16, fp16 and fp32 value), the K descale joins
+the softmax scale (one multiply per score) and the V descale the final normalization (one
+per output element), so no dequantized value is ever rounded.
+
 The launcher splits a batch into short requests (at most ``SHORT_QUERY_LEN`` query tokens:
 decode steps, speculative drafts) and the rest, and launches the same kernel once per
 non-empty group with that group's tile shape: a decode row in a 128-row query tile would
@@ -33,6 +39,7 @@ from verify.mask import visible_intervals
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 # Head dims (q/k and v each): multiples of 16 (tl.dot's least K) up to 512 (Gemma 4's global
 # layers); non-powers of two are padded to the next power of two and masked.
 HEAD_DIM_MULTIPLE, MAX_HEAD_DIM = 16, 512
@@ -189,6 +196,9 @@ def _attend_tiles(
             mask=kv_ok[:, None] & dv_ok[None, :],
             other=0.0,
         )
+        # An FP8 tile converts exactly (its descales are applied outside the dots).
+        k = k.to(q.dtype)
+        v = v.to(q.dtype)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
         if HAS_SOFTCAP:
             s = softcap * _tanh(s * (sm_scale / softcap)) * _LOG2E
@@ -214,7 +224,8 @@ def _attend_tiles(
 # Arguments that change from batch to batch must not be specialized (== 1, % 16), or a new
 # batch could compile a new kernel.
 @triton.jit(
-    do_not_specialize=["stride_lh", "stride_pt", "stride_rb", "max_ranges", "page_size", "window"]
+    do_not_specialize=["stride_lh", "stride_pt", "stride_rb", "stride_db", "stride_dh",
+                       "max_ranges", "page_size", "window"]
 )
 def _prefix_attention_kernel(
     q_ptr,
@@ -227,6 +238,8 @@ def _prefix_attention_kernel(
     seqused_k_ptr,
     ranges_ptr,
     request_ids_ptr,
+    k_descale_ptr,
+    v_descale_ptr,
     stride_qt,
     stride_qh,
     stride_kp,
@@ -241,6 +254,8 @@ def _prefix_attention_kernel(
     stride_pt,
     stride_rb,
     stride_rr,
+    stride_db,
+    stride_dh,
     max_ranges,
     page_size,
     heads_per_kv,
@@ -256,6 +271,7 @@ def _prefix_attention_kernel(
     HAS_WINDOW: tl.constexpr,
     CLAMP_RANGES: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr,
+    KV_DESCALE: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
     tile_m = tl.program_id(0)
@@ -315,6 +331,13 @@ def _prefix_attention_kernel(
     k_head_ptr = k_ptr + kv_head * stride_kh
     v_head_ptr = v_ptr + kv_head * stride_vh
     page_row_ptr = page_table_ptr + batch * stride_pt
+    if KV_DESCALE:
+        # This program's request and KV head: one descale each for all its keys.
+        descale_at = batch * stride_db + kv_head * stride_dh
+        qk_scale = sm_scale * tl.load(k_descale_ptr + descale_at)
+        v_scale = tl.load(v_descale_ptr + descale_at)
+    else:
+        qk_scale = sm_scale
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -323,25 +346,28 @@ def _prefix_attention_kernel(
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
-        tile_begin, full_begin, sm_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
+        tile_begin, full_begin, qk_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
         BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
-        full_begin, full_end, sm_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
+        full_begin, full_end, qk_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
         BLOCK_N, HAS_SOFTCAP, False, DOT_PRECISION,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_head_ptr, v_head_ptr, page_row_ptr,
         stride_kp, stride_ks, stride_vp, stride_vs, page_size, seq_len, row_lo, row_hi,
-        full_end, tile_end, sm_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
+        full_end, tile_end, qk_scale, softcap, offs_d, d_ok, offs_dv, dv_ok,
         BLOCK_N, HAS_SOFTCAP, True, DOT_PRECISION,
     )  # fmt: skip
 
     has_keys = l_i > 0.0
     l_safe = tl.where(has_keys, l_i, 1.0)
-    out = acc / l_safe[:, None]
+    if KV_DESCALE:
+        out = acc * (v_scale / l_safe)[:, None]
+    else:
+        out = acc / l_safe[:, None]
     lse = tl.where(has_keys, (m_i + tl.log2(l_safe)) * _LN2, float("-inf"))
     tl.store(
         out_ptr + q_rows[:, None] * stride_ot + head * stride_oh + offs_dv[None, :],
@@ -352,13 +378,15 @@ def _prefix_attention_kernel(
 
 
 def _constexprs(head_dim: int, head_dim_v: int, dtype: torch.dtype, config: KernelConfig,
-                has_window: bool, clamp_ranges: bool, has_softcap: bool) -> dict[str, object]:
+                has_window: bool, clamp_ranges: bool, has_softcap: bool,
+                kv_descale: bool = False) -> dict[str, object]:
     """The kernel's compile-time arguments: what one variant is compiled for."""
     return {
         "HEAD_DIM": head_dim, "BLOCK_D": triton.next_power_of_2(head_dim),
         "HEAD_DIM_V": head_dim_v, "BLOCK_DV": triton.next_power_of_2(head_dim_v),
         "BLOCK_M": config.block_m, "BLOCK_N": config.block_n,
         "HAS_WINDOW": has_window, "CLAMP_RANGES": clamp_ranges, "HAS_SOFTCAP": has_softcap,
+        "KV_DESCALE": kv_descale,
         "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
     }
 
@@ -373,6 +401,8 @@ def _check_inputs(
     seq_ranges: torch.Tensor,
     sliding_window: int | None,
     softcap: float | None,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> None:
     """Reject malformed inputs with one-line errors before they become wrong numbers."""
     if q.dim() != 3:
@@ -392,11 +422,16 @@ def _check_inputs(
                              f"[{HEAD_DIM_MULTIPLE}, {MAX_HEAD_DIM}], got {dim}")
     if kv_heads == 0 or heads % kv_heads:
         raise ValueError(f"query heads {heads} must be a multiple of kv heads {kv_heads}")
-    if q.dtype not in _DTYPES or k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
+    fp8 = k_cache.dtype in _FP8_DTYPES
+    kv_dtype = k_cache.dtype if fp8 else q.dtype
+    if q.dtype not in _DTYPES or k_cache.dtype != kv_dtype or v_cache.dtype != kv_dtype:
         raise ValueError(
-            f"q, k_cache, v_cache must share one dtype of {_DTYPES}, "
-            f"got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
+            f"q must be one of {_DTYPES} and k_cache, v_cache share q's dtype or one of "
+            f"{_FP8_DTYPES}, got {q.dtype}, {k_cache.dtype}, {v_cache.dtype}"
         )
+    if fp8 != (k_descale is not None) or fp8 != (v_descale is not None):
+        raise ValueError("k_descale and v_descale go with an FP8 k_cache / v_cache, and only "
+                         "with one")
     if any(t.stride(-1) != 1 for t in (q, k_cache, v_cache)):
         raise ValueError("q, k_cache and v_cache must be contiguous in the head dim")
     if seqused_k.dim() != 1:
@@ -416,7 +451,12 @@ def _check_inputs(
             )
     if seq_ranges.shape[2] != 2:
         raise ValueError(f"seq_ranges must be (B, max_ranges, 2), got {tuple(seq_ranges.shape)}")
-    tensors = (q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, seq_ranges)
+    descales = tuple(t for t in (k_descale, v_descale) if t is not None)
+    for name, t in zip(("k_descale", "v_descale"), descales, strict=False):
+        if t.dtype != torch.float32 or tuple(t.shape) != (batch, kv_heads):
+            raise ValueError(f"{name} must be float32 of shape (B, Hkv) = {(batch, kv_heads)}, "
+                             f"got {t.dtype} {tuple(t.shape)}")
+    tensors = (q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, seq_ranges, *descales)
     if len({t.device for t in tensors}) != 1:
         raise ValueError("all tensors must be on one device")
     if sliding_window is not None and sliding_window < 1:
@@ -460,12 +500,16 @@ def prefix_attention_paged(
     short_config: KernelConfig | None = None,
     query_lens_host: Sequence[int] | None = None,
     short_query_len: int = SHORT_QUERY_LEN,
+    k_descale: torch.Tensor | None = None,
+    v_descale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention of packed varlen queries over a paged KV cache with causal-OR-range masking.
 
     ``k_cache`` is (num_pages, page_size, Hkv, D) and ``v_cache`` (num_pages, page_size, Hkv,
     Dv): the value head dim may differ from the query/key one. Returns ``out`` (total_q, H, Dv)
-    in q's dtype and ``lse`` (H, total_q) float32, natural log.
+    in q's dtype and ``lse`` (H, total_q) float32, natural log. An FP8 cache comes with
+    ``k_descale`` and ``v_descale``, float32 (B, Hkv): key ``j`` of request ``b``, KV head
+    ``h``, is ``k_cache[...] * k_descale[b, h]`` (values likewise).
 
     Requests of at most ``short_query_len`` query tokens run in one launch with
     ``short_config`` (default: :func:`default_short_config`), the others in one launch with
@@ -478,7 +522,7 @@ def prefix_attention_paged(
     """
     _check_inputs(
         q, k_cache, v_cache, page_table, cu_seqlens_q, seqused_k, seq_ranges,
-        sliding_window, softcap,
+        sliding_window, softcap, k_descale, v_descale,
     )  # fmt: skip
     total_q, heads, head_dim = q.shape
     head_dim_v = v_cache.shape[3]
@@ -520,21 +564,26 @@ def prefix_attention_paged(
         if ids and rows
     ]
     request_ids = _group_ids([ids for ids, _, _ in launches], q.device)
+    # One pair of strides serves both descales (a broadcast view becomes a copy). Without
+    # descales the kernel never reads them: lse stands in for both pointers.
+    k_scales, v_scales = ((k_descale.contiguous(), v_descale.contiguous())
+                          if k_descale is not None else (lse, lse))
     for (ids, rows, cfg), ids_dev in zip(launches, request_ids, strict=True):
         grid = (triton.cdiv(rows, cfg.block_m), heads, len(ids))
         _prefix_attention_kernel[grid](
             q, k_cache, v_cache, out, lse, page_table, cu_seqlens_q, seqused_k, seq_ranges,
-            ids_dev,
+            ids_dev, k_scales, v_scales,
             q.stride(0), q.stride(1),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2),
             out.stride(0), out.stride(1), lse.stride(0),
             page_table.stride(0), seq_ranges.stride(0), seq_ranges.stride(1),
+            k_scales.stride(0), k_scales.stride(1),
             seq_ranges.shape[1],
             k_cache.shape[1], heads // k_cache.shape[2],
             float(softmax_scale), sliding_window or 0, float(softcap or 0.0),
             **_constexprs(head_dim, head_dim_v, q.dtype, cfg, sliding_window is not None,
-                          clamp_ranges_to_window, softcap is not None),
+                          clamp_ranges_to_window, softcap is not None, k_descale is not None),
             num_warps=cfg.num_warps,
             num_stages=cfg.num_stages,
         )  # fmt: skip
@@ -543,7 +592,8 @@ def prefix_attention_paged(
 
 # H100/H200: the most shared memory one block can opt into (227 KiB).
 SM90_MAX_SHARED_BYTES = 227 * 1024
-_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32"}
+_TRITON_TYPES = {torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32",
+                 torch.float8_e4m3fn: "fp8e4nv", torch.float8_e5m2: "fp8e5"}
 # Arguments the launch sees as multiples of 16 (head dims are), which Triton specializes on:
 # the K/V gathers only vectorize and pipeline (cp.async) with them.
 _DIVISIBLE_BY_16 = ("stride_qt", "stride_qh", "stride_kp", "stride_ks", "stride_kh",
@@ -569,10 +619,12 @@ class Sm90Resources(NamedTuple):
         return None
 
 
-def _signature(dtype: torch.dtype) -> dict[str, str]:
-    """Triton's type string for each kernel argument, as a launch on ``dtype`` sees them."""
-    data = "*" + _TRITON_TYPES[dtype]
-    types = {"q_ptr": data, "k_ptr": data, "v_ptr": data, "out_ptr": data, "lse_ptr": "*fp32",
+def _signature(dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> dict[str, str]:
+    """Triton's type string for each kernel argument, as a launch on ``dtype`` (and K/V in
+    ``kv_dtype``, default ``dtype``) sees them."""
+    data, kv = "*" + _TRITON_TYPES[dtype], "*" + _TRITON_TYPES[kv_dtype or dtype]
+    types = {"q_ptr": data, "k_ptr": kv, "v_ptr": kv, "out_ptr": data, "lse_ptr": "*fp32",
+             "k_descale_ptr": "*fp32", "v_descale_ptr": "*fp32",
              "sm_scale": "fp32", "softcap": "fp32"}
     kernel = _prefix_attention_kernel
     return {name: types.get(name, "constexpr" if name.isupper()
@@ -597,7 +649,8 @@ def sm90_unavailable_reason() -> str | None:
 
 def sm90_resources(head_dim: int, head_dim_v: int, dtype: torch.dtype, config: KernelConfig,
                    *, has_window: bool = True, clamp_ranges: bool = True,
-                   has_softcap: bool = True) -> Sm90Resources:
+                   has_softcap: bool = True, kv_dtype: torch.dtype | None = None
+                   ) -> Sm90Resources:
     """Compile one variant for sm90 on this machine (no GPU needed) and read what it needs.
 
     Uses Triton's NVIDIA backend and its bundled ptxas and cuobjdump
@@ -605,7 +658,8 @@ def sm90_resources(head_dim: int, head_dim_v: int, dtype: torch.dtype, config: K
     read from the cubin Triton built, so they are what a launch gets: a ptxas run of our own
     would miss the flags Triton passes (Triton 3.9 adds ``--regAllocOptLevel=2``, without
     which its ptxas 13 spills the fp32 short config at 96 registers; Triton's build takes
-    108 and spills nothing). The flags default to all on, the variant with the most code.
+    108 and spills nothing). The flags default to all on, the variant with the most code;
+    ``kv_dtype`` an FP8 dtype compiles the variant that reads an FP8 cache.
     """
     import subprocess
     import tempfile
@@ -617,9 +671,10 @@ def sm90_resources(head_dim: int, head_dim_v: int, dtype: torch.dtype, config: K
     kernel = _prefix_attention_kernel
     aligned = {(kernel.arg_names.index(name),): [["tt.divisibility", 16]]
                for name in kernel.arg_names if name.endswith("_ptr") or name in _DIVISIBLE_BY_16}
-    source = ASTSource(fn=kernel, signature=_signature(dtype), attrs=aligned,
+    source = ASTSource(fn=kernel, signature=_signature(dtype, kv_dtype), attrs=aligned,
                        constexprs=_constexprs(head_dim, head_dim_v, dtype, config, has_window,
-                                              clamp_ranges, has_softcap))
+                                              clamp_ranges, has_softcap,
+                                              kv_dtype in _FP8_DTYPES))
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
                               options={"num_warps": config.num_warps,
                                        "num_stages": config.num_stages})

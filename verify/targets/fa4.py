@@ -41,6 +41,11 @@ MIN_HEAD_DIM, MAX_HEAD_DIM, HEAD_DIM_ALIGN = 8, 256, 8
 # (times the query heads packed per KV head) takes another kernel configuration.
 SM90_TILE_M = 128
 FINDING_TMA_TAIL_NAN = "fa4_tma_page_tail_nan"
+# flash_attn.cute.interface asserts that q, k and v share one dtype (FP8 queries with an FP8
+# cache, bf16 output) and that FP8 runs on SM100 only: an FP8 cache under bf16, fp16 or
+# fp32 queries, the suite's contract, is not an FA4 call on any device.
+FP8_SAME_DTYPE = "q, k, v, and qv must have the same dtype"
+FP8_SM100 = "FP8 is only supported on SM100 (compute capability 10.x) for FA4 CuTe."
 
 
 def sm90_tile_n(head_dim: int, head_dim_v: int) -> int:
@@ -136,6 +141,15 @@ def spec_head_dim_reason(spec: CaseSpec) -> str | None:
                            torch.finfo(TORCH_DTYPES[spec.dtype]).bits // 8)
 
 
+def fp8_kv_reason(spec: CaseSpec) -> str | None:
+    """Why FA4 declines an FP8 cache, in FA4's own words, or None for K/V in the query dtype."""
+    if spec.kv_dtype is None:
+        return None
+    return (f"unsupported: kv_dtype {spec.kv_dtype} under {spec.dtype} queries: FA4 takes FP8 "
+            f"K/V only with FP8 queries ('{FP8_SAME_DTYPE}') and only on SM100 "
+            f"('{FP8_SM100}')")
+
+
 def tma_tail_nan_reason(spec: CaseSpec) -> str | None:
     """Why ``spec`` is outside FA4's paged-KV contract, or None.
 
@@ -168,7 +182,8 @@ class FA4Target(Target):
         return fa4_unavailable_reason()
 
     def unsupported_reason(self, spec: CaseSpec, device: str) -> str | None:
-        return (super().unsupported_reason(spec, device)
+        return (fp8_kv_reason(spec)
+                or super().unsupported_reason(spec, device)
                 or spec_head_dim_reason(spec)
                 or tma_tail_nan_reason(spec))
 

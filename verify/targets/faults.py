@@ -4,9 +4,10 @@ Every check that guards a kernel must be shown to fail on a planted fault. The
 faults here are targets (``fault:<name>``), so the same machinery that judges a
 real kernel (policy, strategies, fuzz runner, shrinking, triage, golden replay) is
 shown to catch them. Each overrides exactly one step of a plain float32 engine:
-where a query sits, which keys are read, the mask, the KV head, the softcap, how P @ V
-is accumulated, or the LSE. ``fault:a+b+c`` is one kernel with the bugs of a, b and c
-(faults that override different steps), to show that a run tells its bugs apart.
+where a query sits, which keys are read, how an FP8 cache is dequantized, the mask, the
+KV head, the softcap, how P @ V is accumulated, or the LSE. ``fault:a+b+c`` is one kernel
+with the bugs of a, b and c (faults that override different steps), to show that a run
+tells its bugs apart.
 
 :data:`SINGLE_CAUSE` lists faults written the way a user's kernel goes wrong, each with
 one cause a run must report as one finding with that cause named (docs/design.md).
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from references.mask import visible_keys
 from verify.capabilities import Capabilities
+from verify.case import KV_DTYPES
 from verify.mask import block_mask, query_range_bounds
 from verify.materialize import MaterializedCase, RequestView
 from verify.target import Target
@@ -35,9 +37,13 @@ POSITION_THRESHOLD = 100
 # The page size fault:page_size_assumed_16 hard-codes, and the GQA ratio at which
 # fault:gqa_ratio_4 mixes up its heads.
 ASSUMED_PAGE_SIZE, BROKEN_GQA_RATIO = 16, 4
+# The magnitude fault:saturated_at_240 clips FP8 codes to: e4m3fnuz's largest value (the
+# FP8 format of AMD's MI300), where e4m3fn stores up to 448.
+FNUZ_MAX = 240.0
 
 Positions = Callable[[MaterializedCase, RequestView], Tensor]
 Keys = Callable[[MaterializedCase, RequestView], tuple[Tensor, Tensor]]
+Dequantize = Callable[[MaterializedCase, RequestView, Tensor, Tensor], tuple[Tensor, Tensor]]
 Mask = Callable[[MaterializedCase, RequestView, Tensor, Tensor], Tensor]
 Softcap = Callable[[Tensor, float], Tensor]
 Accumulate = Callable[[Tensor, Tensor, torch.dtype], Tensor]
@@ -49,6 +55,21 @@ def absolute_positions(case: MaterializedCase, view: RequestView) -> Tensor:
 
 def packed_keys(case: MaterializedCase, view: RequestView) -> tuple[Tensor, Tensor]:
     return case.k[view.k_slice], case.v[view.k_slice]
+
+
+def _descales(case: MaterializedCase, view: RequestView) -> tuple[Tensor, Tensor]:
+    """The request's K and V descales, shaped (1, Hkv, 1) to scale (keys, Hkv, D) tensors."""
+    return (case.k_descale[view.index][None, :, None],
+            case.v_descale[view.index][None, :, None])
+
+
+def applied_descales(case: MaterializedCase, view: RequestView, k: Tensor, v: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+    """K and V as float32 values: an FP8 cache's codes times their descales."""
+    if not case.fp8_kv:
+        return k.float(), v.float()
+    k_scale, v_scale = _descales(case, view)
+    return k.float() * k_scale, v.float() * v_scale
 
 
 def grouped_heads(num_heads: int, num_kv_heads: int) -> Tensor:
@@ -73,6 +94,7 @@ class Fault:
     description: str
     positions: Positions = absolute_positions
     keys: Keys = packed_keys
+    dequantize: Dequantize = applied_descales
     mask: Mask = block_mask
     kv_heads: Callable[[int, int], Tensor] = grouped_heads
     softcap: Softcap = tanh_softcap
@@ -230,6 +252,58 @@ def _gqa_mixed_at_ratio(ratio: int) -> Callable[[int, int], Tensor]:
     return heads
 
 
+def _on_fp8(wrong: Dequantize) -> Dequantize:
+    """A dequantization bug: K/V in the query dtype are read right (there is nothing to
+    dequantize), so the fault fails only on an FP8 cache and triage names the cache."""
+
+    def dequantize(case: MaterializedCase, view: RequestView, k: Tensor, v: Tensor
+                   ) -> tuple[Tensor, Tensor]:
+        return (wrong if case.fp8_kv else applied_descales)(case, view, k, v)
+
+    return dequantize
+
+
+@_on_fp8
+def _descales_ignored(case: MaterializedCase, view: RequestView, k: Tensor, v: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    """The FP8 codes taken as the values: no descale at all."""
+    return k.float(), v.float()
+
+
+@_on_fp8
+def _descales_twice(case: MaterializedCase, view: RequestView, k: Tensor, v: Tensor
+                    ) -> tuple[Tensor, Tensor]:
+    """Each descale applied twice (once when loading, once more on the scores / output)."""
+    k_scale, v_scale = _descales(case, view)
+    return k.float() * k_scale * k_scale, v.float() * v_scale * v_scale
+
+
+@_on_fp8
+def _k_descale_for_v(case: MaterializedCase, view: RequestView, k: Tensor, v: Tensor
+                     ) -> tuple[Tensor, Tensor]:
+    """V dequantized with K's descale (one scale argument passed twice)."""
+    k_scale, _ = _descales(case, view)
+    return k.float() * k_scale, v.float() * k_scale
+
+
+@_on_fp8
+def _first_head_descale(case: MaterializedCase, view: RequestView, k: Tensor, v: Tensor
+                        ) -> tuple[Tensor, Tensor]:
+    """One descale per tensor: KV head 0's for every head (per-head scales read as one)."""
+    k_scale, v_scale = _descales(case, view)
+    return k.float() * k_scale[:, :1], v.float() * v_scale[:, :1]
+
+
+@_on_fp8
+def _saturated_at_240(case: MaterializedCase, view: RequestView, k: Tensor, v: Tensor
+                      ) -> tuple[Tensor, Tensor]:
+    """Codes clipped to e4m3fnuz's range (+-240) before the descales: stored values beyond
+    it saturate instead of being taken as stored."""
+    k_scale, v_scale = _descales(case, view)
+    return (k.float().clamp(-FNUZ_MAX, FNUZ_MAX) * k_scale,
+            v.float().clamp(-FNUZ_MAX, FNUZ_MAX) * v_scale)
+
+
 def _softcap_without_division(scores: Tensor, cap: float) -> Tensor:
     return cap * torch.tanh(scores)
 
@@ -323,7 +397,26 @@ FAULTS: dict[str, Fault] = {f.name: f for f in [
     Fault("softcap_without_division", 12,
           "softcap computed as c tanh(s), not c tanh(s / c)",
           softcap=_softcap_without_division),
+    Fault("descale_not_applied", 13,
+          "FP8 K/V codes taken as values: k_descale and v_descale never applied",
+          dequantize=_descales_ignored),
+    Fault("descale_applied_twice", 13,
+          "each FP8 descale applied twice (when loading and again on the scores / output)",
+          dequantize=_descales_twice),
+    Fault("k_descale_for_v", 13, "V dequantized with K's descale",
+          dequantize=_k_descale_for_v),
+    Fault("per_tensor_descale", 13,
+          "per-head descales read as one per tensor: KV head 0's descale for every head",
+          dequantize=_first_head_descale),
+    Fault("saturated_at_240", 13,
+          f"FP8 codes clipped to +-{FNUZ_MAX:g} (e4m3fnuz's range) instead of taken as stored "
+          "(e4m3fn stores up to 448)", dequantize=_saturated_at_240),
 ]}
+
+# The faults in how an FP8 cache is dequantized (docs/bugs.md class 13): they fail only on
+# FP8 cases, which a space draws when its kv_dtypes name an FP8 dtype.
+FP8_FAULTS = tuple(name for name, fault in FAULTS.items()
+                   if fault.dequantize is not applied_descales)
 
 # Faults with one cause each, written the way a user's kernel goes wrong: a run must report
 # each as exactly one finding, with that cause named (docs/design.md).
@@ -338,7 +431,9 @@ class FaultyTarget(Target):
 
     def __init__(self, fault: Fault) -> None:
         super().__init__(f"fault:{fault.name}", f"planted fault (bug class {fault.bug_class}): "
-                         f"{fault.description}", Capabilities(needs_paged=fault.needs_paged))
+                         f"{fault.description}",
+                         Capabilities(needs_paged=fault.needs_paged,
+                                      kv_dtypes=frozenset({None, *KV_DTYPES})))
         self.fault = fault
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
@@ -351,18 +446,17 @@ class FaultyTarget(Target):
             if not view.query_len:
                 continue
             q_pos = f.positions(case, view)
-            k, v = f.keys(case, view)
+            k, v = f.dequantize(case, view, *f.keys(case, view))
             k_pos = torch.arange(k.shape[0], device=case.device)
             mask = f.mask(case, view, q_pos, k_pos)
             scores = torch.einsum("qhd,khd->hqk", case.q[view.q_slice].float(),
-                                  k.float()[:, heads]) * case.softmax_scale
+                                  k[:, heads]) * case.softmax_scale
             if case.softcap is not None:
                 scores = f.softcap(scores, case.softcap)
             scores = scores.masked_fill(~mask, -math.inf)
             row_lse = torch.logsumexp(scores, dim=-1)
             probs = torch.exp(scores - row_lse[..., None]).nan_to_num(0.0)
-            out[view.q_slice] = f.accumulate(probs, v.float()[:, heads], case.dtype).to(
-                case.dtype)
+            out[view.q_slice] = f.accumulate(probs, v[:, heads], case.dtype).to(case.dtype)
             lse[:, view.q_slice] = row_lse * f.lse_scale
         return out, lse
 

@@ -23,6 +23,9 @@ each compile costs seconds, head dims and heads per KV head are zero padded too 
 dims add nothing to a dot product; zero query heads are dropped) and softcap on/off is
 a runtime switch: the gate compiles one graph per dtype.
 
+An FP8 cache is dequantized first (codes times descales, rounded once to the query dtype):
+flex reads K and V in the query dtype.
+
 Compiled flex on CPU returns no LSE (inductor raises NotImplementedError for it, torch
 2.13), so the target returns ``lse`` only on CUDA; the LSE is unfolded exactly as the
 output is, so the CPU gate still checks that layout.
@@ -40,7 +43,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from verify.case import CaseSpec
+from verify.capabilities import Capabilities
+from verify.case import KV_DTYPES, CaseSpec
 from verify.mask import visible_intervals
 from verify.materialize import MaterializedCase
 from verify.target import Target
@@ -298,8 +302,9 @@ class FlexTarget(Target):
     """``flex``: compiled FlexAttention; records the seconds its compiling calls took."""
 
     def __init__(self) -> None:
-        super().__init__("flex", "torch.compile'd FlexAttention, block-sparse varlen mask_mod")
-        self.compiled = 0
+        super().__init__("flex", "torch.compile'd FlexAttention, block-sparse varlen mask_mod",
+                         Capabilities(kv_dtypes=frozenset({None, *KV_DTYPES})))
+        self.compiled = 0  # calls that compiled a graph (``compiles`` says it compiles at all)
         self.compile_seconds = 0.0  # wall time of the calls that compiled a graph
 
     def unavailable_reason(self) -> str | None:
@@ -326,9 +331,10 @@ class FlexTarget(Target):
         shape = _shape(case, dynamic=not cpu)
         kv_heads, total_q = case.num_kv_heads, case.q.shape[0]
         group = case.num_heads // kv_heads
+        keys, values = case.dequantized(case.dtype)
         q = _fold(case.q, kv_heads, shape.q_len, shape.heads, shape.head_dim)
-        k = _fold(case.k, kv_heads, shape.k_len, 1, shape.head_dim)
-        v = _fold(case.v, kv_heads, shape.k_len, 1, shape.value_dim)
+        k = _fold(keys, kv_heads, shape.k_len, 1, shape.head_dim)
+        v = _fold(values, kv_heads, shape.k_len, 1, shape.value_dim)
         mask, score_mod = block_mask(case, shape), _score_mod(case, shape.shared)
         graphs, start = _graphs_compiled(), time.perf_counter()
         # Past the recompile limit dynamo would quietly run flex eagerly, with dense scores.

@@ -1,4 +1,8 @@
-"""torch SDPA with an explicit dense boolean mask: the simplest exact engine."""
+"""torch SDPA with an explicit dense boolean mask: the simplest exact engine.
+
+An FP8 cache is dequantized first (codes times descales, rounded once to the query dtype),
+as an engine without FP8 attention does before it calls SDPA.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import torch
 from torch import Tensor
 
 from verify.capabilities import Capabilities
+from verify.case import KV_DTYPES
 from verify.mask import block_mask
 from verify.materialize import MaterializedCase
 from verify.target import Target
@@ -17,14 +22,16 @@ QUERY_BLOCK = 1024
 class SdpaTarget(Target):
     def __init__(self) -> None:
         super().__init__("sdpa", "torch scaled_dot_product_attention, dense boolean mask",
-                         Capabilities(softcap=False, lse=False))
+                         Capabilities(softcap=False, lse=False,
+                                      kv_dtypes=frozenset({None, *KV_DTYPES})))
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
         out = torch.zeros(case.q.shape[0], case.num_heads, case.head_dim_v, dtype=case.dtype,
                           device=case.device)
+        keys, values = case.dequantized(case.dtype)
         for view in case.requests():
-            k = case.k[view.k_slice].transpose(0, 1)[None]
-            v = case.v[view.k_slice].transpose(0, 1)[None]
+            k = keys[view.k_slice].transpose(0, 1)[None]
+            v = values[view.k_slice].transpose(0, 1)[None]
             k_pos = torch.arange(view.seq_len, device=case.device)
             for q0 in range(0, view.query_len, QUERY_BLOCK):
                 q1 = min(q0 + QUERY_BLOCK, view.query_len)

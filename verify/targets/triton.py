@@ -7,7 +7,8 @@ suite set on such a machine before anything imports Triton:
 executes every program in Python and so only takes small cases.
 Head dims are multiples of 16 up to 512, and the value head dim may differ from the
 query/key one. Cases without a paged cache are handed to the kernel as a page size of 1
-over the packed keys, which is the same memory seen through a trivial page table.
+over the packed keys, which is the same memory seen through a trivial page table. An FP8
+cache (packed or paged) is read as stored, with the case's descales applied in the kernel.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch
 from torch import Tensor
 
 from verify.capabilities import Capabilities
-from verify.case import CaseSpec
+from verify.case import KV_DTYPES, CaseSpec
 from verify.kernels.interpreter import interpreter_enabled, patch_interpreter_dot
 from verify.materialize import MaterializedCase
 from verify.target import Target
@@ -58,6 +59,7 @@ class TritonTarget(Target):
             Capabilities(devices=frozenset({"cuda"} if compiled else {"cpu"}),
                          head_dim_range=(HEAD_DIM_MULTIPLE, MAX_HEAD_DIM),
                          head_dim_multiple=HEAD_DIM_MULTIPLE, value_dims="any",
+                         kv_dtypes=frozenset({None, *KV_DTYPES}),
                          max_total_tokens=None if compiled else INTERPRETER_MAX_TOKENS))
 
     def unavailable_reason(self) -> str | None:
@@ -72,13 +74,14 @@ class TritonTarget(Target):
         """The kernel's constexprs and specializations, and which of its two launches run.
 
         Head dims (``HEAD_DIM``; the padded ``BLOCK_D`` and the tiles follow from them and
-        the dtype), the window / clamp / softcap flags, GQA ratio 1 (Triton turns an
-        integer argument equal to 1 into a constant), and whether the case has short
-        (at most 16 query tokens) and long requests: each group is its own tile shape.
-        Lengths, ranges, pages, the window and softcap values are runtime data.
+        the dtype), the K/V storage dtype (an FP8 cache), the window / clamp / softcap
+        flags, GQA ratio 1 (Triton turns an integer argument equal to 1 into a constant),
+        and whether the case has short (at most 16 query tokens) and long requests: each
+        group is its own tile shape. Lengths, ranges, pages, the window and softcap values
+        and the descales are runtime data.
         """
         lengths = [r.query_len for r in spec.requests]
-        return (spec.dtype, spec.head_dim, spec.value_dim,
+        return (spec.dtype, spec.kv_dtype, spec.head_dim, spec.value_dim,
                 spec.num_heads == spec.num_kv_heads, spec.sliding_window is not None,
                 spec.clamp_ranges_to_window, spec.softcap is not None,
                 any(0 < n <= SHORT_QUERY_LEN for n in lengths),
@@ -95,4 +98,5 @@ class TritonTarget(Target):
             case.q, k_cache, v_cache, page_table, case.cu_seqlens_q, case.seqused_k,
             case.seq_ranges, case.softmax_scale, case.sliding_window,
             case.clamp_ranges_to_window, case.softcap, max_seqlen_q=case.max_seqlen_q,
-            query_lens_host=[r.query_len for r in case.spec.requests])
+            query_lens_host=[r.query_len for r in case.spec.requests],
+            k_descale=case.k_descale, v_descale=case.v_descale)

@@ -49,10 +49,14 @@ def _runnable(name: str) -> tuple[Target, str]:
 
 def test_matches_reference(prefix_target: str, request: pytest.FixtureRequest) -> None:
     target, device = _runnable(prefix_target)
-    space = space_for(target.capabilities, SPACES[default_space(device)])
+    base = SPACES[default_space(device)]
+    kv_dtype = request.config.getoption("prefix_kv_dtype")
+    if kv_dtype is not None:
+        base = base.narrowed(kv_dtypes=(kv_dtype,))
+    space = space_for(target.capabilities, base)
     if space is None:
         pytest.fail(f"{prefix_target}: accepts none of the {device} space's head dims, "
-                    "dtypes or page sizes", pytrace=False)
+                    "dtypes, kv dtypes or page sizes", pytrace=False)
     expected = expected_for(request.config, prefix_target)
     judged: set[str] = set()
 
