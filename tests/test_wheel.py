@@ -150,8 +150,8 @@ def test_fuzz_golden_and_version_run_from_the_wheel(user_dir: Path, env: dict[st
 def _pytest(user_dir: Path, env: dict[str, str], target: str, *options: str
             ) -> subprocess.CompletedProcess[str]:
     return _run(sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--prefix-target",
-                target, "--prefix-profile", "ci", "--prefix-examples", "3", *options,
-                cwd=user_dir, env=env)
+                target, "--prefix-profile", "ci", "--prefix-examples", "3",
+                "--prefix-min-cases", "3", *options, cwd=user_dir, env=env)
 
 
 def test_the_plugin_passes_a_correct_kernel_under_xdist_with_junit(
