@@ -146,7 +146,7 @@ def _device_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
                         help="host memory one worker may use, itself included (e.g. 8G); a "
                              "target that needs more gets an error and its worker is "
                              "restarted (default: "
-                             f"{HOST_MEMORY_SHARE:.0%} of this machine's memory shared by the "
+                             f"{HOST_MEMORY_SHARE:.0%}% of this machine's memory shared by the "
                              "workers)")
 
 

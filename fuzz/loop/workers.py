@@ -146,11 +146,12 @@ def _serve(conn: Connection, target_name: str, device: str, threads: int,
         except Exception as exc:  # the referee's own failure: said so, never blamed on the target
             traceback.print_exc()
             result = _referee_failed(job, state.target.name, exc, limits.memory)
-        conn.send(Done(job.id, result))
-        if result.restart:
+        if result.restart:  # said before the result: the supervisor kills it on receipt
             print(f"worker {os.getpid()} ({target_name} on {device}) is replaced: "
                   f"{result.restart}", file=sys.stderr, flush=True)
             sys.stdout.flush()
+        conn.send(Done(job.id, result))
+        if result.restart:
             os._exit(0)  # now: threads the target left must not keep the process alive
 
 
