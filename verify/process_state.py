@@ -128,7 +128,7 @@ class ProcessState:
     """What :func:`capture` read; :meth:`restore` puts it back."""
 
     settings: dict[str, Any]
-    environ: dict[str, str]
+    environ: dict[Any, Any]  # os.environ's own encoded mapping where it has one (fast to copy)
     cwd: str | None
     triton: dict[str, dict[str, Any]] | None
     cpu_rng: torch.Tensor
@@ -149,7 +149,7 @@ class ProcessState:
             if self.environ.get(key) != now.environ.get(key):
                 what = ("set" if key not in self.environ else "removed" if key not in now.environ
                         else "changed")
-                found.append(f"the environment variable {key} {what}")
+                found.append(f"the environment variable {_decode(key)} {what}")
         if self.cwd != now.cwd:
             found.append(f"the working directory {self.cwd} -> {now.cwd}")
         if self.triton is not None and now.triton is not None:
@@ -175,10 +175,10 @@ class ProcessState:
                     raise RestoreError(f"{setting.name}: {type(exc).__name__}: {exc}") from None
         if self.environ != now.environ:
             for key in now.environ.keys() - self.environ.keys():
-                del os.environ[key]
+                del os.environ[_decode(key)]
             for key, value in self.environ.items():
                 if now.environ.get(key) != value:
-                    os.environ[key] = value
+                    os.environ[_decode(key)] = _decode(value)
         if self.cwd is not None and self.cwd != now.cwd:
             try:
                 os.chdir(self.cwd)
@@ -216,6 +216,17 @@ def _settings_list() -> list[_Setting]:
     return _SETTINGS
 
 
+def _environ() -> dict[Any, Any]:
+    """A copy of the environment: os.environ's encoded mapping (a plain copy, about 20 times
+    faster than decoding every entry), or the decoded one where it has none."""
+    data = getattr(os.environ, "_data", None)
+    return dict(data) if isinstance(data, dict) else dict(os.environ)
+
+
+def _decode(item: Any) -> str:
+    return os.fsdecode(item) if isinstance(item, bytes) else item
+
+
 def _same(a: Any, b: Any) -> bool:
     return a is b or (a is not UNREADABLE and b is not UNREADABLE and a == b)
 
@@ -231,5 +242,5 @@ def capture() -> ProcessState:
     except OSError:  # the working directory was removed
         cwd = None
     cuda = torch.cuda.get_rng_state() if torch.cuda.is_initialized() else None
-    return ProcessState({s.name: _read(s) for s in _settings_list()}, dict(os.environ), cwd,
+    return ProcessState({s.name: _read(s) for s in _settings_list()}, _environ(), cwd,
                         _triton_knobs(), torch.get_rng_state(), cuda, random.getstate())
