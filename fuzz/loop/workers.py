@@ -47,9 +47,8 @@ from fuzz.loop.jobs import Job, JobResult, WorkerState, execute
 from verify.runner import Outcome, Status, out_of_memory
 from verify.targets import get_target
 
-# Modules the fork server imports once, so each worker starts warm ("__main__": a script
-# that runs the suite, pytest's say, is imported there once instead of in every worker).
-PRELOAD = ["__main__", "torch", "fuzz.loop.jobs", "verify.targets", "fuzz.loop.workers"]
+# Modules the fork server imports once, so each worker starts warm.
+PRELOAD = ["torch", "fuzz.loop.jobs", "verify.targets", "fuzz.loop.workers"]
 # How long the referee's own work on one job may take before the worker counts as stuck:
 # materializing and the float64 reference of the largest packs take seconds, not minutes.
 REFEREE_TIMEOUT = 600.0
