@@ -42,7 +42,7 @@ def run(target: str, budget: float, seed: int, devices: str | None, device: str,
             "judged": entry["judged"],
             "cases_per_s": entry["judged"] / max(entry["seconds"]["explore"], 1e-9),
             "seconds": entry["seconds"], "compiles": entry["compiles"],
-            "failures": [f["signature"] for f in entry["failures"]],
+            "findings": [f["finding"] for f in entry["findings"]],
             "features": entry["features"], "declined": sum(entry["declined"].values()),
             "drawn": entry["drawn"], "versions": report["versions"], "device": report["device"]}
 
@@ -53,14 +53,15 @@ def _row(r: dict[str, Any]) -> str:
     return (f"{r['target']:<14} {r['devices']:<16} x{r['workers']} {r['isolation']:<8} "
             f"{r['judged']:>6} judged "
             f"{r['cases_per_s']:7.2f}/s  {r['compiles']:>3} compiles  {shares}"
-            f"  failures: {', '.join(r['failures']) or 'none'}")
+            f"  findings: {', '.join(r['findings']) or 'none'}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fuzz_throughput",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--target", action="append", default=None,
-                        help="targets to measure (default: fa4, triton, two_call_fa4)")
+                        help="targets to measure (default: fa4, triton, two_call_fa4 on cuda; "
+                             "sdpa, reference on cpu)")
     parser.add_argument("--budget", type=float, default=180.0, help="seconds per target")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--device", default="cuda", choices=("cpu", "cuda"))
@@ -73,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
                              "processes cost per case")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
-    targets = args.target or ["fa4", "triton", "two_call_fa4"]
+    targets = args.target or (["fa4", "triton", "two_call_fa4"] if args.device == "cuda"
+                              else ["sdpa", "reference"])
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for target in targets:

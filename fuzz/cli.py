@@ -26,6 +26,13 @@ from fuzz.cases.strategies import Space
 from fuzz.golden.cases import GoldenError, regenerate
 from fuzz.golden.replay import check_expectation, expectations, golden_files
 from fuzz.loop.campaign import Campaign, TargetRun
+from fuzz.loop.containment import (
+    HOST_MEMORY_SHARE,
+    MIN_WORKER_MEMORY,
+    default_worker_memory,
+    format_size,
+    parse_size,
+)
 from fuzz.loop.jobs import Job
 from fuzz.loop.schedule import run_campaigns
 from fuzz.loop.settings import RunSettings
@@ -37,7 +44,13 @@ from fuzz.records.findings import (
     finding_json,
     write_findings,
 )
-from fuzz.records.journal import JournalError, RunDirectory, check_writable_file
+from fuzz.records.journal import (
+    JournalError,
+    RunDirectory,
+    check_writable_file,
+    replace_atomically,
+    write_atomically,
+)
 from fuzz.records.progress import FuzzProgress
 from fuzz.report.junit import write_junit
 from fuzz.report.summary import RunReport, render_table, report_json, report_markdown
@@ -94,6 +107,18 @@ def _positive(kind: type[int] | type[float]) -> type:
     return parse
 
 
+def _size(text: str) -> int:
+    """An argparse type: a memory size (4G, 512M) of at least what a worker needs."""
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size < MIN_WORKER_MEMORY:
+        raise argparse.ArgumentTypeError(f"{text!r} is less than the "
+                                         f"{format_size(MIN_WORKER_MEMORY)} a worker needs")
+    return size
+
+
 def _seed(text: str) -> int:
     if not text.isdigit() or int(text) >= 2**63:
         raise argparse.ArgumentTypeError(f"must be an integer in [0, 2**63), got {text!r}")
@@ -117,6 +142,12 @@ def _device_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -
                         metavar="SECONDS",
                         help="a target's call running longer is an error and its worker is "
                              "restarted (default: %(default)g, which allows for compiling)")
+    parser.add_argument("--worker-memory", type=_size, metavar="SIZE",
+                        help="host memory one worker may use, itself included (e.g. 8G); a "
+                             "target that needs more gets an error and its worker is "
+                             "restarted (default: "
+                             f"{HOST_MEMORY_SHARE:.0%}% of this machine's memory shared by the "
+                             "workers)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -312,17 +343,18 @@ def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
     """The table and replay hints on stdout; the report files on disk."""
     console.print(render_table(report))
     run_dir.snapshot("report.json", report_json(report), force=True)
-    (run_dir.path / "report.md").write_text(report_markdown(report))
+    write_atomically(run_dir.path / "report.md", report_markdown(report))
     written = [run_dir.path / "report.json", run_dir.path / "report.md"]
     try:
         from fuzz.report.plots import plot_ratios
 
-        plot_ratios({t.target: t.stats for t in report.targets}, run_dir.path / "ratios.png")
+        stats = {t.target: t.stats for t in report.targets}
+        replace_atomically(run_dir.path / "ratios.png", lambda path: plot_ratios(stats, path))
         written.append(run_dir.path / "ratios.png")
     except PlotsUnavailable as exc:
         console.print(f"no ratios.png: {exc}", markup=False)
     if junit is not None:
-        write_junit(report, junit)
+        replace_atomically(junit, lambda path: write_junit(report, path))
         written.append(junit)
     for run in report.targets:
         for finding in run.new_findings:
@@ -346,7 +378,10 @@ def _write_findings(run: TargetRun, run_dir: RunDirectory) -> Path:
     """findings/<target>.json: every finding of the target, in the form --expect reads."""
     slug = "".join(c if c.isalnum() or c in "._-" else "_" for c in run.target)
     path = run_dir.path / "findings" / f"{slug}.json"
-    path.parent.mkdir(exist_ok=True)
+    try:
+        path.parent.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise JournalError(f"cannot create {path.parent}: {exc.strerror}") from None
     write_findings(path, run.target, (finding_json(f.identity, f.words, f.spec)
                                       for f in run.findings))
     return path
@@ -390,15 +425,28 @@ def run_command(args: argparse.Namespace) -> int:
         examples=args.examples, min_cases=args.min_cases, max_findings=args.max_findings,
         shrink_seconds=args.shrink_budget, case_timeout=args.case_timeout,
         isolation=args.isolation, pack_cases=pack_cases, pack_tokens=pack_tokens,
-        expected=tuple(expected), versions=versions(), interpreter=interpreter_patches())
+        expected=tuple(expected), versions=versions(), interpreter=interpreter_patches(),
+        worker_memory=args.worker_memory or default_worker_memory(len(devices) * args.workers))
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     start = time.perf_counter()
     campaigns: list[Campaign] = []
+    described = device_description(devices[0])
+
+    def report(*, partial: bool = False, interrupted: bool = False) -> RunReport:
+        return RunReport(settings, [c.run for c in campaigns], time.perf_counter() - start,
+                         described, run_dir.path, interrupted, partial)
+
+    def snapshot() -> None:  # report.json every SNAPSHOT_INTERVAL s while the run goes on
+        if run_dir.due():
+            run_dir.snapshot("report.json", lambda: report_json(report(partial=True)))
+
     interrupted = False
     try:
         with FuzzProgress(seconds, None if seconds else args.examples) as progress:
+            run_dir.snapshot("report.json", report_json(report(partial=True)), force=True)
             for target, spaces in chosen:
-                campaigns.append(Campaign(target, spaces, settings, run_dir, progress.case))
+                campaigns.append(Campaign(target, spaces, settings, run_dir, progress.case,
+                                          snapshot))
             run_campaigns(campaigns, budget=seconds, examples=args.examples,
                           min_cases=args.min_cases)
             for campaign in campaigns:
@@ -407,19 +455,23 @@ def run_command(args: argparse.Namespace) -> int:
                 campaign.finish()
     except KeyboardInterrupt:
         interrupted = True
+    except JournalError as exc:  # the disk is full, the directory went: nothing more to write
+        raise UsageError(str(exc)) from None
     finally:
         for campaign in campaigns:
             campaign.close()
         signal.signal(signal.SIGTERM, previous)
-    report = RunReport(settings, [c.run for c in campaigns], time.perf_counter() - start,
-                       device_description(devices[0]), run_dir.path, interrupted)
-    _publish(report, run_dir, args.junit, console)
-    run_dir.close()
+        run_dir.close()
+    final = report(interrupted=interrupted)
+    try:
+        _publish(final, run_dir, args.junit, console)
+    except JournalError as exc:
+        raise UsageError(str(exc)) from None
     if interrupted:
         return EXIT_INTERRUPTED
-    if report.failed:
+    if final.failed:
         return EXIT_FOUND
-    return EXIT_INCONCLUSIVE if report.inconclusive else EXIT_CLEAN
+    return EXIT_INCONCLUSIVE if final.inconclusive else EXIT_CLEAN
 
 
 def _read(path: Path, limits: Limits) -> CaseSpec:
@@ -487,7 +539,8 @@ def replay_command(args: argparse.Namespace) -> int:
     for name, cases in work.items():
         unsupported = [(p, get_target(name).unsupported_reason(s, device)) for p, s in cases]
         with WorkerPool(name, [device], case_timeout=args.case_timeout,
-                        isolation=args.isolation) as pool:
+                        isolation=args.isolation,
+                        memory=args.worker_memory or default_worker_memory(1)) as pool:
             for job_id, (path, spec) in enumerate(cases):
                 reason = unsupported[job_id][1]
                 if reason is not None:
@@ -511,7 +564,7 @@ def golden_command(args: argparse.Namespace) -> int:
     if args.regenerate:
         try:
             written = regenerate(args.dir, device)
-        except GoldenError as exc:
+        except (GoldenError, JournalError) as exc:
             raise UsageError(str(exc)) from None
         print(f"wrote {len(written)} golden files to {args.dir}")
         return EXIT_CLEAN

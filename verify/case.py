@@ -375,7 +375,9 @@ def read_case(source: str | Path | Mapping[str, Any] | CaseSpec,
     except UnicodeDecodeError:
         raise CaseError("case: not a text file (JSON must be UTF-8, UTF-16 or UTF-32)") from None
     except json.JSONDecodeError as exc:
-        raise CaseError(f"case: invalid JSON ({exc.msg} at line {exc.lineno})") from None
+        # exc.msg may end in "at" ("Unterminated string starting at"): the place follows.
+        raise CaseError(f"case: invalid JSON ({exc.msg.removesuffix(' at')} at line "
+                        f"{exc.lineno} column {exc.colno}; truncated?)") from None
     except RecursionError:
         raise CaseError("case: invalid JSON (nested too deeply)") from None
     return parse_case(data, limits)

@@ -6,11 +6,17 @@ The referee never blames the innocent and never loses a verdict to the kernel it
 * the target runs on its own copy of every input; a copy that changed afterwards names the
   tensor the target wrote into; the originals and the truth are fingerprinted before and
   after the call, so a write outside the target's own tensors is seen too;
-* an exception, ``sys.exit`` or a result of the wrong type, device, dtype or shape is an
-  ``error`` verdict with one line that says which, never a traceback of the suite.
+* an exception, ``sys.exit``, running out of memory or a result of the wrong type, device,
+  dtype or shape is an ``error`` verdict with one line that says which, never a traceback
+  of the suite;
+* process-wide state the call changed (default dtype, thread count, backend flags, the
+  working directory, ...) is put back at once and the change is an ``error`` verdict;
+* what the target returned is fingerprinted when its call returns and again after judging:
+  an output that changed meanwhile (a thread or stream still writing) is an ``error``.
 
-Crashes, hangs and ``os._exit`` cannot be caught in-process: :mod:`fuzz.loop.workers` runs this
-in a worker process and turns those into verdicts too.
+Crashes, hangs, ``os._exit``, memory without bound and processes or threads left running
+cannot be dealt with in-process: :mod:`fuzz.loop.workers` runs this in a worker process
+and turns those into verdicts too.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from torch import Tensor
 
 from verify.compare import Expected, Segment, Verdict, expected, judge, whole
 from verify.materialize import MaterializedCase
+from verify.process_state import RestoreError, capture
 from verify.target import Target
 
 
@@ -101,6 +108,7 @@ class Judged:
     outcomes: list[Outcome]
     timings: dict[str, float] = field(default_factory=dict)
     batch: Outcome | None = None
+    fault: str | None = None  # process-wide state the target changed that could not be put back
 
 
 def _fingerprint(t: Tensor) -> int:
@@ -152,13 +160,46 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says an allocation failed (host or device)."""
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text
+                                              or "out of memory" in text)
+
+
+def _call_error(exc: BaseException) -> tuple[str, str]:
+    """The kind and the one-line reason of an exception the target's call raised."""
+    if isinstance(exc, SystemExit):
+        return "exit", f"the target called sys.exit({exc.code!r})"
+    if out_of_memory(exc):
+        return "memory", f"the target ran out of memory: {_one_line(exc)}"
+    return f"error:{type(exc).__name__}", _one_line(exc)
+
+
+def _output_fingerprints(out: object, lse: object) -> list[int | None]:
+    """Fingerprints of what the target returned (None for what is no tensor)."""
+    found: list[int | None] = []
+    for t in (out, lse):
+        try:
+            found.append(_fingerprint(t) if isinstance(t, Tensor) else None)
+        except Exception:  # a dtype or device the checksum cannot read: the judge says why
+            found.append(None)
+    return found
+
+
 def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment] | None = None,
                   truths: TruthCache | None = None,
-                  on_target_call: Callable[[], None] = lambda: None) -> Judged:
+                  on_target_call: Callable[[], None] = lambda: None,
+                  after_target_call: Callable[[], str | None] = lambda: None) -> Judged:
     """Run ``target`` once on ``case`` and judge every segment (default: the whole case).
 
-    Never raises for the target's fault. ``on_target_call`` fires right before the call.
-    Timings: ``reference`` (truth), ``target`` (the call, synchronized), ``judge``.
+    Never raises for the target's fault. ``on_target_call`` fires right before the call;
+    ``after_target_call`` right after it, and returns what the target left running (a
+    worker kills the processes it started), or None. Process-wide state the call changed
+    is put back before anything else (:mod:`verify.process_state`). Timings:
+    ``reference`` (truth), ``target`` (the call, synchronized), ``judge``.
     """
     segments = segments or [whole(case)]
     truths = truths or TruthCache()
@@ -171,28 +212,46 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
     _synchronize(case.device)
     timings["reference"] = time.perf_counter() - start
     on_target_call()
+    before = capture()
     start = time.perf_counter()
+    raised: tuple[str, str] | None = None
     try:
         out, lse = target.run(given)
         _synchronize(case.device)
-    except SystemExit as exc:
-        return Judged(_error(target, "exit", f"the target called sys.exit({exc.code!r})",
-                             len(segments), time.perf_counter() - start), timings)
-    except Exception as exc:  # the target's own failure is a verdict, not a crash of the suite
-        return Judged(_error(target, f"error:{type(exc).__name__}", _one_line(exc),
-                             len(segments), time.perf_counter() - start), timings)
+    except (Exception, SystemExit) as exc:  # the target's own failure is a verdict
+        raised = _call_error(exc)
     seconds = time.perf_counter() - start
+    if raised is not None and raised[0] == "memory" and case.device.type == "cuda":
+        torch.cuda.empty_cache()  # what the target allocated went with its exception
+    fault = None
+    try:
+        changed = before.restore()
+    except RestoreError as exc:
+        changed, fault = [f"{exc} (could not be restored)"], str(exc)
+    left = after_target_call()
+
+    def failed(kind: str, reason: str) -> Judged:
+        return Judged(_error(target, kind, reason, len(segments), seconds), timings,
+                      fault=fault)
+
+    if raised is not None:
+        return failed(*raised)
     timings["target"] = seconds
+    if changed:
+        return failed("global-state", "the target changed process-wide state: "
+                      + "; ".join(changed))
+    if left is not None:
+        return failed("stray-process", f"the target left {left} running after its call "
+                      "returned (killed)")
     start = time.perf_counter()
     mutated = _changed(case, given)
     if mutated:
-        return Judged(_error(target, "mutated-input", "the target wrote into its input "
-                             + ", ".join(mutated), len(segments), seconds), timings)
+        return failed("mutated-input", "the target wrote into its input " + ", ".join(mutated))
     after = [_fingerprint(t) for t in (*case.tensors().values(), truth.out, truth.lse)]
     if after != fingerprints:
-        return Judged(_error(target, "wild-write", "memory outside the target's own tensors "
-                             "changed during its call (the referee's inputs or truth)",
-                             len(segments), seconds), timings)
+        return failed("wild-write", "memory outside the target's own tensors changed during "
+                      "its call (the referee's inputs or truth)")
+    returned = _output_fingerprints(out, lse)
     # A kernel without an LSE may return None even if it did not say so: out alone is judged.
     wants_lse, packed = target.capabilities.lse and lse is not None, len(segments) > 1
     verdicts = judge(case, out, lse, truth, segments, wants_lse, with_batch=packed)
@@ -201,6 +260,12 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
     outcomes = [_outcome(target, v, d, seconds / len(segments))
                 for v, d in zip(verdicts, distances, strict=True)]
     timings["judge"] = time.perf_counter() - start
+    late = [name for name, a, b in zip(("out", "lse"), returned,
+                                       _output_fingerprints(out, lse), strict=True)
+            if a is not None and a != b]
+    if late:
+        return failed("late-write", f"the target's {' and '.join(late)} changed after its "
+                      "call returned (a thread, timer or stream of the target still writing)")
     return Judged(outcomes[:len(segments)], timings, outcomes[-1] if packed else None)
 
 

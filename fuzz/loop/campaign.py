@@ -130,17 +130,20 @@ class Campaign:
     """Fuzz one target; ``explore`` may be called several times, ``finish`` shrinks."""
 
     def __init__(self, target: Target, spaces: list[Space], settings: RunSettings,
-                 journal: RunDirectory, on_case: Callable[[str, Outcome], None]) -> None:
+                 journal: RunDirectory, on_case: Callable[[str, Outcome], None],
+                 on_wait: Callable[[], None] = lambda: None) -> None:
         self.target = target
         self.settings = settings
         self.journal = journal
         self.on_case = on_case
+        self.on_wait = on_wait  # after each wait for results (at most POLL_SECONDS apart)
         devices = settings.worker_devices
         self.device_type = devices[0].split(":")[0]
         limit = target.capabilities.max_total_tokens
         pack_tokens = min(settings.pack_tokens, limit or settings.pack_tokens)
         self.pool = WorkerPool(target.name, devices, case_timeout=settings.case_timeout,
-                               isolation=settings.isolation, log=journal.log)
+                               isolation=settings.isolation, log=journal.log,
+                               memory=settings.worker_memory)
         workers = 1 if settings.isolation == "none" else len(devices)
         self.streams = [DrawnAhead(CaseStream(
             spaces, lambda spec: target.unsupported_reason(spec, self.device_type),
@@ -221,7 +224,12 @@ class Campaign:
         if self._deferred:
             ready, self._deferred = self._deferred, []
             return ready
-        return self.pool.wait(timeout)
+        return self._wait(timeout)
+
+    def _wait(self, timeout: float) -> list[JobResult]:
+        results = self.pool.wait(timeout)
+        self.on_wait()
+        return results
 
     def _account(self, result: JobResult, submitted: _Submitted) -> None:
         self.run.restarts = self.pool.restarts
@@ -301,7 +309,7 @@ class Campaign:
         ids = {self._submit([spec], Purpose.TRIAGE, None): i for i, spec in enumerate(specs)}
         found: dict[int, Outcome] = {}
         while len(found) < len(ids):
-            for result in self.pool.wait(POLL_SECONDS):
+            for result in self._wait(POLL_SECONDS):
                 if result.id in ids:
                     self._account(result, self._jobs.pop(result.id))
                     found[ids[result.id]] = result.outcomes[0]

@@ -4,11 +4,13 @@ Case JSON goes in (never tensors, so a job crosses a process boundary cheaply), 
 :class:`verify.runner.Outcome` records come out, one per case plus one for the batch
 when the cases were packed, with the time spent materializing, in the reference, in
 the target and in the policy. The worker also says whether the job compiled a new
-kernel configuration (the first time this process saw the target's compile key).
+kernel configuration (the first time this process saw the target's compile key), and
+whether it must be replaced before the next job (why, in ``restart``).
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from verify.case import CaseSpec, parse_case
 from verify.compare import Segment
 from verify.materialize import materialize
 from verify.pack import pack
-from verify.runner import Outcome, run_and_judge
+from verify.runner import Judged, Outcome, run_and_judge
 from verify.target import Target
 
 
@@ -43,7 +45,10 @@ class JobResult:
     timings: dict[str, float] = field(default_factory=dict)
     compiled: bool = False
     compile_key: str = ""
-    restart: bool = False  # the worker's device may be unusable: start a fresh one
+    # Why the worker must not run another job (its device may be unusable, the target
+    # keeps what it allocated, left threads running, or changed what could not be put
+    # back): a fresh one takes the next. Empty: the worker goes on.
+    restart: str = ""
 
 
 @dataclass
@@ -67,11 +72,35 @@ def _device_works(device: str) -> bool:
     return True
 
 
+def _threads() -> set[int]:
+    """The Python threads of this process (``threading`` or not)."""
+    return set(sys._current_frames())
+
+
+def _restart_reason(judged: Judged, threads_left: int, device: str) -> str:
+    """Why the worker that judged ``judged`` must not run another job, or ''."""
+    kinds = {o.kind for o in judged.outcomes}
+    if judged.fault:
+        return f"process-wide state could not be restored: {judged.fault}"
+    if "memory" in kinds:
+        return "the target ran out of memory (and may keep what it allocated)"
+    if "late-write" in kinds:
+        return "the target's output changed after its call returned: something of it runs on"
+    if threads_left:
+        return f"the target left {threads_left} thread{'s' * (threads_left > 1)} running"
+    if any(k.startswith("error:") for k in kinds) and not _device_works(device):
+        return "the CUDA context does not work any more"
+    return ""
+
+
 def execute(job: Job, state: WorkerState,
-            on_target_call: Callable[[], None] = lambda: None) -> JobResult:
+            on_target_call: Callable[[], None] = lambda: None,
+            after_target_call: Callable[[], str | None] = lambda: None) -> JobResult:
     """Materialize, judge and time one job; ``on_target_call`` fires before the target runs
-    (so a supervisor times the target, not the referee)."""
+    (so a supervisor times the target, not the referee), ``after_target_call`` after it
+    (see :func:`verify.runner.run_and_judge`)."""
     start = time.perf_counter()
+    threads = _threads()
     specs: list[CaseSpec] = [parse_case(c) for c in job.cases]
     segments: list[Segment] | None = None
     spec = specs[0]
@@ -82,9 +111,9 @@ def execute(job: Job, state: WorkerState,
     key = state.target.compile_key(spec)
     compiled = key is not None and repr(key) not in state.compiled
     state.compiled.add(repr(key))
-    judged = run_and_judge(state.target, case, segments, on_target_call=on_target_call)
-    restart = any(o.kind.startswith("error:") for o in judged.outcomes) and not _device_works(
-        state.device)
+    judged = run_and_judge(state.target, case, segments, on_target_call=on_target_call,
+                           after_target_call=after_target_call)
+    restart = _restart_reason(judged, len(_threads() - threads), state.device)
     return JobResult(job.id, judged.outcomes, judged.batch,
                      {"materialize": materialize_seconds, **judged.timings}, compiled,
                      "" if key is None else repr(key), restart)

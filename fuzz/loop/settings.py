@@ -30,6 +30,7 @@ class RunSettings:
     pack_cases: int
     pack_tokens: int
     expected: tuple[ExpectedFinding, ...] = ()
+    worker_memory: int | None = None  # host memory per worker, bytes (None: unbounded)
     versions: dict[str, str | None] = field(default_factory=dict)
     interpreter: dict[str, Any] = field(default_factory=dict)
 
@@ -47,7 +48,8 @@ class RunSettings:
             "seed": self.seed, "budget": self.budget, "examples": self.examples,
             "min_cases": self.min_cases, "max_findings": self.max_findings,
             "shrink_budget": self.shrink_seconds, "case_timeout": self.case_timeout,
-            "isolation": self.isolation, "pack_cases": self.pack_cases,
+            "isolation": self.isolation, "worker_memory": self.worker_memory,
+            "pack_cases": self.pack_cases,
             "pack_tokens": self.pack_tokens, "interpreter": self.interpreter,
             "expected": [{"target": e.target, "finding": str(e.identity), "file": str(e.path)}
                          for e in self.expected],

@@ -34,9 +34,10 @@ Runs = Generator[list[CaseSpec], list[Outcome], Any]
 Data = dict[str, Any]
 
 NUMERIC = ("out", "lse")
-# Symptoms triage leaves alone: each neighbour run of a hang costs the case timeout, and
-# the referee's own failures are not the target's.
-UNTRIAGED = ("timeout", "referee", "unjudgeable")
+# Symptoms triage leaves alone: each neighbour run of a hang costs the case timeout (of a
+# memory hog, a worker filling its memory and a restart), and the referee's own failures
+# are not the target's.
+UNTRIAGED = ("timeout", "memory", "referee", "unjudgeable")
 # The tile edges kernels use: a range across one is a feature of its own.
 TILE_EDGES = (64, 128)
 # A value-level change (dtype, head dim, values) must also divide the error ratio by this

@@ -2,19 +2,26 @@
 
 Each run gets a directory of its own under ``--report-dir`` (``run-<time>-seed<seed>``,
 created atomically, with ``latest`` pointing at the newest), so two runs never overwrite
-each other. ``cases.jsonl`` gets one line per judged case as it is judged; reproducers
-are written when their failure is found and rewritten when it is shrunk; ``report.json``
-is replaced atomically, at most every few seconds and at the end (also after Ctrl-C or
-SIGTERM); ``workers.log`` collects what the kernels print.
+each other. ``cases.jsonl`` gets one line per judged case as it is judged (one ``write``
+each, so a killed run leaves whole lines); reproducers are written when their failure is
+found and rewritten when it is shrunk; ``report.json`` is replaced atomically every
+``SNAPSHOT_INTERVAL`` seconds while the run goes on (marked partial) and at the end (also
+after Ctrl-C or SIGTERM); ``workers.log`` collects what the kernels print.
+
+A write that fails (a full disk, a directory removed or made read-only under the run)
+raises :class:`JournalError` naming the file, and leaves no half-written file: a file is
+replaced whole or not at all, and a line of ``cases.jsonl`` is appended whole or cut off.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 # Seconds between report snapshots while a run goes on.
 SNAPSHOT_INTERVAL = 2.0
@@ -43,11 +50,40 @@ def check_writable_file(path: Path, what: str) -> None:
     check_writable_dir(path.parent, f"the directory of {what}")
 
 
+def _append(descriptor: int, data: bytes) -> int:
+    """One ``write`` to an append-only file: the bytes written."""
+    return os.write(descriptor, data)
+
+
+def _cannot(path: Path, exc: OSError) -> JournalError:
+    return JournalError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+def partial_path(path: Path) -> Path:
+    """Where ``path`` is written before it replaces ``path`` (hidden, same suffix, so a
+    writer that goes by the suffix writes the same format)."""
+    return path.with_name(f".{path.stem}.partial{path.suffix}")
+
+
+def replace_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a scratch file beside ``path``, then put it in ``path``'s place,
+    so readers see the old file or the new, never half; :class:`JournalError` if either
+    fails (the scratch file is removed)."""
+    partial = partial_path(path)
+    try:
+        write(partial)
+        os.replace(partial, path)
+    except BaseException as exc:  # a failed write, or Ctrl-C in the middle of one
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        if isinstance(exc, OSError):
+            raise _cannot(path, exc) from None
+        raise
+
+
 def write_atomically(path: Path, text: str) -> None:
-    """Replace ``path`` with ``text`` so readers see the old file or the new, never half."""
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)
+    """Replace ``path`` with ``text`` (see :func:`replace_atomically`)."""
+    replace_atomically(path, lambda partial: partial.write_text(text))
 
 
 class RunDirectory:
@@ -64,33 +100,62 @@ class RunDirectory:
                 break
             except FileExistsError:
                 continue
+            except OSError as exc:
+                raise JournalError(f"--report-dir {base}: cannot create {path.name}: "
+                                   f"{exc.strerror}") from None
         else:
             raise JournalError(f"--report-dir {base}: no free run directory name")
         self.path = path
         self.reproducers = path / "reproducers"
-        self.reproducers.mkdir()
         self.log = path / "workers.log"
+        self.cases = path / "cases.jsonl"
+        try:
+            self.reproducers.mkdir()
+            self._cases = os.open(self.cases, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        except OSError as exc:
+            raise _cannot(self.reproducers if not self.reproducers.exists() else self.cases,
+                          exc) from None
         latest = base / "latest"
         try:
             if latest.is_symlink() or not latest.exists():
-                latest.unlink(missing_ok=True)
-                latest.symlink_to(path.name)
+                link = partial_path(latest)
+                link.unlink(missing_ok=True)
+                link.symlink_to(path.name)
+                os.replace(link, latest)  # never a moment without one
         except OSError:
             pass  # a filesystem without symlinks: the run directory is printed anyway
-        self._cases: TextIO = (path / "cases.jsonl").open("a", buffering=1)
         self._last_snapshot = 0.0
 
     def record_case(self, record: dict[str, Any]) -> None:
-        self._cases.write(json.dumps(record, separators=(",", ":")) + "\n")
+        """Append one line to cases.jsonl, whole: a write cut short is cut off again."""
+        line = (json.dumps(record, separators=(",", ":")) + "\n").encode()
+        size = os.fstat(self._cases).st_size
+        try:
+            written = _append(self._cases, line)
+            if written != len(line):
+                raise OSError(28, os.strerror(28))  # ENOSPC: a short write to a regular file
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._cases, size)
+            raise _cannot(self.cases, exc) from None
 
-    def snapshot(self, name: str, data: Any, *, force: bool = False) -> bool:
-        """Write ``name`` (JSON) now if ``force`` or the last snapshot is old enough."""
-        now = time.monotonic()
-        if not force and now - self._last_snapshot < SNAPSHOT_INTERVAL:
+    def due(self) -> bool:
+        """Whether the last snapshot is ``SNAPSHOT_INTERVAL`` seconds old."""
+        return time.monotonic() - self._last_snapshot >= SNAPSHOT_INTERVAL
+
+    def snapshot(self, name: str, data: Any | Callable[[], Any], *, force: bool = False
+                 ) -> bool:
+        """Write ``name`` (JSON; ``data`` may be a function that builds it) now if ``force``
+        or :meth:`due`."""
+        if not force and not self.due():
             return False
+        if callable(data):
+            data = data()
         write_atomically(self.path / name, json.dumps(data, indent=1) + "\n")
-        self._last_snapshot = now
+        self._last_snapshot = time.monotonic()
         return True
 
     def close(self) -> None:
-        self._cases.close()
+        if self._cases >= 0:
+            os.close(self._cases)
+            self._cases = -1

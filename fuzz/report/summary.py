@@ -4,13 +4,15 @@ JSON is for machines (CI dashboards, comparing runs), Markdown for a pull reques
 CI summary page; both carry the rows the terminal table shows, plus what the table has
 no room for: every distinct failure, the layout features drawn, the draws declined, and
 where the time went (compiling, the target, the reference and baseline, the policy, the
-rest).
+rest). report.json says when it was written (``written``, Unix time) and whether the run
+was still going on (``partial``: a snapshot; a run killed outright leaves its last one).
 """
 
 from __future__ import annotations
 
 import enum
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +96,7 @@ class RunReport:
     device: str
     run_dir: Path | None = None
     interrupted: bool = False
+    partial: bool = False  # a snapshot while the run goes on (or of a run that was killed)
 
     @property
     def min_cases(self) -> int:
@@ -209,6 +212,7 @@ def report_json(report: RunReport) -> dict[str, Any]:
     return {"settings": report.settings.to_json(), "versions": report.settings.versions,
             "device": report.device,
             "policy": POLICY, "seconds": round(report.seconds, 3),
+            "written": round(time.time(), 3), "partial": report.partial,
             "interrupted": report.interrupted, "failed": report.failed,
             "inconclusive": report.inconclusive, "min_cases": report.min_cases,
             "targets": [_target_json(report, t) for t in report.targets]}
