@@ -8,13 +8,18 @@
 #                                             #   the golden replay (one GPU, timed)
 #   bash benchmarks/gpu_session.sh OUT scale  # 1 worker against 2 GPUs (triton, fa4);
 #                                             #   the Gemma-4 kernel table
+#   bash benchmarks/gpu_session.sh OUT checks # one GPU: Triton at head dim 512, kernels that
+#                                             #   hang or fill the GPU, FP8 KV caches (500
+#                                             #   cases per target, the Gemma-4 FP8 table),
+#                                             #   the fuzz throughput of fa4, triton and
+#                                             #   two_call_fa4 (BUDGET seconds each)
 # BUDGET (default 180) and SCALE_BUDGET (default 60) set the seconds of each fuzzing run.
 # Each step has its own time limit, so one that hangs does not hold up the others. For
 # convenience, every log and JSON file of a part is packed into OUT/<part>.tgz, and the
 # key lines are printed.
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUT main|scale}
-part=${2:?usage: gpu_session.sh OUT main|scale}
+out=${1:?usage: gpu_session.sh OUT main|scale|checks}
+part=${2:?usage: gpu_session.sh OUT main|scale|checks}
 budget=${BUDGET:-180}
 work=$(mktemp -d)
 export PYTHONUNBUFFERED=1 HYPOTHESIS_PROFILE=gpu NCCL_NVLS_ENABLE=0
@@ -62,6 +67,26 @@ case "$part" in
     done
     timeout 110 python3 -m benchmarks.prefix_kernels --layout gemma4 \
       --json "$work/gemma4.json" > "$work/gemma4.log" 2>&1
+    ;;
+  checks)
+    gpu_tests() {  # gpu_tests LOG LIMIT PYTEST-ARGS...
+      local log=$1 limit=$2; shift 2
+      timeout "$limit" python3 -m pytest -p no:cacheprovider -m gpu -q -rfEs "$@" \
+        > "$work/$log.log" 2>&1
+      echo "$log exit $?" >> "$work/$log.log"
+    }
+    gpu_tests d512 100 tests/test_triton_target.py -k "head_dims_to_512 or compiled_on_gpu"
+    gpu_tests containment 90 tests/test_isolation.py -k hangs_or_fills
+    gpu_tests fp8-bits 45 tests/test_fp8_kv.py
+    timeout 100 python3 -m fuzz --target triton --target flex --target sdpa \
+      --target reference --kv-dtype float8_e4m3fn --device cuda --examples 500 --seed 1 \
+      --report-dir "$work/fp8" > "$work/fp8-fuzz.log" 2>&1
+    echo "fp8 fuzz exit $?" >> "$work/fp8-fuzz.log"
+    timeout 90 python3 -m benchmarks.prefix_kernels --layout gemma4 \
+      --kv-dtype float8_e4m3fn --json "$work/gemma4-fp8.json" > "$work/gemma4-fp8.log" 2>&1
+    for target in fa4 triton two_call_fa4; do
+      throughput "$target" cuda:0
+    done
     ;;
 esac
 tar czf "$out/$part.tgz" -C "$work" --exclude='*/run-*' .
