@@ -45,8 +45,9 @@ class Space:
     ``heads`` fixes (num_heads, num_kv_heads) pairs (else ``max_kv_heads`` x
     ``gqa_ratios``); ``windows``, ``clamp``, ``softcaps`` and ``softmax_scales`` fix those
     options when set. ``tile_edges``: lengths and ranges around these tile sizes are drawn
-    too; ``tile_edge_rarity`` makes them that many times rarer (a space of short cases
-    still crosses the edges kernels tile by, now and then). ``image_sizes``: the token counts of
+    too, for edges up to twice ``max_seq_len``; ``tile_edge_rarity`` makes them that many
+    times rarer, and then every edge is drawn (a space of short cases still crosses the
+    edges kernels tile by, now and then). ``image_sizes``: the token counts of
     images (else any). ``prefix_lm``: each request's range is one prefix ``[0, L - 1]``
     (PaliGemma's image + prompt). ``kv_dtypes``: the K/V storage dtypes (None: the query
     dtype; an FP8 dtype draws an FP8 cache with descales of a granularity in
@@ -89,7 +90,10 @@ class Space:
 
     @property
     def edges(self) -> tuple[int, ...]:
-        return tuple(self.tile_edges)
+        """The tile edges drawn: those up to twice ``max_seq_len``, or every one in a space
+        that draws them rarely (short cases that still cross them now and then)."""
+        return tuple(e for e in self.tile_edges
+                     if e <= 2 * self.max_seq_len or self.tile_edge_rarity > 1)
 
     @property
     def longest(self) -> int:
