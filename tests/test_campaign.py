@@ -30,16 +30,16 @@ def _findings(report_dir: Path) -> dict[str, dict]:
 
 
 def test_three_bugs_in_one_kernel_are_three_findings(tmp_path: Path) -> None:
-    assert main(["--target", THREE_BUGS, "--examples", "150", *RUN,
+    assert main(["--target", THREE_BUGS, "--examples", "60", *RUN,
                  "--report-dir", str(tmp_path)]) == EXIT_FOUND
     target = _target(tmp_path)
     assert set(_findings(tmp_path)) == THREE_FINDINGS
-    assert target["judged"] == 150  # sightings never stop exploration
+    assert target["judged"] == 60  # sightings never stop exploration
     assert "GQA ratio 4" in _findings(tmp_path)["values: gqa"]["words"]
 
 
 def test_max_findings_reports_and_shrinks_at_most_n(tmp_path: Path) -> None:
-    assert main(["--target", THREE_BUGS, "--examples", "150", "--max-findings", "2", *RUN,
+    assert main(["--target", THREE_BUGS, "--examples", "60", "--max-findings", "2", *RUN,
                  "--report-dir", str(tmp_path)]) == EXIT_FOUND
     findings = _target(tmp_path)["findings"]
     assert len(findings) == 2 and set(_findings(tmp_path)) < THREE_FINDINGS

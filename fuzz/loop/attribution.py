@@ -187,6 +187,8 @@ def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], acc
     for finding in findings:
         if finding.identity == diagnosis.identity:
             return Attribution(finding, position=diagnosis.position)
+    if diagnosis.case is not None:  # found on the case with a known bug's trigger taken away
+        spec, outcome = diagnosis.case, diagnosis.outcome
     if diagnosis.identity.cause not in (Cause.TRIGGER, Cause.THRESHOLD):
         return Attribution(None, diagnosis, spec, outcome)
     # A new trigger or threshold: its identity is the one of a small case.

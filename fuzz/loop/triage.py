@@ -352,6 +352,10 @@ class Diagnosis:
     # Per trigger feature, the error ratio its removal left (a cause leaves what a correct
     # kernel has; a feature that only made a bug visible leaves part of the error).
     evidence: dict[str, float] = field(default_factory=dict)
+    # The case (and its outcome) the identity was found on, when it is not the one triaged:
+    # a known finding's trigger taken away from it.
+    case: CaseSpec | None = None
+    outcome: Outcome | None = None
 
 
 def _clears(outcome: Outcome, what: str, ratio: float | None, structural: bool) -> bool:
@@ -539,7 +543,7 @@ def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
     if peel:
         peeled = yield from _peel(spec, what, accepts, known)
         if peeled is not None:
-            return Diagnosis(peeled.identity, peeled.words, runs + peeled.runs)
+            return replace(peeled, runs=runs + peeled.runs)
     passing = [longest(c) for c, o in zip(cuts, cut_outcomes, strict=True) if not shows(o, what)]
     if passing:
         low = max(passing)
@@ -565,8 +569,9 @@ def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
 
 def _peel(spec: CaseSpec, what: str, accepts: Accepts, known: Sequence[Identity]
           ) -> Generator[list[CaseSpec], list[Outcome], Diagnosis | None]:
-    """A known finding's trigger taken away: if what is left is another known finding,
-    the case is a sighting of it (two bugs in one case clear neither alone)."""
+    """A known finding's trigger taken away: what is left is the case's other bug (two bugs
+    in one case clear neither alone): a known finding, or a new one with a cause of its
+    own, found on the case without the known trigger. None if nothing is left to name."""
     peeled = [(k, c) for k in known if k.cause == Cause.TRIGGER and k.symptom == family(what)
               and all(BY_NAME[n].present(spec) for n in k.features)
               for c in [without(spec, k.features, accepts)] if c is not None]
@@ -580,8 +585,9 @@ def _peel(spec: CaseSpec, what: str, accepts: Accepts, known: Sequence[Identity]
         others = [k for k in known if k != first]
         found = yield from triage(rest, left, accepts, others, peel=False)
         runs += found.runs
-        if found.identity in others:
-            return Diagnosis(found.identity, f"{found.words} (with {first} taken away)", runs)
+        if found.identity in others or found.identity.cause is not Cause.EVERYWHERE:
+            return replace(found, words=f"{found.words} (with {first} taken away)", runs=runs,
+                           case=found.case or rest, outcome=found.outcome or left)
     return None
 
 
