@@ -13,7 +13,8 @@
 #                                             #   cases per target, the Gemma-4 FP8 table),
 #                                             #   the fuzz throughput of fa4, triton and
 #                                             #   two_call_fa4 (BUDGET seconds each)
-# BUDGET (default 180) and SCALE_BUDGET (default 60) set the seconds of each fuzzing run.
+# BUDGET (default 180) and SCALE_BUDGET (default 60) set the seconds of each fuzzing run;
+# THROUGHPUT_TARGETS the targets whose throughput the checks part measures.
 # Each step has its own time limit, so one that hangs does not hold up the others. For
 # convenience, every log and JSON file of a part is packed into OUT/<part>.tgz, and the
 # key lines are printed.
@@ -84,7 +85,7 @@ case "$part" in
     echo "fp8 fuzz exit $?" >> "$work/fp8-fuzz.log"
     timeout 90 python3 -m benchmarks.prefix_kernels --layout gemma4 \
       --kv-dtype float8_e4m3fn --json "$work/gemma4-fp8.json" > "$work/gemma4-fp8.log" 2>&1
-    for target in fa4 triton two_call_fa4; do
+    for target in ${THROUGHPUT_TARGETS:-fa4 triton two_call_fa4}; do
       throughput "$target" cuda:0
     done
     ;;
