@@ -414,6 +414,23 @@ def _precision(what: str, spec: CaseSpec, outcome: Outcome, cut: list[float | No
     return follows if follows is not None else _shrinks_with_keys(what, outcome, cut)
 
 
+def _bare(spec: CaseSpec) -> CaseSpec | None:
+    """The case with every structural feature taken away: its first request's first token
+    alone, as a prefill without images, window, softcap, scale, paging, GQA or an FP8
+    cache. A failure
+    that shows even here needs nothing the features give (it is everywhere)."""
+    found = _with(spec, requests=[{"query_len": 1, "seed": with_explicit_seeds(spec)[0].seed}],
+                  sliding_window=None, clamp_ranges_to_window=False, softcap=None,
+                  softmax_scale=None, page_size=None, page_table_slack=0, poison="finite",
+                  range_padding="negative", num_kv_heads=spec.num_heads, kv_dtype=None,
+                  kv_scale="tensor")
+    return found[0] if found else None
+
+
+def _lse_hint(what: str, outcome: Outcome) -> str:
+    return _lse_factor(outcome) if what == "lse" else ""
+
+
 def _lse_factor(outcome: Outcome) -> str:
     worst = outcome.verdict.worst if outcome.verdict is not None else None
     if worst is None or worst.column is not None or not worst.expected:
@@ -498,6 +515,11 @@ def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
     what = symptom(outcome)
     if what in UNTRIAGED:
         return Diagnosis(Identity(what, Cause.UNTRIAGED), f"{what}: not triaged", 0)
+    bare = _bare(spec)
+    if bare is not None and bare != spec and accepts(bare) and shows((yield [bare])[0], what):
+        return Diagnosis(Identity(what, Cause.EVERYWHERE),
+                         f"{what}: fails even on one query with every feature taken away (one "
+                         f"request, no image, cache or window){_lse_hint(what, outcome)}", 1)
     ratio = error_ratio(outcome, what)
     tested = [(f, ns) for f in FEATURES if f.present(spec)
               for ns in [f.neighbours(spec, accepts)] if ns]
@@ -561,10 +583,9 @@ def triage(spec: CaseSpec, outcome: Outcome, accepts: Accepts,
         return Diagnosis(Identity(family(what), Cause.THRESHOLD),
                          f"{what}: fails only from position {high - 1} on (passes with every "
                          f"sequence cut to {high - 1} tokens)", runs, high - 1)
-    hint = _lse_factor(outcome) if what == "lse" else ""
     return Diagnosis(Identity(what, Cause.EVERYWHERE),
                      f"{what}: fails on every variant tried (no single feature taken away and "
-                     f"no cut of the sequences clears it){hint}", runs)
+                     f"no cut of the sequences clears it){_lse_hint(what, outcome)}", runs)
 
 
 def _peel(spec: CaseSpec, what: str, accepts: Accepts, known: Sequence[Identity]
