@@ -86,6 +86,9 @@ class CaseSpec:
     page_table_slack: int = 0
     range_padding: str = "negative"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Where the paged cache puts the same logical keys: 0 is the page order the seed gives;
+    # another value mirrors or redraws it and refills the spare pages (verify/materialize.py).
+    placement: int = 0
 
     @property
     def resolved_scale(self) -> float:
@@ -148,6 +151,8 @@ _REQUEST_KEYS = ("context_len", "query_len", "ranges", "seed")
 # Free-form annotations a reproducer may carry; they never change the computation.
 ANNOTATION_KEYS = frozenset({"note", "diagnosis", "expect", "bug_class", "target", "finding",
                              "signature", "versions", "replay"})
+# A reproducer of an invariance finding names the runs it compares (fuzz/loop/invariance.py).
+ANNOTATION_KEYS |= {"invariance"}
 
 
 def _int(data: Mapping[str, Any], key: str, path: str, *, minimum: int,
@@ -325,6 +330,10 @@ def parse_case(data: Mapping[str, Any] | CaseSpec, limits: Limits = DEFAULT_LIMI
         range_padding=_choice(data, "range_padding", RANGE_PADDINGS, "negative"),
         extra={k: data[k] for k in ANNOTATION_KEYS if k in data},
     )
+    placement = _int(data, "placement", "", minimum=0, maximum=MAX_SEED, default=0,
+                     required=False)
+    if placement:
+        spec = replace(spec, placement=placement)
     _check_sizes(spec, limits)
     return spec
 
