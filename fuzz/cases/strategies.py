@@ -49,7 +49,8 @@ class Space:
     still crosses the edges kernels tile by, now and then). ``image_sizes``: the token counts of
     images (else any). ``prefix_lm``: each request's range is one prefix ``[0, L - 1]``
     (PaliGemma's image + prompt). ``layout`` names predicates of
-    :data:`verify.capabilities.LAYOUT_PREDICATES` to honour.
+    :data:`verify.capabilities.LAYOUT_PREDICATES` to honour. ``window_range`` bounds the
+    windows drawn; ``min_ranges`` makes every request an image request (a pack of images).
     """
 
     max_requests: int = 3
@@ -79,6 +80,8 @@ class Space:
     image_sizes: Sequence[int] | None = None
     prefix_lm: bool = False
     layout: frozenset[str] = frozenset()
+    window_range: tuple[int, int] | None = None  # the windows a target takes (inclusive)
+    min_ranges: int = 0  # every request has at least this many ranges (where they fit)
 
     def narrowed(self, **changes: object) -> Space:
         return replace(self, **changes)
@@ -153,6 +156,7 @@ def image_ranges(draw: st.DrawFn, seq_len: int, context_len: int, space: Space,
         return []
     if edge is not None:
         count = max(count, 1)
+    count = max(count, min(space.min_ranges, space.max_ranges))
     ranges: list[list[int]] = []
     cursor = 0
     # Up to 8 positions past the end: an image the chunk has only partly reached.
@@ -263,10 +267,11 @@ def option_dicts(draw: st.DrawFn, space: Space, config: dict) -> dict:
     """The batch-wide options that compile nothing: window, clamp, scale, values, poison."""
     window = None
     clamp = False
+    low, high = space.window_range or (1, space.longest)
     if space.windows is not None:
         window = draw(st.sampled_from(list(space.windows)))
     elif space.window and draw(st.booleans()):
-        window = draw(st.integers(1, space.longest))
+        window = draw(st.integers(low, max(low, min(high, space.longest))))
     if window is not None:
         clamp = draw(st.booleans()) if space.clamp is None else space.clamp
         clamp = clamp or _has(space, "clamped_windows")
@@ -302,12 +307,36 @@ def layout_dicts(draw: st.DrawFn, space: Space, options: dict) -> dict:
     return {"requests": requests, "seed": draw(st.integers(0, 2**16))}
 
 
+# What a pack holds, drawn per pack (weights): a mix of every kind of request; one case
+# judged alone; only text requests; only decodes; only image requests. A batch-level
+# decision (a mask installed only when some request has an image, a path taken only for
+# decodes) shows only in a batch of one kind, and a case alone is a batch of its own.
+COMPOSITIONS = {"mixed": 4, "alone": 1, "text": 1, "decodes": 1, "images": 1}
+
+
+def composed(space: Space, composition: str) -> Space:
+    """The space of a pack's requests under ``composition`` (the same space for a mix or a
+    case alone)."""
+    if composition == "text":
+        return space.narrowed(max_ranges=0, prefix_lm=False)
+    if composition == "decodes":
+        return space.narrowed(layout=space.layout | {"decode_only"})
+    if composition == "images" and space.max_ranges > 0:
+        return space.narrowed(min_ranges=1)
+    return space
+
+
 @st.composite
 def pack_dicts(draw: st.DrawFn, space: Space, config: dict, size: int
                ) -> tuple[dict, list[dict]]:
-    """Options and ``size`` layouts for one configuration: the cases of one pack."""
+    """Options and up to ``size`` layouts for one configuration: the cases of one pack, of a
+    composition drawn from :data:`COMPOSITIONS`."""
+    composition = draw(st.sampled_from([c for c, n in COMPOSITIONS.items() for _ in range(n)]))
+    if composition == "alone":
+        size = 1
     options = draw(option_dicts(space, config))
-    return options, [draw(layout_dicts(space, options)) for _ in range(size)]
+    layouts = composed(space, composition)
+    return options, [draw(layout_dicts(layouts, options)) for _ in range(size)]
 
 
 @st.composite
