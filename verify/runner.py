@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from verify.compare import Expected, Segment, Verdict, expected, judge, whole
+from verify.invariance import segment_digests
 from verify.materialize import MaterializedCase
 from verify.target import Target
 
@@ -63,6 +64,7 @@ class Outcome:
     seconds: float = 0.0
     kind: str = ""
     distance: Verdict | None = None
+    digest: str = ""  # the bits of this case's out rows and lse columns (verify/invariance.py)
 
     @property
     def failed(self) -> bool:
@@ -154,10 +156,12 @@ def _synchronize(device: torch.device) -> None:
 
 def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment] | None = None,
                   truths: TruthCache | None = None,
-                  on_target_call: Callable[[], None] = lambda: None) -> Judged:
+                  on_target_call: Callable[[], None] = lambda: None,
+                  on_result: Callable[[object, object], None] | None = None) -> Judged:
     """Run ``target`` once on ``case`` and judge every segment (default: the whole case).
 
-    Never raises for the target's fault. ``on_target_call`` fires right before the call.
+    Never raises for the target's fault. ``on_target_call`` fires right before the call,
+    ``on_result`` gets what the call returned (``out``, ``lse``).
     Timings: ``reference`` (truth), ``target`` (the call, synchronized), ``judge``.
     """
     segments = segments or [whole(case)]
@@ -183,6 +187,8 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
                              len(segments), time.perf_counter() - start), timings)
     seconds = time.perf_counter() - start
     timings["target"] = seconds
+    if on_result is not None:
+        on_result(out, lse)
     start = time.perf_counter()
     mutated = _changed(case, given)
     if mutated:
@@ -200,6 +206,13 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
                  if exact is not None else [None] * len(verdicts))
     outcomes = [_outcome(target, v, d, seconds / len(segments))
                 for v, d in zip(verdicts, distances, strict=True)]
+    if verdicts[0].kind != "contract":
+        lse_bits = lse if wants_lse else None
+        digests = segment_digests(out, lse_bits, segments)
+        if packed:
+            digests += segment_digests(out, lse_bits, [whole(case)])
+        for outcome, digest in zip(outcomes, digests, strict=True):
+            outcome.digest = digest
     timings["judge"] = time.perf_counter() - start
     return Judged(outcomes[:len(segments)], timings, outcomes[-1] if packed else None)
 
