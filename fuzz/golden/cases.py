@@ -132,6 +132,10 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
     _fault_case("softcap_without_division",
                 "softcap 5: scores become 5 tanh(s / 5), not 5 tanh(s)",
                 [{"query_len": 20, "ranges": [[2, 7]]}], softcap=5.0),
+    _fault_case("noncausal_without_images",
+                "a batch of text requests only: its queries must still be causal (no request "
+                "having an image is no reason to drop the mask)",
+                [{"query_len": 12}, {"context_len": 4, "query_len": 6}]),
 )
 
 
