@@ -18,6 +18,7 @@ import torch
 
 from verify.case import CaseSpec, parse_case
 from verify.compare import Segment
+from verify.invariance import Comparison, Variant, compare_variants
 from verify.materialize import materialize
 from verify.pack import pack
 from verify.runner import Outcome, run_and_judge
@@ -26,11 +27,15 @@ from verify.target import Target
 
 @dataclass(frozen=True)
 class Job:
-    """Run ``cases`` (JSON mappings) as one batch (``packed``) or the first one alone."""
+    """Run ``cases`` (JSON mappings) as one batch (``packed``) or the first one alone; or,
+    with ``variants`` (:meth:`verify.invariance.Variant.to_json` mappings), run those in
+    order and compare them bit for bit (each subject judged too with ``judge``)."""
 
     id: int
     cases: tuple[dict[str, Any], ...]
     packed: bool = True
+    variants: tuple[dict[str, Any], ...] = ()
+    judge: bool = False
 
 
 @dataclass
@@ -44,6 +49,7 @@ class JobResult:
     compiled: bool = False
     compile_key: str = ""
     restart: bool = False  # the worker's device may be unusable: start a fresh one
+    comparison: Comparison | None = None  # the runs and differences of a job of variants
 
 
 @dataclass
@@ -72,6 +78,8 @@ def execute(job: Job, state: WorkerState,
     """Materialize, judge and time one job; ``on_target_call`` fires before the target runs
     (so a supervisor times the target, not the referee)."""
     start = time.perf_counter()
+    if job.variants:
+        return compare(job, state, on_target_call)
     specs: list[CaseSpec] = [parse_case(c) for c in job.cases]
     segments: list[Segment] | None = None
     spec = specs[0]
@@ -88,3 +96,19 @@ def execute(job: Job, state: WorkerState,
     return JobResult(job.id, judged.outcomes, judged.batch,
                      {"materialize": materialize_seconds, **judged.timings}, compiled,
                      "" if key is None else repr(key), restart)
+
+
+def compare(job: Job, state: WorkerState, on_target_call: Callable[[], None] = lambda: None
+            ) -> JobResult:
+    """Run a job's variants in order on the worker's target and compare them."""
+    start = time.perf_counter()
+    variants = [Variant.from_json(v) for v in job.variants]
+    comparison = compare_variants(state.target, variants, state.device, job.judge,
+                                  on_target_call)
+    for variant in variants:
+        for spec in variant.cases:
+            state.compiled.add(repr(state.target.compile_key(spec)))
+    restart = any(r.kind.startswith("error:") for r in comparison.runs) and not _device_works(
+        state.device)
+    return JobResult(job.id, [], timings={"checks": time.perf_counter() - start},
+                     restart=restart, comparison=comparison)

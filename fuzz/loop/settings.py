@@ -29,6 +29,8 @@ class RunSettings:
     pack_cases: int
     pack_tokens: int
     expected: tuple[ExpectedFinding, ...] = ()
+    invariance: bool = False  # measure every property beyond tolerance (--invariance)
+    checks: bool = True  # check claimed properties and stale state (off: --tolerance-only)
     versions: dict[str, str | None] = field(default_factory=dict)
     interpreter: dict[str, Any] = field(default_factory=dict)
 
@@ -47,6 +49,7 @@ class RunSettings:
             "shrink_budget": self.shrink_seconds, "case_timeout": self.case_timeout,
             "isolation": self.isolation, "pack_cases": self.pack_cases,
             "pack_tokens": self.pack_tokens, "interpreter": self.interpreter,
+            "invariance": self.invariance, "checks": self.checks,
             "expected": [{"target": e.target, "finding": str(e.identity), "file": str(e.path)}
                          for e in self.expected],
         }
