@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from verify.capabilities import Capabilities
 from verify.case import CaseSpec
 from verify.mask import visible_intervals
 from verify.materialize import MaterializedCase
@@ -298,7 +299,11 @@ class FlexTarget(Target):
     """``flex``: compiled FlexAttention; records the seconds its compiling calls took."""
 
     def __init__(self) -> None:
-        super().__init__("flex", "torch.compile'd FlexAttention, block-sparse varlen mask_mod")
+        # Measured on CPU: the bits of a request change with the batch around it (the
+        # padded buckets and blocks follow the batch), not on a rerun or with its pages.
+        super().__init__("flex", "torch.compile'd FlexAttention, block-sparse varlen mask_mod",
+                         Capabilities(deterministic=True, placement_invariant=True,
+                                      claimed_on=frozenset({"cpu"})))
         self.compiled = 0
         self.compile_seconds = 0.0  # wall time of the calls that compiled a graph
 

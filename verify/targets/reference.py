@@ -5,13 +5,16 @@ from __future__ import annotations
 from torch import Tensor
 
 from references import reference_attention
+from verify.capabilities import Capabilities
 from verify.materialize import MaterializedCase
 from verify.target import Target
 
 
 class ReferenceTarget(Target):
     def __init__(self) -> None:
-        super().__init__("reference", "float64 exact-mask reference, rounded to the case dtype")
+        super().__init__("reference", "float64 exact-mask reference, rounded to the case dtype",
+                         Capabilities(deterministic=True, batch_invariant=True,
+                                      placement_invariant=True, claimed_on=frozenset({"cpu"})))
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
         out, lse = reference_attention(case.batch())
