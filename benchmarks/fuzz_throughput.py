@@ -2,9 +2,11 @@
 
 Per target, a fixed-seed run of ``--budget`` seconds (compilation included) on the given
 devices, and where its time went: compiling, the target's calls, reference and baseline
-(with materialization), the policy, and bookkeeping (drawing, packing, the workers'
-round trips). ``--compare-devices`` also runs each target with one worker on the first
-device and prints the speed-up of all the workers (``--workers`` per device) together.
+(with materialization), the policy, the checks beyond tolerance, and bookkeeping (drawing,
+packing, the workers' round trips). ``--compare-devices`` also runs each target with one
+worker on the first device and prints the speed-up of all the workers (``--workers`` per
+device) together; ``--compare-checks`` also runs it judging tolerance only
+(``--tolerance-only``) and prints what the default checks beyond tolerance cost.
 The figures come from each run's report.json; docs/gpu.md records them.
 """
 
@@ -20,15 +22,19 @@ from typing import Any
 
 from fuzz.cli import main as fuzz
 
-SHARES = ("compile", "target", "reference_and_baseline", "policy", "bookkeeping")
+SHARES = ("compile", "target", "reference_and_baseline", "policy", "checks", "bookkeeping")
 
 
 def run(target: str, budget: float, seed: int, devices: str | None, device: str,
-        out: Path, isolation: str = "process", workers: int = 1) -> dict[str, Any]:
-    """One fuzz run; its report's entry for ``target`` plus the wall time."""
+        out: Path, isolation: str = "process", workers: int = 1,
+        checks: str = "default") -> dict[str, Any]:
+    """One fuzz run; its report's entry for ``target`` plus the wall time. ``checks``:
+    ``default``, ``tolerance-only`` or ``invariance`` (every property measured)."""
     argv = ["--target", target, "--budget", str(budget), "--seed", str(seed),
             "--device", device, "--report-dir", str(out), "--isolation", isolation,
             "--workers", str(workers)]
+    if checks != "default":
+        argv.append(f"--{checks}")
     if devices:
         argv += ["--devices", devices]
     start = time.perf_counter()
@@ -37,7 +43,7 @@ def run(target: str, budget: float, seed: int, devices: str | None, device: str,
     report = json.loads((out / "latest" / "report.json").read_text())
     entry = report["targets"][0]
     return {"target": target, "devices": devices or device, "workers": workers,
-            "isolation": isolation,
+            "isolation": isolation, "checks": checks, "check_jobs": entry["checks"],
             "exit": code, "wall_s": wall,
             "judged": entry["judged"],
             "cases_per_s": entry["judged"] / max(entry["seconds"]["explore"], 1e-9),
@@ -51,7 +57,7 @@ def _row(r: dict[str, Any]) -> str:
     explore = max(r["seconds"]["explore"], 1e-9)
     shares = " ".join(f"{name} {100 * r['seconds'][name] / explore:4.1f}%" for name in SHARES)
     return (f"{r['target']:<14} {r['devices']:<16} x{r['workers']} {r['isolation']:<8} "
-            f"{r['judged']:>6} judged "
+            f"{r['checks']:<14} {r['judged']:>6} judged "
             f"{r['cases_per_s']:7.2f}/s  {r['compiles']:>3} compiles  {shares}"
             f"  findings: {', '.join(r['findings']) or 'none'}")
 
@@ -72,6 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-isolation", action="store_true",
                         help="also run in-process (--isolation none) and print what worker "
                              "processes cost per case")
+    parser.add_argument("--compare-checks", action="store_true",
+                        help="also run judging tolerance only and print what the default "
+                             "checks beyond tolerance cost in judged cases per second")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="with --compare-checks: alternate the two runs this many times "
+                             "(a busy machine's noise averages out)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     targets = args.target or (["fa4", "triton", "two_call_fa4"] if args.device == "cuda"
@@ -79,19 +91,30 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory() as scratch:
         for target in targets:
-            plans = [(args.devices, "process", args.workers)]
+            plans = [(args.devices, "process", args.workers, "default")]
             if args.compare_devices:
                 first = None if args.device == "cpu" else (args.devices or "cuda:0").split(",")[0]
-                plans.insert(0, (first, "process", 1))
+                plans.insert(0, (first, "process", 1, "default"))
             if args.compare_isolation:
-                plans.insert(0, (plans[0][0], "none", 1))
-            for devices, isolation, workers in plans:
+                plans.insert(0, (plans[0][0], "none", 1, "default"))
+            if args.compare_checks:
+                plans = [(args.devices, "process", args.workers, checks)
+                         for _ in range(args.repeat)
+                         for checks in ("tolerance-only", "default")]
+            for devices, isolation, workers, checks in plans:
                 out = Path(scratch) / f"{target}-{len(results)}"
                 result = run(target, args.budget, args.seed, devices, args.device, out, isolation,
-                             workers)
+                             workers, checks)
                 results.append(result)
                 print(_row(result), flush=True)
             mine = results[-len(plans):]
+            if args.compare_checks:
+                rates = {c: sum(r["cases_per_s"] for r in mine if r["checks"] == c)
+                         / args.repeat for c in ("tolerance-only", "default")}
+                cost = 1 - rates["default"] / max(rates["tolerance-only"], 1e-9)
+                print(f"{target}: the default checks beyond tolerance cost {100 * cost:.1f}% of "
+                      f"judged cases/s ({rates['default']:.2f} against "
+                      f"{rates['tolerance-only']:.2f} tolerance only)", flush=True)
             if args.compare_isolation:
                 inline, isolated = mine[0], mine[1]
                 cost = 1 / max(isolated["cases_per_s"], 1e-9) - 1 / max(inline["cases_per_s"],

@@ -1,40 +1,47 @@
 #!/usr/bin/env bash
-# The GPU benchmarks and the GPU tier in one go (docs/gpu.md), on a machine with two GPUs
-# (cuda:0 and cuda:1; with one GPU, run the single commands docs/gpu.md lists). Run from
-# the repository root, in an environment with the suite's gpu and test extras installed:
-#   bash benchmarks/gpu_session.sh OUT main   # GPU 0: 180 s of fa4, then of two_call_fa4,
-#                                             #   the reference's throughput, compiled Flex;
-#                                             # GPU 1: 180 s of triton, then the GPU tier and
-#                                             #   the golden replay (one GPU, timed)
-#   bash benchmarks/gpu_session.sh OUT scale  # 1 worker against 2 GPUs (triton, fa4);
-#                                             #   the Gemma-4 kernel table
-#   bash benchmarks/gpu_session.sh OUT checks # one GPU: Triton at head dim 512, kernels that
-#                                             #   hang or fill the GPU, FP8 KV caches (500
-#                                             #   cases per target, the Gemma-4 FP8 table),
-#                                             #   the fuzz throughput of fa4, triton and
-#                                             #   two_call_fa4 (BUDGET seconds each)
-# BUDGET (default 180) and SCALE_BUDGET (default 60) set the seconds of each fuzzing run;
-# THROUGHPUT_TARGETS the targets whose throughput the checks part measures.
-# Each step has its own time limit, so one that hangs does not hold up the others. For
-# convenience, every log and JSON file of a part is packed into OUT/<part>.tgz, and the
-# key lines are printed.
+# The GPU benchmarks and the GPU tier in one go (docs/gpu.md). Run from the repository
+# root, in an environment with the suite's gpu and test extras installed:
+#   bash benchmarks/gpu_session.sh OUT PART [PART ...]
+# PART is one of
+#   main        two GPUs (cuda:0, cuda:1). GPU 0: BUDGET s of fa4, then of two_call_fa4, the
+#               reference's throughput, compiled Flex; GPU 1: BUDGET s of triton, then the
+#               GPU tier and the golden replay (one GPU, timed)
+#   scale       two GPUs: 1 worker against 2 GPUs (triton, fa4); the Gemma-4 kernel table
+#   checks      one GPU: Triton at head dim 512, kernels that hang or fill the GPU, FP8 KV
+#               caches (500 cases per target, the Gemma-4 FP8 table)
+#   throughput  one GPU: the fuzz throughput of each of THROUGHPUT_TARGETS (default fa4,
+#               triton, two_call_fa4), BUDGET s each
+#   invariance  one GPU: which properties beyond tolerance fa4, triton, flex and
+#               two_call_fa4 hold (python -m fuzz --invariance, INVARIANCE_BUDGET s)
+# THROUGHPUT_FLAGS go to benchmarks.fuzz_throughput (e.g. --compare-checks, with
+# THROUGHPUT_RUNS=2 runs a target). BUDGET (default 180), SCALE_BUDGET (default 60) and INVARIANCE_BUDGET (default 240) set
+# the seconds of each fuzzing run. Each step has its own time limit, so one that hangs
+# does not hold up the others. For convenience, every log and JSON file of a part is packed
+# into OUT/<part>.tgz, and the key lines are printed.
 set -uo pipefail
-out=${1:?usage: gpu_session.sh OUT main|scale|checks}
-part=${2:?usage: gpu_session.sh OUT main|scale|checks}
+usage="usage: gpu_session.sh OUT main|scale|checks|throughput|invariance ..."
+out=${1:?$usage}
+shift
+[ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
 budget=${BUDGET:-180}
-work=$(mktemp -d)
 export PYTHONUNBUFFERED=1 HYPOTHESIS_PROFILE=gpu NCCL_NVLS_ENABLE=0
-{
-  nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv
-  python3 -m fuzz --version
-} > "$work/versions.log" 2>&1
+versions() {
+  {
+    nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv
+    python3 -m fuzz --version
+  } > "$work/versions.log" 2>&1
+}
 
 throughput() {  # throughput TARGET DEVICES
-  timeout $((budget + 150)) python3 -m benchmarks.fuzz_throughput --target "$1" \
-    --budget "$budget" --devices "$2" --json "$work/throughput-$1.json" \
+  timeout $(((budget + 75) * ${THROUGHPUT_RUNS:-1})) python3 -m benchmarks.fuzz_throughput \
+    --target "$1" --budget "$budget" --devices "$2" ${THROUGHPUT_FLAGS:-} \
+    --json "$work/throughput-$1.json" \
     > "$work/throughput-$1.log" 2>&1
 }
 
+for part in "$@"; do
+work=$(mktemp -d)
+versions
 case "$part" in
   main)
     (
@@ -79,17 +86,32 @@ case "$part" in
     gpu_tests d512 100 tests/test_triton_target.py -k "head_dims_to_512 or compiled_on_gpu"
     gpu_tests containment 90 tests/test_isolation.py -k hangs_or_fills
     gpu_tests fp8-bits 45 tests/test_fp8_kv.py
-    timeout 100 python3 -m fuzz --target triton --target flex --target sdpa \
+    timeout 150 python3 -m fuzz --target triton --target flex --target sdpa \
       --target reference --kv-dtype float8_e4m3fn --device cuda --examples 500 --seed 1 \
       --report-dir "$work/fp8" > "$work/fp8-fuzz.log" 2>&1
     echo "fp8 fuzz exit $?" >> "$work/fp8-fuzz.log"
     timeout 90 python3 -m benchmarks.prefix_kernels --layout gemma4 \
       --kv-dtype float8_e4m3fn --json "$work/gemma4-fp8.json" > "$work/gemma4-fp8.log" 2>&1
+    ;;
+  throughput)
     for target in ${THROUGHPUT_TARGETS:-fa4 triton two_call_fa4}; do
       throughput "$target" cuda:0
     done
     ;;
+  invariance)
+    limit=${INVARIANCE_BUDGET:-240}
+    timeout $((limit + 150)) python3 -m fuzz --invariance --device cuda --target fa4 \
+      --target triton --target flex --target two_call_fa4 --budget "$limit" --seed 0 \
+      --report-dir "$work/invariance" > "$work/invariance.log" 2>&1
+    echo "invariance exit $?" >> "$work/invariance.log"
+    cp "$work"/invariance/latest/report.json "$work/invariance-report.json" 2>/dev/null
+    ;;
+  *)
+    echo "$usage" >&2; exit 2
+    ;;
 esac
 tar czf "$out/$part.tgz" -C "$work" --exclude='*/run-*' .
-grep -h -E "judged |x on|exit|passed|failed|fraction|fastest|peak|PASS|FAIL|Error" \
+echo "== $part"
+grep -h -E "judged |x on|exit|passed|failed|fraction|fastest|peak|PASS|FAIL|Error|claimed|holds" \
   "$work"/*.log | grep -v "━" | cut -c1-220 | tail -40
+done

@@ -53,9 +53,16 @@ from fuzz.records.journal import (
 )
 from fuzz.records.progress import FuzzProgress
 from fuzz.report.junit import write_junit
-from fuzz.report.summary import RunReport, render_table, report_json, report_markdown
+from fuzz.report.summary import (
+    RunReport,
+    render_invariance_table,
+    render_table,
+    report_json,
+    report_markdown,
+)
 from golden import GOLDEN_DIR
 from verify.case import KV_DTYPES, CaseError, CaseSpec, read_case
+from verify.invariance import SYMPTOMS, Variant, variants_from_json
 from verify.kernels.interpreter import interpreter_patches, use_interpreter_without_cuda
 from verify.limits import Limits, memory_limit
 from verify.materialize import materialize
@@ -201,6 +208,14 @@ def build_parser() -> argparse.ArgumentParser:
                           default=DEFAULT_SHRINK_SECONDS,
                           help="seconds each new finding may be shrunk for (default: "
                                "%(default)g)")
+    findings.add_argument("--invariance", action="store_true",
+                          help="also measure what no target claims: determinism, batch "
+                               "invariance, page placement and stale state, checked bit for bit "
+                               "on every passing pack; the report says how far each target is "
+                               "from each (claimed ones and stale state are checked anyway)")
+    findings.add_argument("--tolerance-only", action="store_true",
+                          help="judge tolerance only: no checks beyond it, not even of what a "
+                               "target claims or of stale state (to time what they cost)")
     findings.add_argument("--expect", "--expect-failures", dest="expect", action="append",
                           type=Path, metavar="FILE", default=[],
                           help="expected findings: a findings/<target>.json a run wrote, or a "
@@ -212,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     where.add_argument("--devices", metavar="LIST",
                        help="with --device cuda: the GPUs to use, e.g. cuda:0,cuda:1 (default: "
                             "every visible one); each runs its own workers")
+    where.add_argument("--pack-cases", type=_positive(int), metavar="N",
+                       help="cases packed into one batch at most (default: 8 on a CPU, 32 on a "
+                            "GPU; 1 judges every case alone); the composition of each pack is "
+                            "drawn: a mix, one case alone, only text, only decodes, only images")
     where.add_argument("--workers", type=_positive(int), default=1, metavar="N",
                        help="worker processes per device, each with its own case stream "
                             "(default: %(default)s; on a CPU each takes one core)")
@@ -342,6 +361,8 @@ def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
              console: Console) -> None:
     """The table and replay hints on stdout; the report files on disk."""
     console.print(render_table(report))
+    if report.settings.invariance:
+        console.print(render_invariance_table(report))
     run_dir.snapshot("report.json", report_json(report), force=True)
     write_atomically(run_dir.path / "report.md", report_markdown(report))
     written = [run_dir.path / "report.json", run_dir.path / "report.md"]
@@ -395,6 +416,8 @@ def _replay_hint(path: Path | None) -> str:
 
 
 def run_command(args: argparse.Namespace) -> int:
+    if args.invariance and args.tolerance_only:
+        raise UsageError("--invariance and --tolerance-only exclude each other")
     device = _resolve_device(args.device)
     devices = _devices(device, args.devices)
     try:
@@ -418,6 +441,8 @@ def run_command(args: argparse.Namespace) -> int:
     except JournalError as exc:
         raise UsageError(str(exc)) from None
     pack_cases, pack_tokens = PACK_SIZES[device]
+    if args.pack_cases is not None:
+        pack_cases = args.pack_cases
     settings = RunSettings(
         targets=tuple(t.name for t, _ in chosen), device=device, devices=devices,
         workers=args.workers, space=space, model=args.model, kv_dtype=args.kv_dtype, seed=seed,
@@ -426,7 +451,8 @@ def run_command(args: argparse.Namespace) -> int:
         shrink_seconds=args.shrink_budget, case_timeout=args.case_timeout,
         isolation=args.isolation, pack_cases=pack_cases, pack_tokens=pack_tokens,
         expected=tuple(expected), versions=versions(), interpreter=interpreter_patches(),
-        worker_memory=args.worker_memory or default_worker_memory(len(devices) * args.workers))
+        worker_memory=args.worker_memory or default_worker_memory(len(devices) * args.workers),
+        invariance=args.invariance, checks=not args.tolerance_only)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     start = time.perf_counter()
     campaigns: list[Campaign] = []
@@ -525,6 +551,7 @@ def replay_command(args: argparse.Namespace) -> int:
     skipped = 0
     for path in args.files:
         spec = _read(path, limits)
+        _comparison(path, spec)
         names, required = _replay_targets(path, spec, args.target)
         for name in names:
             reason = _runnable(name, device) if required else None
@@ -547,6 +574,10 @@ def replay_command(args: argparse.Namespace) -> int:
                     print(f"{path}: {name}: SKIP: {reason}")
                     skipped += 1
                     continue
+                compared = _comparison(path, spec)
+                if compared is not None:
+                    failed |= _replay_comparison(pool, job_id, path, name, *compared)
+                    continue
                 pool.submit(Job(job_id, (spec.to_dict(),), packed=False))
                 results = []
                 while not results:
@@ -557,6 +588,45 @@ def replay_command(args: argparse.Namespace) -> int:
     if skipped:
         print(f"{skipped} verdicts skipped (target not runnable here or declines the case)")
     return EXIT_FOUND if failed else EXIT_CLEAN
+
+
+def _comparison(path: Path, spec: CaseSpec) -> tuple[str, list[Variant]] | None:
+    """The property and the runs a reproducer of a finding beyond tolerance compares."""
+    if "invariance" not in spec.extra:
+        return None
+    try:
+        return variants_from_json(spec.extra["invariance"])
+    except CaseError as exc:
+        raise UsageError(f"{path}: {exc}") from None
+
+
+def _replay_comparison(pool: WorkerPool, job_id: int, path: Path, name: str, prop: str,
+                       variants: list[Variant]) -> bool:
+    """Run a reproducer's variants in order on one worker and print what each gave and how
+    they compare; True if the property it names is broken again."""
+    pool.submit(Job(job_id, (), packed=False, variants=tuple(v.to_json() for v in variants),
+                    judge=True))
+    results = []
+    while not results:
+        results = pool.wait(1.0)
+    comparison = results[0].comparison
+    if comparison is None:
+        reason = results[0].outcomes[0].reason if results[0].outcomes else "no result"
+        print(f"{path}: {name}: ERROR: the comparison did not finish: {reason}")
+        return True
+    for run in comparison.runs:
+        said = (run.error or (run.verdict.splitlines()[0].removeprefix(f"{name}: ")
+                              if run.verdict else "ran (no subject)"))
+        print(f"{path}: {name}: {run.name}: {said}")
+    broken = False
+    for difference in comparison.differences:
+        what = ("differs: " + difference.describe() if difference.differs
+                else "the same bits")
+        print(f"{path}: {name}: '{difference.variant}' against '{difference.against}' "
+              f"({difference.property}): {what}")
+        broken |= difference.property == prop and difference.differs
+    print(f"{path}: {name}: {SYMPTOMS[prop].upper() if broken else prop + ' HOLDS'}")
+    return broken
 
 
 def golden_command(args: argparse.Namespace) -> int:

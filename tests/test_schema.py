@@ -232,6 +232,7 @@ def test_schema_enums_and_bounds_are_the_case_models() -> None:
                           ("page_size", limits.max_page_size),
                           ("sliding_window", MAX_INT32), ("seed", MAX_SEED),
                           ("page_table_slack", limits.max_page_table_slack),
+                          ("placement", MAX_SEED),
                           ("softcap", MAX_MAGNITUDE), ("softmax_scale", MAX_MAGNITUDE)]:
         assert math.isclose(props[name]["maximum"], maximum), name
     assert props["requests"]["maxItems"] == limits.max_requests

@@ -59,6 +59,11 @@ LAYOUT_PREDICATES: dict[str, tuple[str, LayoutCheck]] = {
 }
 
 
+# Properties beyond tolerance a target may claim (docs/semantics.md says exactly what each
+# means); the fuzzer checks a claimed one and reports a violation as a finding.
+CLAIMS = ("deterministic", "batch_invariant", "placement_invariant")
+
+
 def _sorted(values: frozenset[int] | frozenset[str]) -> str:
     return ", ".join(map(str, sorted(values)))
 
@@ -73,7 +78,10 @@ class Capabilities:
     contiguous K/V (``page_size`` null). ``kv_dtypes``: the K/V storage dtypes taken,
     None for the query dtype (the default takes no FP8 cache: a kernel says it reads
     one). ``layout`` names predicates of :data:`LAYOUT_PREDICATES`;
-    ``max_ranges_per_request`` bounds ranges per request.
+    ``max_ranges_per_request`` bounds ranges per request; ``window_range`` bounds the
+    sliding windows it takes. Claims beyond tolerance (:data:`CLAIMS`: ``deterministic``,
+    ``batch_invariant``, ``placement_invariant``) hold on the device types of
+    ``claimed_on``; the fuzzer checks each claimed one bitwise.
     """
 
     devices: frozenset[str] = frozenset({"cpu", "cuda"})
@@ -93,6 +101,11 @@ class Capabilities:
     max_total_tokens: int | None = None  # e.g. the Triton interpreter's practical limit
     max_ranges_per_request: int | None = None
     layout: frozenset[str] = frozenset()
+    window_range: tuple[int, int] | None = None  # the smallest and largest sliding window
+    deterministic: bool = False  # the same call twice gives the same bits
+    batch_invariant: bool = False  # a request's bits do not depend on the rest of the batch
+    placement_invariant: bool = False  # nor on which pages hold its KV, or on the spare pages
+    claimed_on: frozenset[str] = frozenset({"cpu", "cuda"})  # where the claims hold
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.layout) - set(LAYOUT_PREDICATES))
@@ -104,6 +117,20 @@ class Capabilities:
         if not set(self.kv_dtypes) <= {None, *KV_DTYPES}:
             raise ValueError(f"kv_dtypes must be among None, {', '.join(KV_DTYPES)}; got "
                              f"{sorted(map(str, self.kv_dtypes))}")
+        if self.window_range is not None and not 1 <= self.window_range[0] <= self.window_range[1]:
+            raise ValueError(f"window_range must be (smallest, largest) with 1 <= smallest <= "
+                             f"largest, got {self.window_range!r}")
+
+    def claims(self, device: str) -> frozenset[str]:
+        """The properties of :data:`CLAIMS` this target claims on ``device`` (a device type)."""
+        if device.split(":")[0] not in self.claimed_on:
+            return frozenset()
+        return frozenset(name for name in CLAIMS if getattr(self, name))
+
+    def accepts_window(self, window: int | None) -> bool:
+        if window is None or self.window_range is None:
+            return True
+        return self.window_range[0] <= window <= self.window_range[1]
 
     def accepts_head_dim(self, dim: int) -> bool:
         if self.head_dims is not None and dim not in self.head_dims:
@@ -148,6 +175,8 @@ class Capabilities:
             (not self.accepts_page_size(spec.page_size),
              f"page_size {spec.page_size} ({page_text})"),
             (not self.sliding_window and spec.sliding_window is not None, "sliding window"),
+            (self.sliding_window and not self.accepts_window(spec.sliding_window),
+             f"sliding_window {spec.sliding_window} (takes {list(self.window_range or ())})"),
             (not self.softcap and spec.softcap is not None, "softcap"),
             (not self.overlapping_ranges and spec.allow_overlapping_ranges, "overlapping ranges"),
             (self.max_total_tokens is not None and spec.total_k > self.max_total_tokens,

@@ -92,6 +92,9 @@ class CaseSpec:
     kv_dtype: str | None = None  # None: K/V in the query dtype
     kv_scale: str = "tensor"
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    # Where the paged cache puts the same logical keys: 0 is the page order the seed gives;
+    # another value mirrors or redraws it and refills the spare pages (verify/materialize.py).
+    placement: int = 0
 
     @property
     def resolved_scale(self) -> float:
@@ -162,6 +165,8 @@ _REQUEST_KEYS = ("context_len", "query_len", "ranges", "seed")
 # Free-form annotations a reproducer may carry; they never change the computation.
 ANNOTATION_KEYS = frozenset({"note", "diagnosis", "expect", "bug_class", "target", "finding",
                              "signature", "versions", "replay"})
+# A reproducer of an invariance finding names the runs it compares (fuzz/loop/invariance.py).
+ANNOTATION_KEYS |= {"invariance"}
 
 
 def _int(data: Mapping[str, Any], key: str, path: str, *, minimum: int,
@@ -348,6 +353,10 @@ def parse_case(data: Mapping[str, Any] | CaseSpec, limits: Limits = DEFAULT_LIMI
         kv_scale=kv_scale,
         extra={k: data[k] for k in ANNOTATION_KEYS if k in data},
     )
+    placement = _int(data, "placement", "", minimum=0, maximum=MAX_SEED, default=0,
+                     required=False)
+    if placement:
+        spec = replace(spec, placement=placement)
     _check_sizes(spec, limits)
     return spec
 

@@ -15,6 +15,7 @@ shows it in its output.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,8 +307,7 @@ def _paged(spec: CaseSpec, layout: Layout, k: Tensor, v: Tensor
     ps = spec.page_size
     pages = (layout.seq_lens + ps - 1) // ps
     num_pages = int(pages.sum()) + SPARE_PAGES
-    generator = torch.Generator().manual_seed(spec.seed)
-    permutation = torch.randperm(num_pages, generator=generator)
+    permutation = page_permutation(spec, num_pages)
     spare = permutation[int(pages.sum())]
     width = max(int(pages.max()), 1) + spec.page_table_slack
     columns = torch.arange(width)
@@ -320,35 +320,40 @@ def _paged(spec: CaseSpec, layout: Layout, k: Tensor, v: Tensor
     slots = (page_table.long()[layout.k_request, layout.k_index // ps] * ps
              + layout.k_index % ps).to(device)
     caches = []
-    for t in (k, v):
-        shape = (num_pages * ps, *t.shape[1:])
-        if t.element_size() == 1:  # FP8: filled and scattered as its bits (uint8)
-            code = int(torch.tensor(poison).to(t.dtype).view(torch.uint8))
-            cache = torch.full(shape, code, dtype=torch.uint8, device=device)
-            cache.index_copy_(0, slots, t.view(torch.uint8))
-            cache = cache.view(t.dtype)
+    for name, t in (("k", k), ("v", v)):
+        cache = spare_contents(spec, name, (num_pages * ps, *t.shape[1:]), poison, t.dtype,
+                               device)
+        if t.element_size() == 1:  # FP8: scattered as its bits (uint8)
+            cache.view(torch.uint8).index_copy_(0, slots, t.view(torch.uint8))
         else:
-            cache = torch.full(shape, poison, dtype=t.dtype, device=device)
             cache.index_copy_(0, slots, t)
         caches.append(cache.view(num_pages, ps, *t.shape[1:]))
     return caches[0], caches[1], page_table.to(device)
 
 
-def materialize(spec: CaseSpec, device: torch.device | str = "cpu") -> MaterializedCase:
-    """All tensors of the case on ``device``, deterministic from the case's seeds."""
+def materialize(spec: CaseSpec, device: torch.device | str = "cpu",
+                inputs: tuple[Tensor, Tensor, Tensor] | None = None) -> MaterializedCase:
+    """All tensors of the case on ``device``, deterministic from the case's seeds.
+
+    ``inputs``: the case's ``q``, ``k``, ``v`` as an earlier materialization drew them (a
+    case with the same requests' lengths and value streams: :func:`same_values`)."""
     device = torch.device(device)
     dtype = TORCH_DTYPES[spec.dtype]
     layout = layout_of(spec)
-    q, k, v = _draw_inputs(spec, layout, device)
-    q = q.to(dtype)
     k_descale = v_descale = None
+    if inputs is not None:
+        q, k, v = inputs
+    else:
+        q, k, v = _draw_inputs(spec, layout, device)
+        q = q.to(dtype)
+        if spec.fp8_kv:
+            k, v = _quantized(spec, layout, k, "k"), _quantized(spec, layout, v, "v")
+        else:
+            k, v = k.to(dtype), v.to(dtype)
     if spec.fp8_kv:
-        k, v = _quantized(spec, layout, k, "k"), _quantized(spec, layout, v, "v")
         k_descale, v_descale = (torch.tensor([scales] * len(spec.requests), dtype=torch.float32,
                                              device=device).view(-1, spec.num_kv_heads)
                                 for scales in kv_descales(spec))
-    else:
-        k, v = k.to(dtype), v.to(dtype)
     k_cache = v_cache = page_table = None
     if spec.page_size is not None:
         k_cache, v_cache, page_table = _paged(spec, layout, k, v)
@@ -388,3 +393,52 @@ def load_case(source: str | Path | Mapping[str, Any] | CaseSpec,
               device: torch.device | str = "cpu") -> MaterializedCase:
     """Read, validate and materialize a case (a JSON path or string, a dict, or a spec)."""
     return materialize(read_case(source), device)
+
+
+# What fills the slots no request owns in a placement other than 0 (finite poison): values
+# this many times a standard normal, unlike the constant poison of placement 0.
+SPARE_SCALE = 8.0
+
+
+def page_permutation(spec: CaseSpec, num_pages: int) -> Tensor:
+    """The page pool's order: request pages take its entries in turn, then the spare pages.
+
+    Placement 0 is the permutation the case seed draws. Another placement holds the same
+    logical keys in other physical pages: an odd one mirrors the pool (page ``i`` becomes
+    ``num_pages - 1 - i``, so every request's pages come in the opposite physical order),
+    and placements from 2 on draw another permutation from the seed and the placement
+    (mirrored too when odd).
+    """
+    seed = spec.seed if spec.placement < 2 else request_stream(spec.seed, spec.placement)
+    permutation = torch.randperm(num_pages, generator=torch.Generator().manual_seed(seed))
+    return num_pages - 1 - permutation if spec.placement % 2 else permutation
+
+
+def spare_contents(spec: CaseSpec, name: str, shape: tuple[int, ...], poison: float,
+                   dtype: torch.dtype, device: torch.device) -> Tensor:
+    """A cache of ``shape`` before the requests' keys are written: poison everywhere at
+    placement 0 (and for NaN poison); at another placement, finite poison is replaced by
+    other finite values (:data:`SPARE_SCALE` times a normal draw), so a kernel whose result
+    depends on what the spare slots hold shows it."""
+    if not spec.placement or spec.poison == "nan":
+        return torch.full(shape, poison, dtype=dtype, device=device)
+    stream = request_stream(request_stream(spec.seed, spec.placement), 0)
+    key_a, key_b = stream_keys(stream, name)
+    counter = torch.arange(math.prod(shape), device=device)
+    bits = hashed_bits(counter, torch.tensor(key_a, device=device),
+                       torch.tensor(key_b, device=device))
+    return (normal_from_bits(bits) * SPARE_SCALE).to(dtype).view(shape)
+
+
+def value_key(spec: CaseSpec) -> tuple:
+    """What a case's ``q``, ``k``, ``v`` depend on: cases with equal keys draw equal tensors
+    (whatever their ranges, window, pages or poison)."""
+    streams = tuple((r.context_len, r.query_len, stream)
+                    for r, stream in zip(spec.requests, _streams(spec), strict=True))
+    return (streams, spec.num_heads, spec.num_kv_heads, spec.head_dim, spec.value_dim,
+            spec.dtype, spec.kv_dtype, spec.value_distribution)
+
+
+def same_values(a: CaseSpec, b: CaseSpec) -> bool:
+    """Whether two cases draw the same ``q``, ``k``, ``v``."""
+    return value_key(a) == value_key(b)

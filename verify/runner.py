@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from verify.compare import Expected, Segment, Verdict, expected, judge, whole
+from verify.digest import bits, segment_digests
 from verify.materialize import MaterializedCase
 from verify.process_state import RestoreError, capture
 from verify.target import Target
@@ -70,6 +71,7 @@ class Outcome:
     seconds: float = 0.0
     kind: str = ""
     distance: Verdict | None = None
+    digest: str = ""  # the bits of this case's out rows and lse columns (verify/invariance.py)
 
     @property
     def failed(self) -> bool:
@@ -114,10 +116,10 @@ class Judged:
 def _fingerprint(t: Tensor) -> int:
     """A cheap checksum of a tensor's bits: a write outside the target's own tensors changes
     it (a wild write of random bits leaves a sum unchanged about never)."""
-    return int(_bits(t).sum(dtype=torch.int64)) if t.numel() else 0
+    return int(bits(t).sum(dtype=torch.int64)) if t.numel() else 0
 
 
-def _copy(case: MaterializedCase) -> MaterializedCase:
+def copy_case(case: MaterializedCase) -> MaterializedCase:
     """The case with every tensor (and host index tensor) copied: what the target gets."""
     layout = dataclasses.replace(case.layout, **{
         f.name: getattr(case.layout, f.name).clone() for f in dataclasses.fields(case.layout)})
@@ -129,16 +131,10 @@ def _changed(original: MaterializedCase, copy: MaterializedCase) -> list[str]:
     """Names of the tensors whose bits differ between the two."""
     copies = copy.tensors()
     names = [name for name, t in original.tensors().items()
-             if copies[name].shape != t.shape or not torch.equal(_bits(copies[name]), _bits(t))]
+             if copies[name].shape != t.shape or not torch.equal(bits(copies[name]), bits(t))]
     return names + [f"layout.{f.name}" for f in dataclasses.fields(original.layout)
                     if not torch.equal(getattr(original.layout, f.name),
                                        getattr(copy.layout, f.name))]
-
-
-def _bits(t: Tensor) -> Tensor:
-    """The tensor's bits as integers (so NaN equals NaN)."""
-    bits = {8: torch.int64, 4: torch.int32, 2: torch.int16, 1: torch.uint8}[t.element_size()]
-    return t.contiguous().view(bits)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -192,14 +188,16 @@ def _output_fingerprints(out: object, lse: object) -> list[int | None]:
 def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment] | None = None,
                   truths: TruthCache | None = None,
                   on_target_call: Callable[[], None] = lambda: None,
-                  after_target_call: Callable[[], str | None] = lambda: None) -> Judged:
+                  after_target_call: Callable[[], str | None] = lambda: None,
+                  on_result: Callable[[object, object], None] | None = None) -> Judged:
     """Run ``target`` once on ``case`` and judge every segment (default: the whole case).
 
     Never raises for the target's fault. ``on_target_call`` fires right before the call;
     ``after_target_call`` right after it, and returns what the target left running (a
     worker kills the processes it started), or None. Process-wide state the call changed
-    is put back before anything else (:mod:`verify.process_state`). Timings:
-    ``reference`` (truth), ``target`` (the call, synchronized), ``judge``.
+    is put back before anything else (:mod:`verify.process_state`). ``on_result`` gets
+    what the call returned (``out``, ``lse``). Timings: ``reference`` (truth), ``target``
+    (the call, synchronized), ``judge``.
     """
     segments = segments or [whole(case)]
     truths = truths or TruthCache()
@@ -208,7 +206,7 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
     truth = truths.get(case, target)
     exact = None if target.exact else truths.get(case, None)
     fingerprints = [_fingerprint(t) for t in (*case.tensors().values(), truth.out, truth.lse)]
-    given = _copy(case)
+    given = copy_case(case)
     _synchronize(case.device)
     timings["reference"] = time.perf_counter() - start
     on_target_call()
@@ -243,6 +241,8 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
     if left is not None:
         return failed("stray-process", f"the target left {left} running after its call "
                       "returned (killed)")
+    if on_result is not None:
+        on_result(out, lse)
     start = time.perf_counter()
     mutated = _changed(case, given)
     if mutated:
@@ -259,6 +259,13 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
                  if exact is not None else [None] * len(verdicts))
     outcomes = [_outcome(target, v, d, seconds / len(segments))
                 for v, d in zip(verdicts, distances, strict=True)]
+    if verdicts[0].kind != "contract":
+        lse_bits = lse if wants_lse else None
+        digests = segment_digests(out, lse_bits, segments)
+        if packed:
+            digests += segment_digests(out, lse_bits, [whole(case)])
+        for outcome, digest in zip(outcomes, digests, strict=True):
+            outcome.digest = digest
     timings["judge"] = time.perf_counter() - start
     late = [name for name, a, b in zip(("out", "lse"), returned,
                                        _output_fingerprints(out, lse), strict=True)

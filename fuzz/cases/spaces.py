@@ -38,22 +38,41 @@ def space_for(capabilities: Capabilities, base: Space) -> Space | None:
     kv_dtypes = tuple(d for d in base.kv_dtypes if d in capabilities.kv_dtypes)
     if not head_dims or not page_sizes or not dtypes or not kv_dtypes:
         return None
+    shared, window_range = _window_range(capabilities, base)
+    windows = base.windows
+    if windows is not None and capabilities.window_range is not None:
+        windows = [w for w in windows if capabilities.accepts_window(w)]
+        shared = shared and bool(windows)
+    windowed = capabilities.sliding_window and shared
     max_ranges = base.max_ranges
     if capabilities.max_ranges_per_request is not None:
         max_ranges = min(max_ranges, capabilities.max_ranges_per_request)
     return base.narrowed(
         max_requests=max_requests,
         max_seq_len=max_seq_len,
+        max_total_tokens=limit,
         max_ranges=max_ranges,
         tile_edges=edges,
         dtypes=dtypes,
         kv_dtypes=kv_dtypes,
         head_dims=head_dims,
         page_sizes=page_sizes,
-        window=base.window and capabilities.sliding_window,
-        windows=base.windows if capabilities.sliding_window else None,
+        window=base.window and windowed,
+        windows=windows if windowed else None,
+        window_range=window_range,
         softcap=base.softcap and capabilities.softcap,
         value_dims=base.value_dims and capabilities.value_dims == "any",
         overlapping_ranges=base.overlapping_ranges and capabilities.overlapping_ranges,
         layout=base.layout | capabilities.layout,
     )
+
+
+def _window_range(capabilities: Capabilities, base: Space
+                  ) -> tuple[bool, tuple[int, int] | None]:
+    """Whether the space and the target take any window in common, and the range of windows
+    both take (None: any)."""
+    ranges = [r for r in (base.window_range, capabilities.window_range) if r is not None]
+    if not ranges:
+        return True, None
+    low, high = max(r[0] for r in ranges), min(r[1] for r in ranges)
+    return low <= high, (low, high) if low <= high else None

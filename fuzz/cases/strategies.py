@@ -52,7 +52,8 @@ class Space:
     (PaliGemma's image + prompt). ``kv_dtypes``: the K/V storage dtypes (None: the query
     dtype; an FP8 dtype draws an FP8 cache with descales of a granularity in
     ``kv_scales``). ``layout`` names predicates of
-    :data:`verify.capabilities.LAYOUT_PREDICATES` to honour.
+    :data:`verify.capabilities.LAYOUT_PREDICATES` to honour. ``window_range`` bounds the
+    windows drawn; ``min_ranges`` makes every request an image request (a pack of images).
     """
 
     max_requests: int = 3
@@ -84,6 +85,9 @@ class Space:
     image_sizes: Sequence[int] | None = None
     prefix_lm: bool = False
     layout: frozenset[str] = frozenset()
+    window_range: tuple[int, int] | None = None  # the windows a target takes (inclusive)
+    min_ranges: int = 0  # every request has at least this many ranges (where they fit)
+    max_total_tokens: int | None = None  # keys of all requests together (a target's limit)
 
     def narrowed(self, **changes: object) -> Space:
         return replace(self, **changes)
@@ -161,6 +165,7 @@ def image_ranges(draw: st.DrawFn, seq_len: int, context_len: int, space: Space,
         return []
     if edge is not None:
         count = max(count, 1)
+    count = max(count, min(space.min_ranges, space.max_ranges))
     ranges: list[list[int]] = []
     cursor = 0
     # Up to 8 positions past the end: an image the chunk has only partly reached.
@@ -281,10 +286,11 @@ def option_dicts(draw: st.DrawFn, space: Space, config: dict) -> dict:
     """The batch-wide options that compile nothing: window, clamp, scale, values, poison."""
     window = None
     clamp = False
+    low, high = space.window_range or (1, space.longest)
     if space.windows is not None:
         window = draw(st.sampled_from(list(space.windows)))
     elif space.window and draw(st.booleans()):
-        window = draw(st.integers(1, space.longest))
+        window = draw(st.integers(low, max(low, min(high, space.longest))))
     if window is not None:
         clamp = draw(st.booleans()) if space.clamp is None else space.clamp
         clamp = clamp or _has(space, "clamped_windows")
@@ -317,17 +323,48 @@ def layout_dicts(draw: st.DrawFn, space: Space, options: dict) -> dict:
     window = options.get("sliding_window")
     requests = draw(st.lists(request_dicts(space, window), min_size=1,
                              max_size=space.max_requests))
+    if space.max_total_tokens is not None:  # tile edges can take two requests past it
+        total = 0
+        for count, r in enumerate(requests):
+            total += r["context_len"] + r["query_len"]
+            if total > space.max_total_tokens:
+                requests = requests[:max(count, 1)]
+                break
     if all(r["query_len"] == 0 for r in requests):
         requests[0] = {**requests[0], "query_len": 1}
     return {"requests": requests, "seed": draw(st.integers(0, 2**16))}
 
 
+# What a pack holds, drawn per pack (weights): a mix of every kind of request; one case
+# judged alone; only text requests; only decodes; only image requests. A batch-level
+# decision (a mask installed only when some request has an image, a path taken only for
+# decodes) shows only in a batch of one kind, and a case alone is a batch of its own.
+COMPOSITIONS = {"mixed": 4, "alone": 1, "text": 1, "decodes": 1, "images": 1}
+
+
+def composed(space: Space, composition: str) -> Space:
+    """The space of a pack's requests under ``composition`` (the same space for a mix or a
+    case alone)."""
+    if composition == "text":
+        return space.narrowed(max_ranges=0, prefix_lm=False)
+    if composition == "decodes":
+        return space.narrowed(layout=space.layout | {"decode_only"})
+    if composition == "images" and space.max_ranges > 0:
+        return space.narrowed(min_ranges=1)
+    return space
+
+
 @st.composite
 def pack_dicts(draw: st.DrawFn, space: Space, config: dict, size: int
                ) -> tuple[dict, list[dict]]:
-    """Options and ``size`` layouts for one configuration: the cases of one pack."""
+    """Options and up to ``size`` layouts for one configuration: the cases of one pack, of a
+    composition drawn from :data:`COMPOSITIONS`."""
+    composition = draw(st.sampled_from([c for c, n in COMPOSITIONS.items() for _ in range(n)]))
+    if composition == "alone":
+        size = 1
     options = draw(option_dicts(space, config))
-    return options, [draw(layout_dicts(space, options)) for _ in range(size)]
+    layouts = composed(space, composition)
+    return options, [draw(layout_dicts(layouts, options)) for _ in range(size)]
 
 
 @st.composite

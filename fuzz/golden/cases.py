@@ -153,6 +153,10 @@ FAULT_CASES: tuple[GoldenCase, ...] = (
                 "an e4m3fn cache whose outlier codes are 448 (and others reach 416): stored "
                 "values past 240 are taken as stored, not clipped to e4m3fnuz's range",
                 [{"query_len": 12, "ranges": [[2, 7]]}], kv_dtype="float8_e4m3fn"),
+    _fault_case("noncausal_without_images",
+                "a batch of text requests only: its queries must still be causal (no request "
+                "having an image is no reason to drop the mask)",
+                [{"query_len": 12}, {"context_len": 4, "query_len": 6}]),
 )
 
 

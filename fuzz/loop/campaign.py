@@ -24,17 +24,19 @@ from fuzz.cases.drawing import DrawnAhead
 from fuzz.cases.strategies import Space
 from fuzz.cases.stream import CaseStream
 from fuzz.loop.attribution import attribute, cause_kept
+from fuzz.loop.invariance import Check, Checker, Measure, Violation
 from fuzz.loop.jobs import Job, JobResult
 from fuzz.loop.settings import RunSettings
 from fuzz.loop.shrink import shrink
 from fuzz.loop.triage import symptom, triage
 from fuzz.loop.workers import WorkerPool
 from fuzz.records.casefiles import write_reproducer
-from fuzz.records.findings import Cause, ExpectedFinding, Finding
+from fuzz.records.findings import Cause, ExpectedFinding, Finding, Identity
 from fuzz.records.journal import RunDirectory
 from fuzz.records.stats import TargetStats
 from verify.case import CaseSpec
 from verify.compare import Verdict
+from verify.invariance import SYMPTOMS, Comparison, Variant, variants_from_json
 from verify.pack import pack
 from verify.runner import Outcome, Status
 from verify.target import Target
@@ -51,11 +53,14 @@ def stream_seed(seed: int, slot: int) -> int:
 
 class Purpose(Enum):
     """Why a job was submitted: exploration, a pack's failing case rerun alone, or a run
-    triage or shrinking asked for."""
+    triage or shrinking asked for; a check beyond tolerance, or one of its variants judged
+    as a case of its own."""
 
     EXPLORE = "explore"
     ALONE = "alone"
     TRIAGE = "triage"
+    CHECK = "check"  # variants compared bit for bit (fuzz/loop/invariance.py)
+    VARIANT = "variant"  # a variant of a check judged as a case of its own
 
 
 class _Submitted(NamedTuple):
@@ -115,6 +120,10 @@ class TargetRun:
     triage_runs: int = 0
     unattributed: int = 0  # failures left after --max-findings new findings
     broken: str | None = None  # the exploration itself broke (not the target)
+    invariance: dict[str, Measure] = field(default_factory=dict)  # by property
+    claims: frozenset[str] = frozenset()
+    checks: int = 0  # check jobs run (confirmations included)
+    checks_postponed: int = 0  # due while the checks had taken their share of the time
 
     @property
     def judged(self) -> int:
@@ -151,6 +160,16 @@ class Campaign:
             pack_tokens=pack_tokens, pooled=target.compiles))
             for slot in range(workers)]
         self.run = TargetRun(target.name, target.exact, spaces)
+        claims = target.capabilities.claims(self.device_type)
+        self.checker = Checker(claims, measure=settings.invariance, enabled=settings.checks,
+                               seed=settings.seed, accepts=self.accepts,
+                               compiled=self._compiled_on)
+        self.run.invariance, self.run.claims = self.checker.measures, claims
+        self._checks: dict[int, Check] = {}
+        # Per worker: cases of the latest packs, and the kernels it compiled (a check runs
+        # nothing that would compile).
+        self._recent: dict[int | None, deque[CaseSpec]] = {}
+        self._keys: dict[int | None, set[str]] = {}
         self._ids = count()
         self._jobs: dict[int, _Submitted] = {}
         self._deferred: list[JobResult] = []
@@ -245,8 +264,15 @@ class Campaign:
         if submitted.purpose is Purpose.ALONE:
             self._alone(cases[0], result.outcomes[0])
             return
+        if submitted.purpose is Purpose.CHECK:
+            self._checked(result, self._checks.pop(result.id))
+            return
+        if submitted.purpose is Purpose.VARIANT:
+            self._variant(cases, result)
+            return
         for spec, outcome in zip(cases, result.outcomes, strict=True):
             self._record(spec, outcome)
+        self._explored(cases, result, submitted.slot)
         if len(cases) > 1 and any(o.status == Status.ERROR for o in result.outcomes):
             # A crash, hang or exception of the packed call: the pack is the failing case.
             packed, _ = pack(cases)
@@ -260,6 +286,104 @@ class Campaign:
                 self._submit([spec], Purpose.ALONE, submitted.slot)  # where it compiled
             else:
                 self._failures.append((spec, outcome, True))
+
+    # --- checks beyond tolerance ------------------------------------------------------------
+
+    def _compiled_on(self, spec: CaseSpec, slot: int | None) -> bool:
+        """Whether worker ``slot`` runs ``spec`` without compiling a kernel."""
+        if not self.target.compiles:
+            return True
+        return repr(self.target.compile_key(spec)) in self._keys.get(slot, set())
+
+    def _explored(self, cases: list[CaseSpec], result: JobResult, slot: int | None) -> None:
+        """After a pack is judged: remember it; check it beyond tolerance if it passed."""
+        if result.compile_key:
+            self._keys.setdefault(slot, set()).add(result.compile_key)
+        recent = self._recent.setdefault(slot, deque(maxlen=8))
+        if all(o.status == Status.PASS for o in result.outcomes):
+            seconds = self.run.seconds
+            spent = (seconds["checks"], seconds["materialize"] + seconds["reference"]
+                     + seconds["target"] + seconds["judge"])
+            check = self.checker.plan(cases, [o.digest for o in result.outcomes], slot, recent,
+                                      spent)
+            self.run.checks_postponed = self.checker.postponed
+            if check is not None:
+                self._submit_check(check)
+        recent.append(cases[0])
+
+    def _submit_check(self, check: Check) -> int:
+        job = Job(next(self._ids), (), packed=False,
+                  variants=tuple(v.to_json() for v in check.variants), judge=check.confirm)
+        self._jobs[job.id] = _Submitted([], Purpose.CHECK, check.slot)
+        self._checks[job.id] = check
+        self.pool.submit(job, check.slot)
+        self.run.checks += 1
+        return job.id
+
+    def _checked(self, result: JobResult, check: Check) -> None:
+        comparison = result.comparison
+        if comparison is None:  # the worker died or hung on a variant: judge each as a case
+            for variant in check.variants:
+                if variant.subject is not None:
+                    self._submit(list(variant.cases), Purpose.VARIANT, check.slot)
+            return
+        by_name = {v.name: v for v in check.variants}
+        for run in comparison.errors:  # a variant the target raised on is a failing case
+            self._submit(list(by_name[run.name].cases), Purpose.VARIANT, check.slot)
+        examined = self.checker.examine(check, comparison)
+        for cases in examined.failing:
+            self._submit(cases, Purpose.VARIANT, check.slot)
+        if examined.confirm is not None:
+            self._submit_check(examined.confirm)
+        for violation in examined.violations:
+            self._violation(violation)
+        for prop in examined.sightings:
+            self._sighting(SYMPTOMS[prop])
+
+    def _variant(self, cases: list[CaseSpec], result: JobResult) -> None:
+        """A check's variant judged as a case: a failure goes the way of any failure."""
+        outcome = result.batch if len(cases) > 1 else result.outcomes[0]
+        if outcome is not None and outcome.failed:
+            spec = pack(cases)[0] if len(cases) > 1 else cases[0]
+            self._failures.append((spec, outcome, len(cases) == 1))
+
+    def _sighting(self, symptom: str) -> bool:
+        """Count a sighting of the finding beyond tolerance ``symptom``, if there is one."""
+        for finding in self.run.findings:
+            if finding.identity == Identity(symptom, Cause.EVERYWHERE):
+                finding.sightings += 1
+                return True
+        return False
+
+    def _violation(self, violation: Violation) -> None:
+        """A confirmed violation: a sighting of its finding, or a new finding."""
+        self.checker.found.add(violation.property)
+        if self._sighting(violation.symptom):
+            return
+        identity = Identity(violation.symptom, Cause.EVERYWHERE)
+        if self._findings_full():
+            self.run.unattributed += 1
+            return
+        words = violation.words()
+        outcome = Outcome(self.target.name, Status.FAIL, reason=words, kind=violation.symptom)
+        finding = Finding(identity, words, violation.spec(), outcome,
+                          found_after=self.run.judged)
+        self.run.findings.append(finding)
+        self._write(finding)
+
+    def _run_variants(self, variants: list[Variant]) -> Comparison | None:
+        """Run a comparison on whichever worker is free and wait for it (results of other
+        jobs that arrive meanwhile wait in ``_deferred``)."""
+        job = Job(next(self._ids), (), packed=False,
+                  variants=tuple(v.to_json() for v in variants), judge=True)
+        self._jobs[job.id] = _Submitted([], Purpose.TRIAGE, None)
+        self.pool.submit(job)
+        while True:
+            for result in self.pool.wait(POLL_SECONDS):
+                if result.id == job.id:
+                    self._account(result, self._jobs.pop(job.id))
+                    return result.comparison
+                self._deferred.append(result)
 
     def _alone(self, spec: CaseSpec, alone: Outcome) -> None:
         cases, batch = self._pending.pop(spec.to_json(), ([spec], None))
@@ -342,7 +466,7 @@ class Campaign:
             return
         diagnosis = found.diagnosis
         finding = Finding(diagnosis.identity, diagnosis.words, found.spec, found.outcome,
-                          diagnosis.position, fails_alone=alone)
+                          diagnosis.position, fails_alone=alone, found_after=self.run.judged)
         self.run.findings.append(finding)
         self._write(finding)
 
@@ -359,6 +483,9 @@ class Campaign:
             if not self.accepts(expected.spec):
                 self.run.stale.append(Stale(expected, "declined by the target here"))
                 continue
+            if expected.identity.symptom in SYMPTOMS.values():
+                self._confirm_invariance(expected)
+                continue
             outcome = self._run_batch([expected.spec])[0]
             if not outcome.failed:
                 self.run.stale.append(Stale(expected, "passes"))
@@ -371,6 +498,27 @@ class Campaign:
                 expected.identity, diagnosis.words, expected.spec, outcome, diagnosis.position,
                 expected=True, sightings=0, path=expected.path))
 
+    def _confirm_invariance(self, expected: ExpectedFinding) -> None:
+        """Replay the runs an expected invariance finding compares: still differing, or stale."""
+        try:
+            prop, variants = variants_from_json(expected.spec.extra.get("invariance"))
+        except ValueError as exc:
+            self.run.stale.append(Stale(expected, f"cannot be replayed ({exc})"))
+            return
+        comparison = self._run_variants(variants)
+        found = [d for d in (comparison.differences if comparison else [])
+                 if d.property == prop and d.differs]
+        if not found:
+            self.run.stale.append(Stale(expected, "compares equal"))
+            return
+        self.checker.found.add(prop)
+        words = f"{expected.identity.symptom}: '{found[0].variant}' against " \
+                f"'{found[0].against}': {found[0].describe()}"
+        self.run.findings.append(Finding(
+            expected.identity, words, expected.spec,
+            Outcome(self.target.name, Status.FAIL, reason=words, kind=expected.identity.symptom),
+            expected=True, sightings=0, path=expected.path))
+
     # --- shrinking ------------------------------------------------------------------------
 
     def finish(self) -> None:
@@ -381,6 +529,8 @@ class Campaign:
         for finding in self.run.new_findings:
             if finding.identity.cause in (Cause.UNTRIAGED, Cause.PRECISION):
                 continue  # a hang costs the timeout a run; precision needs its length
+            if finding.identity.symptom in SYMPTOMS.values():
+                continue  # one case of a pack already; its runs are its reproducer
             others = [f for f in self.run.findings if f is not finding]
             small, finding.shrink_cases = self._drive(shrink(
                 finding.spec, cause_kept(finding, others, self.accepts), self.accepts,
@@ -399,7 +549,8 @@ class Campaign:
         (two bugs in one case), is triaged again now that they are: if taking a known
         trigger away leaves another known finding, it was a sighting of that one."""
         for finding in [f for f in self.run.new_findings
-                        if f.identity.cause is Cause.EVERYWHERE]:
+                        if f.identity.cause is Cause.EVERYWHERE
+                        and f.identity.symptom not in SYMPTOMS.values()]:
             others = [f for f in self.run.findings if f is not finding]
             diagnosis = self._drive(triage(finding.spec, finding.outcome, self.accepts,
                                            [f.identity for f in others]))

@@ -20,19 +20,24 @@ import torch
 
 from verify.case import CaseSpec, parse_case
 from verify.compare import Segment
+from verify.invariance import Comparison, Variant, compare_variants
 from verify.materialize import materialize
 from verify.pack import pack
-from verify.runner import Judged, Outcome, run_and_judge
+from verify.runner import Judged, Outcome, Status, run_and_judge
 from verify.target import Target
 
 
 @dataclass(frozen=True)
 class Job:
-    """Run ``cases`` (JSON mappings) as one batch (``packed``) or the first one alone."""
+    """Run ``cases`` (JSON mappings) as one batch (``packed``) or the first one alone; or,
+    with ``variants`` (:meth:`verify.invariance.Variant.to_json` mappings), run those in
+    order and compare them bit for bit (each subject judged too with ``judge``)."""
 
     id: int
     cases: tuple[dict[str, Any], ...]
     packed: bool = True
+    variants: tuple[dict[str, Any], ...] = ()
+    judge: bool = False
 
 
 @dataclass
@@ -49,6 +54,7 @@ class JobResult:
     # keeps what it allocated, left threads running, or changed what could not be put
     # back): a fresh one takes the next. Empty: the worker goes on.
     restart: str = ""
+    comparison: Comparison | None = None  # the runs and differences of a job of variants
 
 
 @dataclass
@@ -101,6 +107,8 @@ def execute(job: Job, state: WorkerState,
     (see :func:`verify.runner.run_and_judge`)."""
     start = time.perf_counter()
     threads = _threads()
+    if job.variants:
+        return compare(job, state, threads, on_target_call, after_target_call)
     specs: list[CaseSpec] = [parse_case(c) for c in job.cases]
     segments: list[Segment] | None = None
     spec = specs[0]
@@ -117,3 +125,22 @@ def execute(job: Job, state: WorkerState,
     return JobResult(job.id, judged.outcomes, judged.batch,
                      {"materialize": materialize_seconds, **judged.timings}, compiled,
                      "" if key is None else repr(key), restart)
+
+
+def compare(job: Job, state: WorkerState, threads: set[int],
+            on_target_call: Callable[[], None] = lambda: None,
+            after_target_call: Callable[[], str | None] = lambda: None) -> JobResult:
+    """Run a job's variants in order on the worker's target and compare them (``threads``:
+    the worker's threads before the job)."""
+    start = time.perf_counter()
+    variants = [Variant.from_json(v) for v in job.variants]
+    comparison = compare_variants(state.target, variants, state.device, job.judge,
+                                  on_target_call, after_target_call)
+    for variant in variants:
+        for spec in variant.cases:
+            state.compiled.add(repr(state.target.compile_key(spec)))
+    judged = Judged([Outcome(state.target.name, Status.ERROR, kind=r.kind, reason=r.error)
+                     for r in comparison.runs if r.error], {}, fault=comparison.fault)
+    restart = _restart_reason(judged, len(_threads() - threads), state.device)
+    return JobResult(job.id, [], timings={"checks": time.perf_counter() - start},
+                     restart=restart, comparison=comparison)

@@ -31,6 +31,8 @@ class RunSettings:
     pack_tokens: int
     expected: tuple[ExpectedFinding, ...] = ()
     worker_memory: int | None = None  # host memory per worker, bytes (None: unbounded)
+    invariance: bool = False  # measure every property beyond tolerance (--invariance)
+    checks: bool = True  # check claimed properties and stale state (off: --tolerance-only)
     versions: dict[str, str | None] = field(default_factory=dict)
     interpreter: dict[str, Any] = field(default_factory=dict)
 
@@ -51,6 +53,7 @@ class RunSettings:
             "isolation": self.isolation, "worker_memory": self.worker_memory,
             "pack_cases": self.pack_cases,
             "pack_tokens": self.pack_tokens, "interpreter": self.interpreter,
+            "invariance": self.invariance, "checks": self.checks,
             "expected": [{"target": e.target, "finding": str(e.identity), "file": str(e.path)}
                          for e in self.expected],
         }

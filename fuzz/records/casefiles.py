@@ -16,7 +16,7 @@ from typing import Any
 from fuzz.records.findings import Finding
 from fuzz.records.journal import write_atomically
 from verify.case import CaseSpec, without_annotations
-from verify.targets.faults import FAULTS
+from verify.targets.faults import ALL_FAULTS
 
 
 def _value_json(value: Any) -> str:
@@ -74,7 +74,8 @@ def describe_case(spec: CaseSpec) -> str:
 
 def bug_class(target: str) -> int | None:
     """The bug class (docs/bugs.md) of a planted fault target, None for any other target."""
-    fault = FAULTS.get(target.removeprefix("fault:")) if target.startswith("fault:") else None
+    fault = (ALL_FAULTS.get(target.removeprefix("fault:")) if target.startswith("fault:")
+             else None)
     return fault.bug_class if fault is not None else None
 
 
@@ -109,6 +110,8 @@ def write_reproducer(finding: Finding, target: str, versions: dict[str, str | No
     """Write ``finding``'s case with its target, identity, diagnosis and versions to its
     path (a reproducer is also an expected-findings file of one finding)."""
     data = without_annotations(finding.spec).to_dict()
+    if "invariance" in finding.spec.extra:  # the runs a finding beyond tolerance compares
+        data["invariance"] = finding.spec.extra["invariance"]
     data["target"] = target
     data["finding"] = finding.identity.to_json()
     data["diagnosis"] = f"{finding.words}\n{finding.outcome.summary()}"

@@ -89,6 +89,7 @@ class Finding:
     shrunk: bool = False
     shrink_cases: int = 0
     fails_alone: bool = True  # False: it fails only inside a batch of several cases
+    found_after: int | None = None  # cases the run had judged when it was found
 
 
 class ExpectationError(ValueError):

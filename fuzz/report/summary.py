@@ -26,6 +26,7 @@ from fuzz.loop.settings import RunSettings
 from fuzz.records.casefiles import describe_case, relative
 from fuzz.records.findings import Finding
 from verify.compare import POLICY
+from verify.invariance import PROPERTIES
 from verify.runner import Status
 
 COLUMNS = ("target", "status", "judged", "passed", "failed", "configs", "declined",
@@ -159,6 +160,26 @@ def render_table(report: RunReport) -> Table:
     return table
 
 
+def invariance_cell(run: TargetRun, prop: str) -> str:
+    """'claimed, holds (12 comparisons)', or how far the target is from the property."""
+    measure = run.invariance.get(prop)
+    if measure is None:
+        return "-"
+    return ("claimed, " if measure.claimed else "") + measure.text(prop)
+
+
+def render_invariance_table(report: RunReport) -> Table:
+    """Per target, which properties beyond tolerance hold, bit for bit, and how far from
+    each the target is where one does not."""
+    table = Table(title="beyond tolerance (bit for bit)")
+    table.add_column("target", no_wrap=True)
+    for prop in PROPERTIES:
+        table.add_column(prop, overflow="fold")
+    for run in report.targets:
+        table.add_row(*map(Text, (run.target, *(invariance_cell(run, p) for p in PROPERTIES))))
+    return table
+
+
 def _finding_json(finding: Finding) -> dict[str, Any]:
     return {"finding": str(finding.identity), "identity": finding.identity.to_json(),
             "words": finding.words, "expected": finding.expected,
@@ -166,6 +187,7 @@ def _finding_json(finding: Finding) -> dict[str, Any]:
             "reproducer": None if finding.path is None else relative(finding.path),
             "diagnosis": finding.outcome.summary(), "shrunk": finding.shrunk,
             "shrink_cases": finding.shrink_cases, "fails_alone": finding.fails_alone,
+            "found_after": finding.found_after,
             "case": finding.spec.to_dict()}
 
 
@@ -173,10 +195,11 @@ def _time_shares(run: TargetRun) -> dict[str, float]:
     """Seconds per phase: compiling, the target, reference and baseline, the policy, the rest."""
     s = run.seconds
     target = max(0.0, s["target"] - run.compile_seconds)
-    known = run.compile_seconds + target + s["reference"] + s["materialize"] + s["judge"]
+    known = (run.compile_seconds + target + s["reference"] + s["materialize"] + s["judge"]
+             + s["checks"])
     return {"compile": round(run.compile_seconds, 3), "target": round(target, 3),
             "reference_and_baseline": round(s["reference"] + s["materialize"], 3),
-            "policy": round(s["judge"], 3),
+            "policy": round(s["judge"], 3), "checks": round(s["checks"], 3),
             "bookkeeping": round(max(0.0, s["explore"] - s["triage"] - known), 3),
             "triage": round(s["triage"], 3), "explore": round(s["explore"], 3),
             "shrink": round(s["shrink"], 3)}
@@ -203,6 +226,10 @@ def _target_json(report: RunReport, run: TargetRun) -> dict[str, Any]:
         "declined": dict(run.declined.most_common()), "drawn": run.drawn,
         "compiles": run.compiles, "seconds": _time_shares(run),
         "worker_restarts": run.restarts, "broken": run.broken,
+        "claims": sorted(run.claims), "checks": run.checks,
+        "checks_postponed": run.checks_postponed,
+        "invariance": {p: run.invariance[p].to_json(p) for p in PROPERTIES
+                       if p in run.invariance},
         "spaces": [{k: sorted(v) if isinstance(v, frozenset) else v
                     for k, v in asdict(s).items()} for s in run.spaces],
     }
@@ -226,6 +253,12 @@ def report_markdown(report: RunReport) -> str:
              f"{report.seconds:.0f} s in all" + (" (interrupted)." if report.interrupted else "."),
              "", "| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
     lines += ["| " + " | ".join(row(report, t)) + " |" for t in report.targets]
+    if s.invariance:
+        lines += ["", "## Beyond tolerance (bit for bit)", "",
+                  "| target | " + " | ".join(PROPERTIES) + " |",
+                  "|" + "|".join("---" for _ in range(len(PROPERTIES) + 1)) + "|"]
+        lines += [f"| {t.target} | " + " | ".join(invariance_cell(t, p) for p in PROPERTIES)
+                  + " |" for t in report.targets]
     for run in report.targets:
         for finding in run.findings:
             mark = " (expected)" if finding.expected else ""

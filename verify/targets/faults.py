@@ -16,6 +16,7 @@ one cause a run must report as one finding with that cause named (docs/design.md
 from __future__ import annotations
 
 import math
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
@@ -47,6 +48,7 @@ Dequantize = Callable[[MaterializedCase, RequestView, Tensor, Tensor], tuple[Ten
 Mask = Callable[[MaterializedCase, RequestView, Tensor, Tensor], Tensor]
 Softcap = Callable[[Tensor, float], Tensor]
 Accumulate = Callable[[Tensor, Tensor, torch.dtype], Tensor]
+BatchAccumulate = Callable[[MaterializedCase, RequestView, Tensor, Tensor], Tensor]
 
 
 def absolute_positions(case: MaterializedCase, view: RequestView) -> Tensor:
@@ -101,6 +103,8 @@ class Fault:
     accumulate: Accumulate = float32_accumulate
     lse_scale: float = 1.0
     needs_paged: bool = False
+    # P @ V of one request, knowing the batch around it: (case, view, probs, v) -> out.
+    accumulate_in_batch: BatchAccumulate | None = None
 
 
 def _chunk_local(case: MaterializedCase, view: RequestView) -> Tensor:
@@ -433,7 +437,7 @@ class FaultyTarget(Target):
         super().__init__(f"fault:{fault.name}", f"planted fault (bug class {fault.bug_class}): "
                          f"{fault.description}",
                          Capabilities(needs_paged=fault.needs_paged,
-                                      kv_dtypes=frozenset({None, *KV_DTYPES})))
+                                      kv_dtypes=frozenset({None, *KV_DTYPES}), **BASE_CLAIMS))
         self.fault = fault
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
@@ -456,7 +460,7 @@ class FaultyTarget(Target):
             scores = scores.masked_fill(~mask, -math.inf)
             row_lse = torch.logsumexp(scores, dim=-1)
             probs = torch.exp(scores - row_lse[..., None]).nan_to_num(0.0)
-            out[view.q_slice] = f.accumulate(probs, v[:, heads], case.dtype).to(case.dtype)
+            out[view.q_slice] = _accumulate(f, case, view, probs, v[:, heads]).to(case.dtype)
             lse[:, view.q_slice] = row_lse * f.lse_scale
         return out, lse
 
@@ -467,22 +471,158 @@ def combine(names: list[str]) -> Fault:
     default = Fault("", 0, "")
     changes: dict[str, object] = {}
     for name in names:
-        fault = FAULTS[name]
+        fault = ALL_FAULTS[name]
         for step in steps:
             value = getattr(fault, step)
             if value != getattr(default, step) and step != "needs_paged":
                 if step in changes:
                     raise KeyError(f"faults {'+'.join(names)} both change the {step} step")
                 changes[step] = value
-    return replace(default, name="+".join(names), bug_class=FAULTS[names[0]].bug_class,
-                   description="; ".join(FAULTS[n].description for n in names),
-                   needs_paged=any(FAULTS[n].needs_paged for n in names), **changes)
+    return replace(default, name="+".join(names), bug_class=ALL_FAULTS[names[0]].bug_class,
+                   description="; ".join(ALL_FAULTS[n].description for n in names),
+                   needs_paged=any(ALL_FAULTS[n].needs_paged for n in names), **changes)
 
 
 def fault_target(name: str) -> FaultyTarget:
     """The planted fault called ``name`` as a target (``a+b``: both bugs in one kernel)."""
     names = name.split("+")
-    unknown = [n for n in names if n not in FAULTS]
+    unknown = [n for n in names if n not in ALL_FAULTS]
     if unknown:
-        raise KeyError(f"unknown fault {unknown[0]!r}; known: {', '.join(FAULTS)}")
-    return FaultyTarget(FAULTS[name] if len(names) == 1 else combine(names))
+        raise KeyError(f"unknown fault {unknown[0]!r}; known: {', '.join(ALL_FAULTS)}")
+    return FaultyTarget(ALL_FAULTS[name] if len(names) == 1 else combine(names))
+
+
+# --- faults beyond tolerance, and a batch-level decision --------------------------------------
+
+# What the planted faults' plain engine guarantees, measured on CPU (docs/fuzzing.md): a
+# request's bits depend on nothing but its own call.
+BASE_CLAIMS = {"deterministic": True, "batch_invariant": True, "placement_invariant": True,
+               "claimed_on": frozenset({"cpu"})}
+# fault:split_by_batch_size splits each request's keys into this many blocks divided by the
+# requests of the batch (a few requests must still fill the device); fault:nondeterministic_sum
+# reduces blocks of this many keys in a random order; fault:sum_in_page_order takes blocks of
+# this many keys where the case has no pages.
+SPLIT_TARGET, RACE_BLOCK, CONTIGUOUS_BLOCK = 8, 4, 16
+
+
+def _accumulate(f: Fault, case: MaterializedCase, view: RequestView, probs: Tensor, v: Tensor
+                ) -> Tensor:
+    """``P @ V`` of one request by the fault's accumulation step."""
+    if f.accumulate_in_batch is not None:
+        return f.accumulate_in_batch(case, view, probs, v)
+    return f.accumulate(probs, v, case.dtype)
+
+
+def blockwise(probs: Tensor, v: Tensor, dtype: torch.dtype, blocks: list[Tensor]) -> Tensor:
+    """``P @ V`` over key blocks in the given order, as a flash kernel computes it: each
+    block's weights are rounded to the input dtype relative to the largest weight seen so
+    far, and the running sums are rescaled when that grows. Exact up to rounding in any
+    order; which bits come out depends on the order and the block edges."""
+    heads, rows, _ = probs.shape
+    acc = probs.new_zeros(rows, heads, v.shape[-1])
+    total = probs.new_zeros(heads, rows)
+    top = probs.new_zeros(heads, rows)
+    for index in blocks:
+        p = probs[..., index]
+        grown = torch.maximum(top, p.amax(dim=-1))
+        rescale = torch.where(grown > 0, top / grown, 0.0)
+        weights = torch.where(grown[..., None] > 0, p / grown[..., None], 0.0).to(dtype).float()
+        acc = acc * rescale.T[..., None] + torch.einsum("hqk,khd->qhd", weights, v[index])
+        total = total * rescale + weights.sum(dim=-1)
+        top = grown
+    denominator = total.T[..., None]
+    return torch.where(denominator > 0, acc / denominator, 0.0)
+
+
+def _chunks(count: int, size: int, device: torch.device) -> list[Tensor]:
+    return list(torch.arange(count, device=device).split(max(1, size)))
+
+
+def _split_by_batch_size(case: MaterializedCase, view: RequestView, probs: Tensor, v: Tensor
+                         ) -> Tensor:
+    """Keys split into ``SPLIT_TARGET // requests`` blocks: how a request is reduced depends
+    on how many requests share its batch."""
+    splits = max(1, SPLIT_TARGET // len(case.spec.requests))
+    keys = probs.shape[-1]
+    return blockwise(probs, v, case.dtype, _chunks(keys, -(-keys // splits), case.device))
+
+
+def _sum_in_page_order(case: MaterializedCase, view: RequestView, probs: Tensor, v: Tensor
+                       ) -> Tensor:
+    """One block per page, in the order of the physical page numbers."""
+    keys = probs.shape[-1]
+    if case.page_table is None:
+        return blockwise(probs, v, case.dtype, _chunks(keys, CONTIGUOUS_BLOCK, case.device))
+    ps = case.page_size
+    pages = case.page_table[view.index, : -(-keys // ps)].long()
+    blocks = _chunks(keys, ps, case.device)
+    order = torch.argsort(pages, stable=True).tolist()
+    return blockwise(probs, v, case.dtype, [blocks[i] for i in order])
+
+
+def _nondeterministic_sum(probs: Tensor, v: Tensor, dtype: torch.dtype) -> Tensor:
+    """Blocks of keys reduced in whichever order they finish: another order every call."""
+    blocks = _chunks(probs.shape[-1], RACE_BLOCK, probs.device)
+    random.SystemRandom().shuffle(blocks)
+    return blockwise(probs, v, dtype, blocks)
+
+
+class MaskCachedOnShapes:
+    """The mask of a batch planned once and reused while the shapes stay the same: a call
+    whose tensors and request lengths match the previous call's gets that call's masks,
+    whatever its ranges and window (a wrapper that plans once and runs many times)."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.shapes: tuple | None = None
+        self.masks: dict[int, Tensor] = {}
+
+    def __call__(self, case: MaterializedCase, view: RequestView, q_pos: Tensor, k_pos: Tensor
+                 ) -> Tensor:
+        shapes = (tuple(case.q.shape), tuple(case.k.shape), case.dtype,
+                  tuple((r.query_len, r.seq_len) for r in case.spec.requests))
+        if shapes != self.shapes:
+            self.shapes, self.masks = shapes, {}
+        if view.index not in self.masks:
+            self.masks[view.index] = block_mask(case, view, q_pos, k_pos)
+        return self.masks[view.index]
+
+
+def _noncausal_without_images(case: MaterializedCase, view: RequestView, q_pos: Tensor,
+                              k_pos: Tensor) -> Tensor:
+    """The image mask is installed only when some request of the batch has an image; a
+    text-only batch runs without any mask (every key of the request is visible)."""
+    if any(r.ranges for r in case.spec.requests):
+        return block_mask(case, view, q_pos, k_pos)
+    return (k_pos[None, :] < view.seq_len).expand(q_pos.shape[0], -1)
+
+
+FAULTS["noncausal_without_images"] = Fault(
+    "noncausal_without_images", 14,
+    "the mask is installed only when some request of the batch has an image: a text-only "
+    "batch runs non-causally", mask=_noncausal_without_images)
+
+# Faults within tolerance on every case alone, each breaking one property a target can
+# claim beyond tolerance (verify/invariance.py), and each caught by that property's check.
+INVARIANCE_FAULTS: dict[str, Fault] = {f.name: f for f in [
+    Fault("split_by_batch_size", 15,
+          f"each request's keys split into {SPLIT_TARGET} / (requests in the batch) blocks: "
+          "its bits depend on the batch", accumulate_in_batch=_split_by_batch_size),
+    Fault("sum_in_page_order", 15,
+          "key blocks reduced in the order of their physical pages: the bits depend on where "
+          "the pages are", accumulate_in_batch=_sum_in_page_order),
+    Fault("mask_cached_on_shapes", 15,
+          "the masks of a call reused by the next call with the same shapes (ranges and "
+          "window ignored)", mask=MaskCachedOnShapes()),
+    Fault("nondeterministic_sum", 15,
+          f"blocks of {RACE_BLOCK} keys reduced in a random order (as atomics finish)",
+          accumulate=_nondeterministic_sum),
+]}
+# Which check finds each (the property it breaks).
+INVARIANCE_FAULT_PROPERTIES = {"split_by_batch_size": "batch_invariant",
+                               "sum_in_page_order": "placement_invariant",
+                               "mask_cached_on_shapes": "stateless",
+                               "nondeterministic_sum": "deterministic"}
+ALL_FAULTS: dict[str, Fault] = {**FAULTS, **INVARIANCE_FAULTS}

@@ -302,8 +302,12 @@ class FlexTarget(Target):
     """``flex``: compiled FlexAttention; records the seconds its compiling calls took."""
 
     def __init__(self) -> None:
+        # Measured on CPU: the bits of a request change with the batch around it (the
+        # padded buckets and blocks follow the batch), not on a rerun or with its pages.
         super().__init__("flex", "torch.compile'd FlexAttention, block-sparse varlen mask_mod",
-                         Capabilities(kv_dtypes=frozenset({None, *KV_DTYPES})))
+                         Capabilities(kv_dtypes=frozenset({None, *KV_DTYPES}),
+                                      deterministic=True, placement_invariant=True,
+                                      claimed_on=frozenset({"cpu"})))
         self.compiled = 0  # calls that compiled a graph (``compiles`` says it compiles at all)
         self.compile_seconds = 0.0  # wall time of the calls that compiled a graph
 

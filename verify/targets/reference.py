@@ -14,7 +14,9 @@ from verify.target import Target
 class ReferenceTarget(Target):
     def __init__(self) -> None:
         super().__init__("reference", "float64 exact-mask reference, rounded to the case dtype",
-                         Capabilities(kv_dtypes=frozenset({None, *KV_DTYPES})))
+                         Capabilities(kv_dtypes=frozenset({None, *KV_DTYPES}),
+                                      deterministic=True, batch_invariant=True,
+                                      placement_invariant=True, claimed_on=frozenset({"cpu"})))
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
         out, lse = reference_attention(case.batch())

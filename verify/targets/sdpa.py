@@ -23,7 +23,9 @@ class SdpaTarget(Target):
     def __init__(self) -> None:
         super().__init__("sdpa", "torch scaled_dot_product_attention, dense boolean mask",
                          Capabilities(softcap=False, lse=False,
-                                      kv_dtypes=frozenset({None, *KV_DTYPES})))
+                                      kv_dtypes=frozenset({None, *KV_DTYPES}),
+                                      deterministic=True, batch_invariant=True,
+                                      placement_invariant=True, claimed_on=frozenset({"cpu"})))
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
         out = torch.zeros(case.q.shape[0], case.num_heads, case.head_dim_v, dtype=case.dtype,

@@ -60,7 +60,10 @@ class TritonTarget(Target):
                          head_dim_range=(HEAD_DIM_MULTIPLE, MAX_HEAD_DIM),
                          head_dim_multiple=HEAD_DIM_MULTIPLE, value_dims="any",
                          kv_dtypes=frozenset({None, *KV_DTYPES}),
-                         max_total_tokens=None if compiled else INTERPRETER_MAX_TOKENS))
+                         max_total_tokens=None if compiled else INTERPRETER_MAX_TOKENS,
+                         # Measured under the interpreter; the compiled kernel: not yet.
+                         deterministic=True, batch_invariant=True, placement_invariant=True,
+                         claimed_on=frozenset({"cpu"})))
 
     def unavailable_reason(self) -> str | None:
         if importlib.util.find_spec("triton") is None:
