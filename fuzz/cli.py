@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="rewrite the golden files from fuzz/golden/cases.py instead")
     golden.add_argument("--dir", type=Path, default=GOLDEN_DIR, metavar="DIR",
                         help="the golden directory (default: the cases shipped with the suite)")
+    golden.add_argument("--target", action="append", metavar="NAME", dest="targets",
+                        help="replay only this target's expected verdicts (repeatable; "
+                             "default: every target a file names)")
     golden.add_argument("--device", choices=("cpu", "cuda"),
                         help="where cases run (default: cuda if available, else cpu)")
     golden.set_defaults(handler=golden_command)
@@ -631,6 +634,8 @@ def _replay_comparison(pool: WorkerPool, job_id: int, path: Path, name: str, pro
 
 def golden_command(args: argparse.Namespace) -> int:
     device = _resolve_device(args.device)
+    if args.targets and args.regenerate:
+        raise UsageError("--target replays some targets; --regenerate rewrites every file")
     if args.regenerate:
         try:
             written = regenerate(args.dir, device)
@@ -647,12 +652,16 @@ def golden_command(args: argparse.Namespace) -> int:
         case = materialize(spec, device)
         truths = TruthCache()
         for name, verdict in _expectations(path, spec).items():
+            if args.targets and name not in args.targets:
+                continue
             check = check_expectation(name, verdict, case, truths)
             checked += 1
             skipped += check.skip_reason is not None
             if check.skip_reason is None and not check.matches:
                 mismatches += 1
                 print(f"{path}: {check.describe()}")
+    if not checked:
+        raise UsageError(f"no golden file expects a verdict of {', '.join(args.targets)}")
     print(f"{len(files)} golden files, {checked} expected verdicts: {mismatches} mismatches, "
           f"{skipped} skipped (target not runnable here)")
     return EXIT_FOUND if mismatches else EXIT_CLEAN

@@ -124,6 +124,8 @@ USAGE_ERRORS = {
     "unreadable expect file": ["--expect", "no/such/file.json"],
     "replay without files": ["replay"],
     "replay of a missing file": ["replay", "no/such/case.json"],
+    "golden of a target no file names": ["golden", "--device", "cpu", "--target", "nope"],
+    "golden rewritten for one target": ["golden", "--regenerate", "--target", "sdpa"],
 }
 
 

@@ -104,7 +104,7 @@ class Measure:
             return "not checked" + (f" ({self.confounded} not comparable: not deterministic)"
                                     if self.confounded else "")
         if not self.differing:
-            return f"holds ({self.comparisons} comparisons)"
+            return f"holds ({self.comparisons} comparison{'s' * (self.comparisons > 1)})"
         parts = []
         for name, changed, total, ulps in (("out", self.out_changed, self.out_total,
                                             self.out_ulps),
