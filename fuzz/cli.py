@@ -238,6 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--report-dir", type=Path, default=Path("fuzz-out"), metavar="DIR",
                         help="each run writes into a new directory here (default: %(default)s)")
     output.add_argument("--junit", type=Path, metavar="FILE", help="also write JUnit XML here")
+    output.add_argument("--no-plots", dest="plots", action="store_false",
+                        help="write no ratios.png (a second or two less per run)")
     run.set_defaults(handler=run_command)
 
     replay = commands.add_parser(
@@ -361,8 +363,9 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
-             console: Console) -> None:
-    """The table and replay hints on stdout; the report files on disk."""
+             console: Console, plots: bool = True) -> None:
+    """The table and replay hints on stdout; the report files on disk (``plots``: and
+    ratios.png)."""
     console.print(render_table(report))
     if report.settings.invariance:
         console.print(render_invariance_table(report))
@@ -370,11 +373,13 @@ def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
     write_atomically(run_dir.path / "report.md", report_markdown(report))
     written = [run_dir.path / "report.json", run_dir.path / "report.md"]
     try:
-        from fuzz.report.plots import plot_ratios
+        if plots:
+            from fuzz.report.plots import plot_ratios
 
-        stats = {t.target: t.stats for t in report.targets}
-        replace_atomically(run_dir.path / "ratios.png", lambda path: plot_ratios(stats, path))
-        written.append(run_dir.path / "ratios.png")
+            stats = {t.target: t.stats for t in report.targets}
+            replace_atomically(run_dir.path / "ratios.png",
+                               lambda path: plot_ratios(stats, path))
+            written.append(run_dir.path / "ratios.png")
     except PlotsUnavailable as exc:
         console.print(f"no ratios.png: {exc}", markup=False)
     if junit is not None:
@@ -493,7 +498,7 @@ def run_command(args: argparse.Namespace) -> int:
         run_dir.close()
     final = report(interrupted=interrupted)
     try:
-        _publish(final, run_dir, args.junit, console)
+        _publish(final, run_dir, args.junit, console, args.plots)
     except JournalError as exc:
         raise UsageError(str(exc)) from None
     if interrupted:

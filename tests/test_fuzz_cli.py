@@ -219,7 +219,7 @@ def test_a_key_loop_stopping_at_the_128_row_tile_is_found(space: str, seed: int,
     Triton interpreter's (short cases) too, rarely."""
     assert main(["--target", "fault:causal_tile_key_loop_128", "--examples", "150",
                  "--space", space, "--seed", str(seed), "--device", "cpu",
-                 "--max-findings", "1", "--shrink-budget", "1",
+                 "--max-findings", "1", "--shrink-budget", "1", "--no-plots",
                  "--report-dir", str(tmp_path)]) == EXIT_FOUND
     finding = _report(tmp_path)["fault:causal_tile_key_loop_128"]["findings"][0]["finding"]
     assert "range_across_tile" in finding, finding
@@ -230,4 +230,4 @@ def test_a_bug_at_one_gqa_ratio_is_found_on_every_seed(seed: int, tmp_path: Path
     """A kernel that compiles nothing meets a fresh configuration every pack."""
     assert main(["--target", "fault:gqa_ratio_4", "--examples", "150", "--seed", str(seed),
                  "--device", "cpu", "--max-findings", "1", "--shrink-budget", "1",
-                 "--report-dir", str(tmp_path)]) == EXIT_FOUND
+                 "--no-plots", "--report-dir", str(tmp_path)]) == EXIT_FOUND

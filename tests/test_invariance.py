@@ -149,7 +149,7 @@ def _report(out: Path) -> dict:
 
 def test_a_mask_cached_on_shapes_is_found_by_default_and_replayed(tmp_path: Path) -> None:
     run = ["--target", "fault:mask_cached_on_shapes", "--examples", "40", "--seed", "0",
-           "--device", "cpu", "--shrink-budget", "1"]
+           "--device", "cpu", "--shrink-budget", "1", "--no-plots"]
     assert main([*run, "--report-dir", str(tmp_path / "a")]) == EXIT_FOUND
     report = _report(tmp_path / "a")
     assert [f["finding"] for f in report["findings"]] == ["stale-state: everywhere"]

@@ -25,7 +25,8 @@ from tests.hostile import HOSTILE
 from verify.runner import Status
 
 REPO = Path(__file__).resolve().parents[1]
-RUN = ["--seed", "0", "--device", "cpu", "--min-cases", "1", "--shrink-budget", "2"]
+RUN = ["--seed", "0", "--device", "cpu", "--min-cases", "1", "--shrink-budget", "2",
+       "--no-plots"]
 
 
 def _report(report_dir: Path) -> dict:
@@ -55,7 +56,7 @@ WORDS = {
 # draws cases small enough to triage quickly.
 MIX = ["--seed", "7", "--device", "cpu", "--min-cases", "1", "--examples", "2",
        "--case-timeout", "2", "--worker-memory", "1G", "--max-findings", "1",
-       "--shrink-budget", "0.5"]
+       "--shrink-budget", "0.5", "--no-plots"]
 
 
 def _verdicts(report_dir: Path, targets: list[str]) -> dict[str, list[dict]]:
