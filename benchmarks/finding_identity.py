@@ -29,7 +29,7 @@ COMBINATIONS = ("gqa_ratio_4+lse_base2+window_inclusive_under_clamp",
 def run(fault: str, seed: int, examples: int, space: str | None, out: Path) -> dict[str, Any]:
     """One fuzz run of ``fault:<fault>``: its findings and where the time went."""
     argv = ["--target", f"fault:{fault}", "--examples", str(examples), "--seed", str(seed),
-            "--device", "cpu", "--report-dir", str(out), "--shrink-budget", "2"]
+            "--device", "cpu", "--report-dir", str(out), "--shrink-budget", "2", "--no-plots"]
     if space:
         argv += ["--space", space]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
