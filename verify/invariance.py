@@ -27,7 +27,7 @@ from verify.digest import bits, segment_digests
 from verify.materialize import MaterializedCase, materialize, value_key
 from verify.pack import pack
 from verify.process_state import RestoreError, capture
-from verify.runner import copy_case, run_and_judge
+from verify.runner import Status, copy_case, run_and_judge
 from verify.target import Target
 
 # The properties a comparison checks: the claims of verify.capabilities.CLAIMS, and
@@ -294,7 +294,7 @@ def compare_variants(target: Target, variants: Sequence[Variant], device: str | 
             outcome = judged.outcomes[variant.subject]
             record.passed = not outcome.failed
             record.verdict = outcome.summary()
-            if outcome.status.value == "error":
+            if outcome.status == Status.ERROR:
                 record.error, record.kind = outcome.reason or outcome.summary(), outcome.kind
         else:
             on_target_call()
