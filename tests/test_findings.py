@@ -104,3 +104,13 @@ def test_sightings_of_one_bug_are_one_finding() -> None:
              for s, n in enumerate((12, 20, 33, 47, 9, 26))]
     findings = _attribute_all("fault:gqa_ratio_4", specs)
     assert [(str(f.identity), f.sightings) for f in findings] == [("values: gqa", 6)]
+
+
+def test_a_window_that_only_hides_the_causal_path_adds_no_finding() -> None:
+    """The decode's key 0 is in its image range and, without the window, visible causally
+    too: the range bug shows only under the window, and is still the range bug."""
+    image = _case([{"query_len": 2, "ranges": [[0, 1]]}], dtype="float32", num_kv_heads=4)
+    windowed = _case([{"context_len": 1, "query_len": 1, "ranges": [[0, 1]]}],
+                     dtype="float32", num_kv_heads=4, sliding_window=1)
+    findings = _attribute_all("fault:last_range_end_exclusive", [image, windowed])
+    assert [(str(f.identity), f.sightings) for f in findings] == [("values: image", 2)]

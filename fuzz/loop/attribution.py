@@ -53,6 +53,10 @@ CANONICAL_CANDIDATES = 80
 # A feature whose removal leaves more than this multiple of the error ratio that taking a
 # known finding's cause away leaves only made that finding visible (half precision).
 VISIBILITY = 2.0
+# Features whose removal only adds visible keys (the window, and the clamp that cuts ranges
+# to it): a key a known bug hides is also visible causally unless one of them hides that
+# path, so a known trigger plus these alone is the known bug, made visible.
+NARROWING = frozenset({"window", "clamp"})
 
 
 @dataclass(frozen=True)
@@ -187,6 +191,9 @@ def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], acc
     for finding in findings:
         if finding.identity == diagnosis.identity:
             return Attribution(finding, position=diagnosis.position)
+    narrowed = _narrowed(diagnosis, explained)
+    if narrowed is not None:
+        return Attribution(narrowed)
     if diagnosis.case is not None:  # found on the case with a known bug's trigger taken away
         spec, outcome = diagnosis.case, diagnosis.outcome
     if diagnosis.identity.cause not in (Cause.TRIGGER, Cause.THRESHOLD):
@@ -205,6 +212,20 @@ def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], acc
                 yield from _only_visibility(small, again, diagnosis, finding, accepts)):
             return Attribution(finding)
     return Attribution(None, diagnosis, small, again)
+
+
+def _narrowed(diagnosis: Diagnosis, explained: Sequence[Finding]) -> Finding | None:
+    """The finding among ``explained`` whose trigger the new one only adds
+    :data:`NARROWING` features to, if any."""
+    if diagnosis.identity.cause is not Cause.TRIGGER:
+        return None
+    features = set(diagnosis.identity.features)
+    for finding in explained:
+        mine = set(finding.identity.features)
+        if (finding.identity.cause is Cause.TRIGGER and mine < features
+                and features - mine <= NARROWING):
+            return finding
+    return None
 
 
 def _only_visibility(spec: CaseSpec, outcome: Outcome, diagnosis: Diagnosis, finding: Finding,
