@@ -10,11 +10,12 @@ from __future__ import annotations
 import pytest
 
 from fuzz.golden.cases import FAULT_CASES
-from fuzz.loop.attribution import attribute
-from fuzz.loop.triage import run_sync, triage
+from fuzz.loop.attribution import attribute, made_visible
+from fuzz.loop.triage import Diagnosis, run_sync, triage
 from fuzz.records.findings import Cause, Finding, Identity
 from verify import materialize, parse_case
-from verify.runner import Outcome, evaluate
+from verify.compare import Location, Verdict
+from verify.runner import Outcome, Status, evaluate
 from verify.targets import get_target
 from verify.targets.faults import SINGLE_CAUSE
 
@@ -114,3 +115,23 @@ def test_a_window_that_only_hides_the_causal_path_adds_no_finding() -> None:
                      dtype="float32", num_kv_heads=4, sliding_window=1)
     findings = _attribute_all("fault:last_range_end_exclusive", [image, windowed])
     assert [(str(f.identity), f.sightings) for f in findings] == [("values: image", 2)]
+
+
+
+def test_a_trigger_found_past_a_known_threshold_is_that_threshold_bug() -> None:
+    """Past position 100 each query misses its own key; on near-tied bfloat16 values that
+    error can stay within tolerance unless an image range reshapes the weights, and triage
+    then names the range. A failure whose worst element lies past the threshold is still
+    the threshold bug; one before it is not."""
+    spec = _case([{"query_len": 120, "ranges": [[0, 2]]}])
+    image = Diagnosis(Identity("values", Cause.TRIGGER, ("image",)), "fails only with an image",
+                      runs=3)
+    threshold = Finding(Identity("values", Cause.THRESHOLD), "from position 100 on", spec,
+                        Outcome("x", Status.FAIL), position=100)
+
+    def failing_at(position: int) -> Outcome:
+        worst = Location(0, position, position, 0, "text", "", 1.0, 0.0, column=0)
+        return Outcome("x", Status.FAIL, Verdict(False, worst=worst, kind="out"))
+
+    assert made_visible(image, failing_at(110), [threshold]) is threshold
+    assert made_visible(image, failing_at(40), [threshold]) is None

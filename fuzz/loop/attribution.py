@@ -191,9 +191,9 @@ def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], acc
     for finding in findings:
         if finding.identity == diagnosis.identity:
             return Attribution(finding, position=diagnosis.position)
-    narrowed = _narrowed(diagnosis, explained)
-    if narrowed is not None:
-        return Attribution(narrowed)
+    visible = made_visible(diagnosis, outcome, explained)
+    if visible is not None:
+        return Attribution(visible)
     if diagnosis.case is not None:  # found on the case with a known bug's trigger taken away
         spec, outcome = diagnosis.case, diagnosis.outcome
     if diagnosis.identity.cause not in (Cause.TRIGGER, Cause.THRESHOLD):
@@ -214,16 +214,23 @@ def attribute(spec: CaseSpec, outcome: Outcome, findings: Sequence[Finding], acc
     return Attribution(None, diagnosis, small, again)
 
 
-def _narrowed(diagnosis: Diagnosis, explained: Sequence[Finding]) -> Finding | None:
-    """The finding among ``explained`` whose trigger the new one only adds
-    :data:`NARROWING` features to, if any."""
+def made_visible(diagnosis: Diagnosis, outcome: Outcome, explained: Sequence[Finding]
+                  ) -> Finding | None:
+    """The finding among ``explained`` that a new trigger only makes visible, if any: one
+    whose trigger it adds only :data:`NARROWING` features to, or a threshold finding past
+    whose position the failure's worst element lies (a trigger found there only changes
+    how far that bug's error stands out, as a range on near-tied values in bfloat16 does)."""
     if diagnosis.identity.cause is not Cause.TRIGGER:
         return None
     features = set(diagnosis.identity.features)
+    worst = outcome.verdict.worst if outcome.verdict is not None else None
     for finding in explained:
         mine = set(finding.identity.features)
-        if (finding.identity.cause is Cause.TRIGGER and mine < features
-                and features - mine <= NARROWING):
+        if finding.identity.cause is Cause.TRIGGER:
+            if mine < features and features - mine <= NARROWING:
+                return finding
+        elif (finding.identity.cause is Cause.THRESHOLD and finding.position is not None
+              and worst is not None and worst.position >= finding.position):
             return finding
     return None
 
