@@ -36,7 +36,8 @@ def expected_symptom(fault: str) -> str | None:
 
 def run(fault: str, seed: int, examples: int, out: Path, *extra: str) -> dict[str, Any]:
     argv = ["--target", f"fault:{fault}", "--examples", str(examples), "--seed", str(seed),
-            "--device", "cpu", "--report-dir", str(out), "--shrink-budget", "2", *extra]
+            "--device", "cpu", "--report-dir", str(out), "--shrink-budget", "2", "--no-plots",
+            *extra]
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         fuzz(argv)
     entry = json.loads((out / "latest" / "report.json").read_text())["targets"][0]
