@@ -108,7 +108,7 @@ def test_an_engine_style_kernel_is_judged_on_nine_draws_in_ten(tmp_path: Path) -
     name = "examples.engine_adapter:prefix_attention"
     assert get_target(name).unavailable_reason() is None
     assert main(["--target", name, "--examples", "24", "--seed", "1", "--device", "cpu",
-                 "--report-dir", str(tmp_path)]) == EXIT_CLEAN
+                 "--no-plots", "--report-dir", str(tmp_path)]) == EXIT_CLEAN
     target = json.loads((tmp_path / "latest" / "report.json").read_text())["targets"][0]
     assert target["judged"] == 24
     assert sum(target["declined"].values()) <= 0.1 * target["drawn"], target["declined"]

@@ -94,7 +94,8 @@ def test_each_worker_compiles_only_what_its_own_stream_drew(
     monkeypatch.setattr(campaign.Campaign, "_next_pack", recording_next_pack)
     monkeypatch.setattr(campaign.Campaign, "_compiled", recording_compile)
     assert fuzz(["--target", "tests.compiling:kernel", "--workers", "2", "--examples", "120",
-                 "--seed", "4", "--device", "cpu", "--report-dir", str(tmp_path)]) == 0
+                 "--seed", "4", "--device", "cpu", "--no-plots",
+                 "--report-dir", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "latest" / "report.json").read_text())
     assert report["settings"]["workers"] == 2 and set(drawn) == {0, 1}
     assert drawn[0] != drawn[1]  # two streams, not one dealt out

@@ -167,7 +167,7 @@ def test_a_mask_cached_on_shapes_is_found_by_default_and_replayed(tmp_path: Path
 def test_invariance_measures_every_property(tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--target", "sdpa", "--examples", "12", "--seed", "1", "--device", "cpu",
-                 "--invariance", "--pack-cases", "1", "--report-dir", str(tmp_path)]
+                 "--invariance", "--pack-cases", "1", "--no-plots", "--report-dir", str(tmp_path)]
                 ) == EXIT_CLEAN
     report = _report(tmp_path)
     settings = json.loads((tmp_path / "latest" / "report.json").read_text())["settings"]
