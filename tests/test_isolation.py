@@ -195,7 +195,7 @@ def _start_slow_run(report_dir: Path) -> subprocess.Popen[str]:
         [sys.executable, "-m", "fuzz", "--target", "tests.hostile:slow", "--budget", "120",
          "--seed", "0", "--device", "cpu", "--report-dir", str(report_dir)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO)})
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"})
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         cases = next(report_dir.glob("run-*/cases.jsonl"), None)
@@ -210,7 +210,11 @@ def test_interrupted_run_writes_its_partial_report_and_exits_130(stop: signal.Si
                                                                  tmp_path: Path) -> None:
     process = _start_slow_run(tmp_path)
     process.send_signal(stop)
-    out, err = process.communicate(timeout=60)
+    try:
+        out, err = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:  # where every thread of the run is stuck (faulthandler)
+        process.send_signal(signal.SIGABRT)
+        pytest.fail(f"still running 60 s after {stop.name}:\n{process.communicate()[1][-6000:]}")
     assert process.returncode == EXIT_INTERRUPTED, err
     report = _report(tmp_path)
     assert report["interrupted"] is True and report["partial"] is False

@@ -20,6 +20,10 @@ from verify.case import CaseSpec
 AHEAD = 4
 # How often a drawing thread that is ahead checks whether it should stop.
 STOP_POLL_SECONDS = 0.1
+# How long close() waits for the thread. A Ctrl-C that lands while the campaign waits on
+# the queue can leave the queue's lock held, and the thread blocked on it for good: it is a
+# daemon, so it is left behind rather than holding the run's exit.
+JOIN_SECONDS = 5.0
 
 
 class DrawnAhead:
@@ -61,7 +65,7 @@ class DrawnAhead:
     def close(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join()
+            self._thread.join(timeout=JOIN_SECONDS)
 
     def _draw(self) -> None:
         while not self._stop.is_set():
