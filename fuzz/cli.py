@@ -462,6 +462,9 @@ def run_command(args: argparse.Namespace) -> int:
         worker_memory=args.worker_memory or default_worker_memory(len(devices) * args.workers),
         invariance=args.invariance, checks=not args.tolerance_only)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    # Ctrl-C too, even where the run was started with SIGINT ignored (a shell's background
+    # job, some CI runners): a signal the user sends must stop it the same way.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     start = time.perf_counter()
     campaigns: list[Campaign] = []
     described = device_description(devices[0])
@@ -495,6 +498,7 @@ def run_command(args: argparse.Namespace) -> int:
         for campaign in campaigns:
             campaign.close()
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
         run_dir.close()
     final = report(interrupted=interrupted)
     try:

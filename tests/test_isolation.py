@@ -189,13 +189,20 @@ def test_replay_of_a_hostile_kernel_exits_1(kernel: str, tmp_path: Path,
     assert f"tests.hostile:{kernel}: " in capsys.readouterr().out
 
 
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _start_slow_run(report_dir: Path) -> subprocess.Popen[str]:
-    """A run of a slow kernel in a process of its own, once it has judged a case."""
+    """A run of a slow kernel in a process of its own, once it has judged a case. It starts
+    with SIGINT ignored, as a shell's background job or some CI runners start it: Ctrl-C
+    must stop it all the same."""
     process = subprocess.Popen(
         [sys.executable, "-m", "fuzz", "--target", "tests.hostile:slow", "--budget", "120",
          "--seed", "0", "--device", "cpu", "--report-dir", str(report_dir)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"})
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONFAULTHANDLER": "1"},
+        preexec_fn=_ignore_sigint)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         cases = next(report_dir.glob("run-*/cases.jsonl"), None)
