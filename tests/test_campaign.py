@@ -59,17 +59,17 @@ def _accepted(report_dir: Path, target: str, into: Path) -> Path:
 
 
 def test_expected_findings_green_exactly_themselves(tmp_path: Path) -> None:
-    assert main(["--target", GQA, "--examples", "40", *RUN,
+    assert main(["--target", GQA, "--examples", "25", *RUN,
                  "--report-dir", str(tmp_path / "a")]) == EXIT_FOUND
     assert set(_findings(tmp_path / "a")) == {"values: gqa"}
     known = _accepted(tmp_path / "a", GQA, tmp_path / "known.json")
     # The known bug alone: expected, exit 0.
-    assert main(["--target", GQA, "--examples", "40", *RUN, "--expect", str(known),
+    assert main(["--target", GQA, "--examples", "25", *RUN, "--expect", str(known),
                  "--report-dir", str(tmp_path / "b")]) == EXIT_CLEAN
     assert _target(tmp_path / "b")["status"] == RunStatus.EXPECTED
     # The known bug and a second one: the second is new, exit 1.
     both = "fault:gqa_ratio_4+lse_base2"
-    assert main(["--target", both, "--examples", "40", *RUN,
+    assert main(["--target", both, "--examples", "25", *RUN,
                  "--expect", str(_accepted(tmp_path / "a", both, tmp_path / "both.json")),
                  "--report-dir", str(tmp_path / "c")]) == EXIT_FOUND
     findings = _findings(tmp_path / "c")

@@ -183,7 +183,7 @@ def test_cuda_requested_without_a_device_exits_2(capsys: pytest.CaptureFixture[s
 def test_python_dash_m_fuzz_and_its_version(tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "fuzz", "--target", "fault:gqa_head_modulo", "--examples", "8",
+        [sys.executable, "-m", "fuzz", "--target", "fault:gqa_head_modulo", "--examples", "4",
          "--shrink-budget", "1e-9", "--seed", "0", "--device", "cpu",
          "--report-dir", str(tmp_path)],
         cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
@@ -226,9 +226,10 @@ def test_a_key_loop_stopping_at_the_128_row_tile_is_found(space: str, seed: int,
     assert "range_across_tile" in finding, finding
 
 
-@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("seed", range(3))
 def test_a_bug_at_one_gqa_ratio_is_found_on_every_seed(seed: int, tmp_path: Path) -> None:
-    """A kernel that compiles nothing meets a fresh configuration every pack."""
+    """A kernel that compiles nothing meets a fresh configuration every pack (seeds 0-4 with
+    every single-cause fault: ``python -m benchmarks.finding_identity``)."""
     assert main(["--target", "fault:gqa_ratio_4", "--examples", "150", "--seed", str(seed),
                  "--device", "cpu", "--max-findings", "1", "--shrink-budget", "1",
                  "--no-plots", "--report-dir", str(tmp_path)]) == EXIT_FOUND
