@@ -20,9 +20,8 @@ from verify.case import CaseSpec
 AHEAD = 4
 # How often a drawing thread that is ahead checks whether it should stop.
 STOP_POLL_SECONDS = 0.1
-# How long close() waits for the thread. A Ctrl-C that lands while the campaign waits on
-# the queue can leave the queue's lock held, and the thread blocked on it for good: it is a
-# daemon, so it is left behind rather than holding the run's exit.
+# How long close() waits for the thread: it is a daemon, so one stuck in a draw is left
+# behind rather than holding up the end of an interrupted run.
 JOIN_SECONDS = 5.0
 
 
