@@ -26,8 +26,7 @@ from verify.compare import DIGITS, Segment, ulp, whole
 from verify.digest import bits, segment_digests
 from verify.materialize import MaterializedCase, materialize, value_key
 from verify.pack import pack
-from verify.process_state import RestoreError, capture
-from verify.runner import Status, copy_case, run_and_judge
+from verify.runner import Status, contained_call, copy_case, run_and_judge
 from verify.target import Target
 
 # The properties a comparison checks: the claims of verify.capabilities.CLAIMS, and
@@ -231,11 +230,6 @@ def _difference(variant: Variant, base: tuple[Tensor, Tensor | None], now: tuple
     return found
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0] if lines else ''}"
-
-
 def _inputs(cases: Sequence[CaseSpec], drawn: dict[tuple, tuple[Tensor, Tensor, Tensor]],
             device: str | torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """The ``q``, ``k``, ``v`` of ``cases`` packed: each case's drawn once per comparison (the
@@ -297,26 +291,12 @@ def compare_variants(target: Target, variants: Sequence[Variant], device: str | 
             if outcome.status == Status.ERROR:
                 record.error, record.kind = outcome.reason or outcome.summary(), outcome.kind
         else:
-            on_target_call()
-            before = capture()
-            try:
-                out, lse = target.run(copy_case(case))
-                if case.device.type == "cuda":
-                    torch.cuda.synchronize(case.device)
-                got.update(out=out, lse=lse)
-            except (Exception, SystemExit) as exc:  # the target's: recorded, the rest still run
-                record.error, record.kind = _one_line(exc), f"error:{type(exc).__name__}"
-            try:
-                changed = before.restore()
-            except RestoreError as exc:
-                changed, result.fault = [str(exc)], str(exc)
-            left = after_target_call()
-            if not record.error and changed:
-                record.error, record.kind = ("the target changed process-wide state: "
-                                             + "; ".join(changed)), "global-state"
-            elif not record.error and left is not None:
-                record.error, record.kind = (f"the target left {left} running after its "
-                                             "call returned (killed)"), "stray-process"
+            call = contained_call(target, copy_case(case), on_target_call, after_target_call)
+            result.fault = result.fault or call.fault
+            if call.error is not None:  # the target's: recorded, the other variants still run
+                record.kind, record.error = call.error
+            else:
+                got.update(out=call.out, lse=call.lse)
         record.seconds = time.perf_counter() - start
         out, lse = got.get("out"), got.get("lse")
         if record.error or variant.subject is None:

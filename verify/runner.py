@@ -185,6 +185,52 @@ def _output_fingerprints(out: object, lse: object) -> list[int | None]:
     return found
 
 
+@dataclass
+class Call:
+    """One contained call of a target: what it returned, or how it failed (``error``: the
+    verdict's kind and reason; ``raised``: the call itself raised). Process-wide state the
+    call changed is already put back; ``fault`` is what could not be."""
+
+    out: object = None
+    lse: object = None
+    error: tuple[str, str] | None = None
+    raised: bool = False
+    seconds: float = 0.0
+    fault: str | None = None
+
+
+def contained_call(target: Target, given: MaterializedCase,
+                   on_target_call: Callable[[], None] = lambda: None,
+                   after_target_call: Callable[[], str | None] = lambda: None) -> Call:
+    """Call ``target`` on ``given`` (its own copy of the case) and contain it: an exception
+    or exit is an error, process-wide state it changed is put back (and is an error), what
+    it left running is an error (``after_target_call`` kills it and says what it was)."""
+    on_target_call()
+    before = capture()
+    start = time.perf_counter()
+    call = Call()
+    try:
+        call.out, call.lse = target.run(given)
+        _synchronize(given.device)
+    except (Exception, SystemExit) as exc:  # the target's own failure is a verdict
+        call.error, call.raised = _call_error(exc), True
+    call.seconds = time.perf_counter() - start
+    if call.error is not None and call.error[0] == "memory" and given.device.type == "cuda":
+        torch.cuda.empty_cache()  # what the target allocated went with its exception
+    try:
+        changed = before.restore()
+    except RestoreError as exc:
+        changed, call.fault = [f"{exc} (could not be restored)"], str(exc)
+    left = after_target_call()
+    if call.error is None and changed:
+        call.error = ("global-state", "the target changed process-wide state: "
+                      + "; ".join(changed))
+    elif call.error is None and left is not None:
+        call.error = ("stray-process", f"the target left {left} running after its call "
+                      "returned (killed)")
+    return call
+
+
 def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment] | None = None,
                   truths: TruthCache | None = None,
                   on_target_call: Callable[[], None] = lambda: None,
@@ -209,38 +255,18 @@ def run_and_judge(target: Target, case: MaterializedCase, segments: list[Segment
     given = copy_case(case)
     _synchronize(case.device)
     timings["reference"] = time.perf_counter() - start
-    on_target_call()
-    before = capture()
-    start = time.perf_counter()
-    raised: tuple[str, str] | None = None
-    try:
-        out, lse = target.run(given)
-        _synchronize(case.device)
-    except (Exception, SystemExit) as exc:  # the target's own failure is a verdict
-        raised = _call_error(exc)
-    seconds = time.perf_counter() - start
-    if raised is not None and raised[0] == "memory" and case.device.type == "cuda":
-        torch.cuda.empty_cache()  # what the target allocated went with its exception
-    fault = None
-    try:
-        changed = before.restore()
-    except RestoreError as exc:
-        changed, fault = [f"{exc} (could not be restored)"], str(exc)
-    left = after_target_call()
+    call = contained_call(target, given, on_target_call, after_target_call)
+    seconds, fault = call.seconds, call.fault
 
     def failed(kind: str, reason: str) -> Judged:
         return Judged(_error(target, kind, reason, len(segments), seconds), timings,
                       fault=fault)
 
-    if raised is not None:
-        return failed(*raised)
-    timings["target"] = seconds
-    if changed:
-        return failed("global-state", "the target changed process-wide state: "
-                      + "; ".join(changed))
-    if left is not None:
-        return failed("stray-process", f"the target left {left} running after its call "
-                      "returned (killed)")
+    if not call.raised:
+        timings["target"] = seconds
+    if call.error is not None:
+        return failed(*call.error)
+    out, lse = call.out, call.lse
     if on_result is not None:
         on_result(out, lse)
     start = time.perf_counter()

@@ -23,7 +23,7 @@ from verify.compare import Segment
 from verify.invariance import Comparison, Variant, compare_variants
 from verify.materialize import materialize
 from verify.pack import pack
-from verify.runner import Judged, Outcome, Status, run_and_judge
+from verify.runner import Outcome, run_and_judge
 from verify.target import Target
 
 
@@ -83,11 +83,12 @@ def _threads() -> set[int]:
     return set(sys._current_frames())
 
 
-def _restart_reason(judged: Judged, threads_left: int, device: str) -> str:
-    """Why the worker that judged ``judged`` must not run another job, or ''."""
-    kinds = {o.kind for o in judged.outcomes}
-    if judged.fault:
-        return f"process-wide state could not be restored: {judged.fault}"
+def _restart_reason(kinds: set[str], fault: str | None, threads_left: int, device: str
+                    ) -> str:
+    """Why a worker whose job ended in verdicts of ``kinds`` (and left ``fault``, state it
+    could not put back) must not run another job, or ''."""
+    if fault:
+        return f"process-wide state could not be restored: {fault}"
     if "memory" in kinds:
         return "the target ran out of memory (and may keep what it allocated)"
     if "late-write" in kinds:
@@ -121,7 +122,8 @@ def execute(job: Job, state: WorkerState,
     state.compiled.add(repr(key))
     judged = run_and_judge(state.target, case, segments, on_target_call=on_target_call,
                            after_target_call=after_target_call)
-    restart = _restart_reason(judged, len(_threads() - threads), state.device)
+    restart = _restart_reason({o.kind for o in judged.outcomes}, judged.fault,
+                              len(_threads() - threads), state.device)
     return JobResult(job.id, judged.outcomes, judged.batch,
                      {"materialize": materialize_seconds, **judged.timings}, compiled,
                      "" if key is None else repr(key), restart)
@@ -139,8 +141,7 @@ def compare(job: Job, state: WorkerState, threads: set[int],
     for variant in variants:
         for spec in variant.cases:
             state.compiled.add(repr(state.target.compile_key(spec)))
-    judged = Judged([Outcome(state.target.name, Status.ERROR, kind=r.kind, reason=r.error)
-                     for r in comparison.runs if r.error], {}, fault=comparison.fault)
-    restart = _restart_reason(judged, len(_threads() - threads), state.device)
+    restart = _restart_reason({r.kind for r in comparison.errors}, comparison.fault,
+                              len(_threads() - threads), state.device)
     return JobResult(job.id, [], timings={"checks": time.perf_counter() - start},
                      restart=restart, comparison=comparison)
