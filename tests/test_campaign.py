@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, main
+from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_INTERRUPTED, EXIT_USAGE, main
+from fuzz.loop.campaign import Campaign
 from fuzz.loop.shrink import shrink
 from fuzz.loop.triage import run_sync
 from fuzz.report.summary import RunStatus
@@ -47,6 +48,20 @@ def test_max_findings_reports_and_shrinks_at_most_n(tmp_path: Path) -> None:
     findings = _target(tmp_path)["findings"]
     assert len(findings) == 2 and set(_findings(tmp_path)) < THREE_FINDINGS
     assert len(list((tmp_path / "latest" / "reproducers").iterdir())) == 2
+
+
+def test_a_failure_the_run_stops_before_attributing_fails_the_target(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Interrupted while a failure waits for triage: no finding yet, but never 'clean'."""
+    def interrupted(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Campaign, "_attribute", interrupted)
+    assert main(["--target", GQA, "--examples", "25", *RUN,
+                 "--report-dir", str(tmp_path)]) == EXIT_INTERRUPTED
+    target = _target(tmp_path)
+    assert target["findings"] == [] and target["untriaged_failures"] >= 1
+    assert target["status"] == RunStatus.FAILED
 
 
 def _accepted(report_dir: Path, target: str, into: Path) -> Path:

@@ -116,9 +116,10 @@ class TargetRun:
     seconds: Counter[str] = field(default_factory=Counter)  # where the time went
     declined: Counter[str] = field(default_factory=Counter)
     drawn: int = 0
-    restarts: int = 0
+    restarts: Counter[str] = field(default_factory=Counter)  # workers replaced, by reason
     triage_runs: int = 0
     unattributed: int = 0  # failures left after --max-findings new findings
+    untriaged: int = 0  # failures not yet attributed when the run stopped (interrupted)
     broken: str | None = None  # the exploration itself broke (not the target)
     invariance: dict[str, Measure] = field(default_factory=dict)  # by property
     claims: frozenset[str] = frozenset()
@@ -213,11 +214,19 @@ class Campaign:
                 break
             for result in self._collect(POLL_SECONDS):
                 self._absorb(result)
-            while self._failures:
-                self._attribute(*self._failures.popleft())
+            self._count_untriaged()
+            while self._failures:  # taken off once attributed: an interrupt leaves it counted
+                self._attribute(*self._failures[0])
+                self._failures.popleft()
+                self._count_untriaged()
             if done() and not self._jobs and not self._deferred:
                 break
         self.run.seconds["explore"] += time.monotonic() - start
+
+    def _count_untriaged(self) -> None:
+        """Failures waiting for attribution (or for their rerun alone) make the target
+        failed even if the run stops before they are attributed."""
+        self.run.untriaged = len(self._failures) + len(self._pending)
 
     def _findings_full(self) -> bool:
         return len(self.run.new_findings) >= self.settings.max_findings
@@ -251,7 +260,7 @@ class Campaign:
         return results
 
     def _account(self, result: JobResult, submitted: _Submitted) -> None:
-        self.run.restarts = self.pool.restarts
+        self.run.restarts = self.pool.restart_reasons.copy()
         for phase, seconds in result.timings.items():
             self.run.seconds[phase] += seconds
         if result.compiled:

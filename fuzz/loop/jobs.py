@@ -11,6 +11,7 @@ whether it must be replaced before the next job (why, in ``restart``).
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -83,7 +84,13 @@ def _threads() -> set[int]:
     return set(sys._current_frames())
 
 
-def _restart_reason(kinds: set[str], fault: str | None, threads_left: int, device: str
+def _thread_names(idents: set[int]) -> list[str]:
+    """The names of threads ``idents`` (a thread ``threading`` does not know by its id)."""
+    names = {t.ident: t.name for t in threading.enumerate()}
+    return sorted(names.get(i, f"thread {i}") for i in idents)
+
+
+def _restart_reason(kinds: set[str], fault: str | None, threads_left: set[int], device: str
                     ) -> str:
     """Why a worker whose job ended in verdicts of ``kinds`` (and left ``fault``, state it
     could not put back) must not run another job, or ''."""
@@ -94,7 +101,9 @@ def _restart_reason(kinds: set[str], fault: str | None, threads_left: int, devic
     if "late-write" in kinds:
         return "the target's output changed after its call returned: something of it runs on"
     if threads_left:
-        return f"the target left {threads_left} thread{'s' * (threads_left > 1)} running"
+        names = _thread_names(threads_left)
+        shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+        return f"the target left {len(names)} thread{'s' * (len(names) > 1)} running ({shown})"
     if any(k.startswith("error:") for k in kinds) and not _device_works(device):
         return "the CUDA context does not work any more"
     return ""
@@ -123,7 +132,7 @@ def execute(job: Job, state: WorkerState,
     judged = run_and_judge(state.target, case, segments, on_target_call=on_target_call,
                            after_target_call=after_target_call)
     restart = _restart_reason({o.kind for o in judged.outcomes}, judged.fault,
-                              len(_threads() - threads), state.device)
+                              _threads() - threads, state.device)
     return JobResult(job.id, judged.outcomes, judged.batch,
                      {"materialize": materialize_seconds, **judged.timings}, compiled,
                      "" if key is None else repr(key), restart)
@@ -142,6 +151,6 @@ def compare(job: Job, state: WorkerState, threads: set[int],
         for spec in variant.cases:
             state.compiled.add(repr(state.target.compile_key(spec)))
     restart = _restart_reason({r.kind for r in comparison.errors}, comparison.fault,
-                              len(_threads() - threads), state.device)
+                              _threads() - threads, state.device)
     return JobResult(job.id, [], timings={"checks": time.perf_counter() - start},
                      restart=restart, comparison=comparison)

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -198,7 +198,7 @@ class _Worker:
     started: int | None = None  # the job the worker said it began
     in_target: bool = False
     since: float = field(default_factory=time.perf_counter)
-    retiring: bool = False  # it said it exits after its last result
+    retiring: str = ""  # why it said it exits after its last result
 
 
 def worker_threads(device: str, workers: int) -> int:
@@ -224,7 +224,7 @@ class WorkerPool:
         self.log = None if log is None else str(log)
         self.memory = memory
         self.devices = list(devices)
-        self.restarts = 0
+        self.restart_reasons: Counter[str] = Counter()
         self._startup_deaths = 0
         self._done: list[JobResult] = []
         self._workers: list[_Worker] = []
@@ -235,6 +235,10 @@ class WorkerPool:
             raise ValueError(f"isolation must be 'process' or 'none', got {isolation!r}")
         else:
             self._workers = [self._start(device) for device in self.devices]
+
+    @property
+    def restarts(self) -> int:
+        return self.restart_reasons.total()
 
     def _start(self, device: str) -> _Worker:
         parent, child = _context().Pipe()
@@ -308,7 +312,7 @@ class WorkerPool:
                 pass
         if worker.retiring:
             self._kill(worker)
-            self._replace(worker, "", "")
+            self._replace(worker, "", worker.retiring)
         elif not worker.process.is_alive():
             worker.process.join()
             kill_session(worker.process.pid, alive=False)  # what it started dies with it
@@ -350,7 +354,7 @@ class WorkerPool:
                 self._done.append(result)
                 worker.started, worker.in_target = None, False
                 worker.since = time.perf_counter()
-                worker.retiring = bool(result.restart)
+                worker.retiring = result.restart
             case Fatal(reason):
                 for job in worker.jobs:
                     self._done.append(failed_result(job, self.target_name, "error:load",
@@ -373,7 +377,7 @@ class WorkerPool:
             self._startup_deaths = 0
         pending = list(worker.jobs)
         worker.conn.close()
-        self.restarts += 1
+        self.restart_reasons[reason] += 1
         fresh = self._start(worker.device)
         self._workers[self._workers.index(worker)] = fresh
         for job in pending:

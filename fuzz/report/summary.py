@@ -38,7 +38,7 @@ class RunStatus(str, enum.Enum):
     and the table show the value)."""
 
     CLEAN = "clean"  # enough cases judged, no failure
-    FAILED = "failed"  # a new finding, or an expected finding that went stale
+    FAILED = "failed"  # a new finding, an expected one gone stale, or an untriaged failure
     EXPECTED = "expected"  # only expected findings
     INCONCLUSIVE = "inconclusive"  # fewer cases judged than asked for
     BROKEN = "broken"  # the exploration itself broke (not the target)
@@ -52,12 +52,13 @@ STATUS_STYLES = {RunStatus.FAILED: "bold red", RunStatus.BROKEN: "bold red",
 
 
 def status(run: TargetRun, min_cases: int) -> RunStatus:
-    """failed (a new finding or a stale expected one), broken (the exploration itself
+    """failed (a new finding, a stale expected one, or a failure the run stopped before
+    attributing), broken (the exploration itself
     broke), expected (only expected findings), inconclusive (fewer than ``min_cases``
     judged) or clean."""
     if run.broken is not None:
         return RunStatus.BROKEN
-    if run.new_findings or run.stale:
+    if run.new_findings or run.stale or run.untriaged:
         return RunStatus.FAILED
     if run.judged < min_cases:
         return RunStatus.INCONCLUSIVE
@@ -123,6 +124,8 @@ def findings_text(run: TargetRun) -> str:
         parts.append(f"{expected} expected")
     if run.stale:
         parts.append(f"{len(run.stale)} stale")
+    if run.untriaged:
+        parts.append(f"{run.untriaged} untriaged")
     return ", ".join(parts) or "0"
 
 
@@ -135,6 +138,9 @@ def worst_case(run: TargetRun) -> str:
         return f"stale: {stale.expected.identity} ({stale.now})"
     if run.broken is not None:
         return run.broken
+    if run.untriaged:
+        return (f"{run.untriaged} failing case{'s' * (run.untriaged > 1)} not yet attributed "
+                "to a finding when the run stopped")
     return describe_case(run.worst_spec) if run.worst_spec is not None else "-"
 
 
@@ -221,11 +227,13 @@ def _target_json(report: RunReport, run: TargetRun) -> dict[str, Any]:
         "stale": [{"finding": str(s.expected.identity), "file": str(s.expected.path),
                    "now": s.now} for s in run.stale],
         "triage_runs": run.triage_runs, "unattributed_failures": run.unattributed,
+        "untriaged_failures": run.untriaged,
         "configurations": len(run.configurations),
         "features": {name: run.features[name] for name in FEATURES},
         "declined": dict(run.declined.most_common()), "drawn": run.drawn,
         "compiles": run.compiles, "seconds": _time_shares(run),
-        "worker_restarts": run.restarts, "broken": run.broken,
+        "worker_restarts": run.restarts.total(),
+        "restart_reasons": dict(run.restarts.most_common()), "broken": run.broken,
         "claims": sorted(run.claims), "checks": run.checks,
         "checks_postponed": run.checks_postponed,
         "invariance": {p: run.invariance[p].to_json(p) for p in PROPERTIES
@@ -270,4 +278,8 @@ def report_markdown(report: RunReport) -> str:
             lines += ["", f"## {run.target}: `{stale.expected.identity}` (stale)", "",
                       f"Expected in `{stale.expected.path}`, but its case {stale.now}: fixed? "
                       "remove it from the file."]
+        if run.restarts:
+            lines += ["", f"## {run.target}: workers replaced", ""]
+            lines += [f"- {count} x {reason}"
+                      for reason, count in run.restarts.most_common()]
     return "\n".join(lines) + "\n"
