@@ -9,6 +9,7 @@ tests/hostile_gpu.py has the ones that need a GPU.
 from __future__ import annotations
 
 import ctypes
+import io
 import mmap
 import os
 import random
@@ -200,6 +201,16 @@ def spawns_detached_process(case: MaterializedCase) -> tuple[Tensor, Tensor]:
 def leaves_thread(case: MaterializedCase) -> tuple[Tensor, Tensor]:
     """Right answers, and a thread left sleeping (harmless, but its worker must go)."""
     threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()
+    return _exact.run(case)
+
+
+def shows_progress(case: MaterializedCase) -> tuple[Tensor, Tensor]:
+    """Right answers after a progress bar, as compilers show (well-behaved: tqdm's monitor
+    thread, which the first bar starts, is not the kernel's)."""
+    from tqdm import tqdm
+
+    with tqdm(total=1, file=io.StringIO()) as bar:
+        bar.update()
     return _exact.run(case)
 
 

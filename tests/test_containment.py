@@ -52,6 +52,14 @@ def test_memory_past_the_limit_is_an_error_and_the_worker_is_replaced(kernel: st
     assert restarts == 2
 
 
+def test_a_progress_bar_costs_no_worker() -> None:
+    """tqdm's monitor thread is a library's, not one the kernel left: no restart."""
+    pytest.importorskip("tqdm")
+    outcomes, restarts = _outcomes("shows_progress", 2)
+    assert [o.status for o in outcomes] == [Status.PASS, Status.PASS]
+    assert restarts == 0
+
+
 def test_a_kernel_that_keeps_what_it_allocates_is_stopped_and_the_next_worker_passes() -> None:
     outcomes, restarts = _outcomes("keeps_what_it_allocates", 4)
     kinds = [o.kind for o in outcomes]

@@ -84,6 +84,17 @@ def _threads() -> set[int]:
     return set(sys._current_frames())
 
 
+def quiet_progress_monitor() -> None:
+    """Keep tqdm from starting its monitor thread (Inductor's and Triton's compiles make
+    progress bars): that thread outlives the call that made the first bar, so it would
+    read as one the target left running, and every compile would cost a worker."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    tqdm.monitor_interval = 0
+
+
 def _thread_names(idents: set[int]) -> list[str]:
     """The names of threads ``idents`` (a thread ``threading`` does not know by its id)."""
     names = {t.ident: t.name for t in threading.enumerate()}

@@ -43,7 +43,7 @@ from fuzz.loop.containment import (
     kill_session,
     resident_memory,
 )
-from fuzz.loop.jobs import Job, JobResult, WorkerState, execute
+from fuzz.loop.jobs import Job, JobResult, WorkerState, execute, quiet_progress_monitor
 from verify.runner import Outcome, Status, out_of_memory
 from verify.targets import get_target
 
@@ -126,6 +126,7 @@ def _serve(conn: Connection, target_name: str, device: str, threads: int,
         torch.set_num_threads(threads)
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
+    quiet_progress_monitor()
     try:
         state = WorkerState(get_target(target_name), device)
     except Exception as exc:
