@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from verify.case import parse_case
-from verify.compare import check, expected
-from verify.materialize import materialize
-from verify.targets.fa4 import FA4Target
+from prefix_referee.verify.case import parse_case
+from prefix_referee.verify.compare import check, expected
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.targets.fa4 import FA4Target
 
 BASE: dict[str, Any] = {
     "requests": [{"context_len": 300, "query_len": 700, "ranges": [[250, 420], [900, 1100]]},

@@ -18,9 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fuzz.cli import main as fuzz
-from verify.kernels.interpreter import use_interpreter_without_cuda
-from verify.targets.faults import SINGLE_CAUSE
+from prefix_referee.fuzz.cli import main as fuzz
+from prefix_referee.verify.kernels.interpreter import use_interpreter_without_cuda
+from prefix_referee.verify.targets.faults import SINGLE_CAUSE
 
 COMBINATIONS = ("gqa_ratio_4+lse_base2+window_inclusive_under_clamp",
                 "context_positions_restart+low_precision_accumulator+page_size_assumed_16")

@@ -31,10 +31,10 @@ from typing import Any
 
 import torch
 
-from verify import CaseSpec, parse_case
-from verify.materialize import materialize
-from verify.runner import evaluate
-from verify.targets.flex import FlexTarget
+from prefix_referee.verify import CaseSpec, parse_case
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.runner import evaluate
+from prefix_referee.verify.targets.flex import FlexTarget
 
 GIB = 1 << 30
 

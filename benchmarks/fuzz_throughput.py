@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fuzz.cli import main as fuzz
+from prefix_referee.fuzz.cli import main as fuzz
 
 SHARES = ("compile", "target", "reference_and_baseline", "policy", "checks", "bookkeeping")
 

@@ -20,9 +20,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from fuzz.cli import main as fuzz
-from verify.invariance import SYMPTOMS
-from verify.targets.faults import INVARIANCE_FAULT_PROPERTIES
+from prefix_referee.fuzz.cli import main as fuzz
+from prefix_referee.verify.invariance import SYMPTOMS
+from prefix_referee.verify.targets.faults import INVARIANCE_FAULT_PROPERTIES
 
 # The batch-level decision is a tolerance bug: any finding of the values is its finding.
 BATCH_LEVEL = "noncausal_without_images"

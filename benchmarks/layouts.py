@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from verify import CaseSpec, parse_case
+from prefix_referee.verify import CaseSpec, parse_case
 
 REQUESTS, TOKENS, HEADS, KV_HEADS, HEAD_DIM = 8, 4096, 16, 8, 128
 # Two images per request: 256 and 1024 tokens, at different offsets per request.

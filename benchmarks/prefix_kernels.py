@@ -38,9 +38,9 @@ from pathlib import Path
 import torch
 
 from benchmarks.layouts import GEMMA4_LAYERS, decode_heavy, gemma4, prefill
-from verify import CaseSpec, materialize
-from verify.case import KV_DTYPES, KV_SCALES
-from verify.kernels.prefix_attention import (
+from prefix_referee.verify import CaseSpec, materialize
+from prefix_referee.verify.case import KV_DTYPES, KV_SCALES
+from prefix_referee.verify.kernels.prefix_attention import (
     SM90_MAX_SHARED_BYTES,
     default_config,
     default_short_config,
@@ -48,9 +48,9 @@ from verify.kernels.prefix_attention import (
     sm90_resources,
     sm90_unavailable_reason,
 )
-from verify.materialize import MaterializedCase
-from verify.runner import Status, TruthCache, evaluate
-from verify.targets import get_target
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.runner import Status, TruthCache, evaluate
+from prefix_referee.verify.targets import get_target
 
 LAYOUTS: dict[str, Callable[..., CaseSpec]] = {"prefill": prefill, "decode": decode_heavy}
 TARGETS = ("fa4", "two_call_fa4", "replace_fa4", "triton")
@@ -68,7 +68,7 @@ def median_ms(fn: Callable[[], object]) -> float:
 
 def fa4_causal_call(case: MaterializedCase) -> Callable[[], object]:
     """FA4 causal with no mask_mod over the same cache: what the images cost on top."""
-    from verify.targets.fa4 import fa4_causal
+    from prefix_referee.verify.targets.fa4 import fa4_causal
 
     kwargs = ({"seqused_k": case.seqused_k, "page_table": case.page_table}
               if case.page_table is not None else {})

@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from benchmarks.layouts import HEAD_DIM, HEADS, TOKENS, prefill
-from references import reference_attention
-from references.reference import FAST_BLOCK, _fast
-from verify.mask import request_mask
-from verify.materialize import materialize
+from prefix_referee.references import reference_attention
+from prefix_referee.references.reference import FAST_BLOCK, _fast
+from prefix_referee.verify.mask import request_mask
+from prefix_referee.verify.materialize import materialize
 
 
 def timed(fn: Callable[[], object], repeats: int) -> float:
@@ -84,7 +84,7 @@ def main() -> None:
         figures["plain_reference_ms"] = timed(
             lambda: reference_attention(batch, method="plain"), 1) * 1e3
     if args.fa4:
-        from verify.targets import get_target
+        from prefix_referee.verify.targets import get_target
 
         fa4 = get_target("fa4")
         figures["fa4_ms"] = timed(lambda: fa4.run(case), args.repeats) * 1e3

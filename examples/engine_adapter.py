@@ -16,10 +16,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from verify.capabilities import Capabilities
-from verify.materialize import MaterializedCase
-from verify.targets import prefix_kernel
-from verify.targets.triton import INTERPRETER_MAX_TOKENS
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.targets import prefix_kernel
+from prefix_referee.verify.targets.triton import INTERPRETER_MAX_TOKENS
 
 # Compiled on a GPU; on a CPU under Triton's interpreter, which only takes small cases.
 COMPILED = torch.cuda.is_available()
@@ -38,7 +38,7 @@ def _engine_call(q: Tensor, key_cache: Tensor, value_cache: Tensor, block_table:
                  scale: float, sliding_window: int | None, clamp: bool,
                  softcap: float | None, query_lens: list[int]) -> tuple[Tensor, Tensor]:
     """The engine's entry point, with the engine's argument names."""
-    from verify.kernels.prefix_attention import prefix_attention_paged
+    from prefix_referee.verify.kernels.prefix_attention import prefix_attention_paged
 
     return prefix_attention_paged(q, key_cache, value_cache, block_table, query_start_loc,
                                   seq_lens, mm_prefix_range, scale, sliding_window, clamp,

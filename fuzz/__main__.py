@@ -1,6 +1,6 @@
 """``python -m fuzz``: see :mod:`fuzz.cli`."""
 
-from fuzz.cli import main
+from prefix_referee.fuzz.cli import main
 
 # Worker processes import the main module again (as __mp_main__): only run here.
 if __name__ == "__main__":

@@ -20,57 +20,60 @@ from types import FrameType
 import torch
 from rich.console import Console
 
-from fuzz.cases.models import MODELS
-from fuzz.cases.spaces import SPACES, default_space, space_for
-from fuzz.cases.strategies import Space
-from fuzz.golden.cases import GoldenError, regenerate
-from fuzz.golden.replay import check_expectation, expectations, golden_files
-from fuzz.loop.campaign import Campaign, TargetRun
-from fuzz.loop.containment import (
+from prefix_referee.fuzz.cases.models import MODELS
+from prefix_referee.fuzz.cases.spaces import SPACES, default_space, space_for
+from prefix_referee.fuzz.cases.strategies import Space
+from prefix_referee.fuzz.golden.cases import GoldenError, regenerate
+from prefix_referee.fuzz.golden.replay import check_expectation, expectations, golden_files
+from prefix_referee.fuzz.loop.campaign import Campaign, TargetRun
+from prefix_referee.fuzz.loop.containment import (
     HOST_MEMORY_SHARE,
     MIN_WORKER_MEMORY,
     default_worker_memory,
     format_size,
     parse_size,
 )
-from fuzz.loop.jobs import Job
-from fuzz.loop.schedule import run_campaigns
-from fuzz.loop.settings import RunSettings
-from fuzz.loop.workers import WorkerPool
-from fuzz.records.casefiles import relative
-from fuzz.records.findings import (
+from prefix_referee.fuzz.loop.jobs import Job
+from prefix_referee.fuzz.loop.schedule import run_campaigns
+from prefix_referee.fuzz.loop.settings import RunSettings
+from prefix_referee.fuzz.loop.workers import WorkerPool
+from prefix_referee.fuzz.records.casefiles import relative
+from prefix_referee.fuzz.records.findings import (
     ExpectationError,
     expected_findings,
     finding_json,
     write_findings,
 )
-from fuzz.records.journal import (
+from prefix_referee.fuzz.records.journal import (
     JournalError,
     RunDirectory,
     check_writable_file,
     replace_atomically,
     write_atomically,
 )
-from fuzz.records.progress import FuzzProgress
-from fuzz.report.junit import write_junit
-from fuzz.report.summary import (
+from prefix_referee.fuzz.records.progress import FuzzProgress
+from prefix_referee.fuzz.report.junit import write_junit
+from prefix_referee.fuzz.report.summary import (
     RunReport,
     render_invariance_table,
     render_table,
     report_json,
     report_markdown,
 )
-from golden import GOLDEN_DIR
-from verify.case import KV_DTYPES, CaseError, CaseSpec, read_case
-from verify.invariance import SYMPTOMS, Variant, variants_from_json
-from verify.kernels.interpreter import interpreter_patches, use_interpreter_without_cuda
-from verify.limits import Limits, memory_limit
-from verify.materialize import materialize
-from verify.plotting import PlotsUnavailable
-from verify.runner import TruthCache
-from verify.target import Target
-from verify.targets import available_targets, get_target
-from verify.versions import device_description, suite_version, versions
+from prefix_referee.golden import GOLDEN_DIR
+from prefix_referee.verify.case import KV_DTYPES, CaseError, CaseSpec, read_case
+from prefix_referee.verify.invariance import SYMPTOMS, Variant, variants_from_json
+from prefix_referee.verify.kernels.interpreter import (
+    interpreter_patches,
+    use_interpreter_without_cuda,
+)
+from prefix_referee.verify.limits import Limits, memory_limit
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.plotting import PlotsUnavailable
+from prefix_referee.verify.runner import TruthCache
+from prefix_referee.verify.target import Target
+from prefix_referee.verify.targets import available_targets, get_target
+from prefix_referee.verify.versions import device_description, suite_version, versions
 
 EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 # Seconds of exploration when neither --budget nor --examples is given: the whole
@@ -374,7 +377,7 @@ def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
     written = [run_dir.path / "report.json", run_dir.path / "report.md"]
     try:
         if plots:
-            from fuzz.report.plots import plot_ratios
+            from prefix_referee.fuzz.report.plots import plot_ratios
 
             stats = {t.target: t.stats for t in report.targets}
             replace_atomically(run_dir.path / "ratios.png",

@@ -4,7 +4,7 @@ An engine keeps its tests in its repository and asserts against the suite's floa
 reference and tolerance policy (docs/plugin.md)::
 
     from hypothesis import given
-    from fuzz.testing import CPU_SPACE, assert_matches_reference, cases, space_for
+    from prefix_referee.fuzz.testing import CPU_SPACE, assert_matches_reference, cases, space_for
 
     @given(spec=cases(space_for(my_kernel.capabilities, CPU_SPACE)))
     def test_my_kernel(spec):
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fuzz.cases.models import MODELS
-from fuzz.cases.spaces import SPACES, default_space, space_for
-from fuzz.cases.strategies import (
+from prefix_referee.fuzz.cases.models import MODELS
+from prefix_referee.fuzz.cases.spaces import SPACES, default_space, space_for
+from prefix_referee.fuzz.cases.strategies import (
     ADVERSARIAL_CASES,
     CPU_SPACE,
     GPU_SPACE,
@@ -30,15 +30,15 @@ from fuzz.cases.strategies import (
     cases,
     with_adversarial_examples,
 )
-from fuzz.loop.triage import run_sync, triage
-from fuzz.records.findings import ExpectedFinding
-from verify.capabilities import Capabilities
-from verify.case import CaseSpec, read_case
-from verify.materialize import MaterializedCase, materialize
-from verify.runner import Outcome, Status, evaluate
-from verify.target import Target
-from verify.targets import get_target, prefix_kernel
-from verify.targets.external import ExternalTarget
+from prefix_referee.fuzz.loop.triage import run_sync, triage
+from prefix_referee.fuzz.records.findings import ExpectedFinding
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import CaseSpec, read_case
+from prefix_referee.verify.materialize import MaterializedCase, materialize
+from prefix_referee.verify.runner import Outcome, Status, evaluate
+from prefix_referee.verify.target import Target
+from prefix_referee.verify.targets import get_target, prefix_kernel
+from prefix_referee.verify.targets.external import ExternalTarget
 
 # The names SPACES and default_space had before; kept importable for one release.
 PROFILES = SPACES

@@ -17,7 +17,7 @@ import math
 import torch
 from torch import Tensor
 
-from references.batch import Batch, interval_mask, plan_blocks
+from prefix_referee.references.batch import Batch, interval_mask, plan_blocks
 
 # Rows per block at most, and scores (in the input dtype) held at once.
 QUERY_BLOCK = 512

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from references.batch import Batch, Block, interval_mask, plan_blocks
+from prefix_referee.references.batch import Batch, Block, interval_mask, plan_blocks
 
 # Rows and key columns per tile of the plain path.
 PLAIN_BLOCK = 256

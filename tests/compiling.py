@@ -8,9 +8,9 @@ import time
 
 from torch import Tensor
 
-from verify.case import CaseSpec
-from verify.materialize import MaterializedCase
-from verify.targets import get_target, prefix_kernel
+from prefix_referee.verify.case import CaseSpec
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.targets import get_target, prefix_kernel
 
 COMPILE_SECONDS = 0.3
 _exact = get_target("reference")

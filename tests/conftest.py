@@ -14,8 +14,11 @@ import pytest
 import torch
 from hypothesis import settings
 
-from fuzz.plugin.profiles import default_hypothesis_profile, register_hypothesis_profiles
-from verify.kernels.interpreter import use_interpreter_without_cuda
+from prefix_referee.fuzz.plugin.profiles import (
+    default_hypothesis_profile,
+    register_hypothesis_profiles,
+)
+from prefix_referee.verify.kernels.interpreter import use_interpreter_without_cuda
 
 # Before anything imports triton: without CUDA, Triton kernels run under the interpreter.
 use_interpreter_without_cuda()
@@ -26,7 +29,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)
 
 # --stats-file PATH: per-target verdicts and error ratios, merged across xdist workers.
-pytest_plugins = ["fuzz.plugin.stats"]
+pytest_plugins = ["prefix_referee.fuzz.plugin.stats"]
 
 register_hypothesis_profiles()
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", default_hypothesis_profile()))
@@ -38,7 +41,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     The marker needs an SM90+ CUDA device; tests of FA4 also skip, with their own
     reason, when flash-attn-4 is missing (``verify.gpu.fa4_unavailable_reason``).
     """
-    from verify.gpu import cuda_unavailable_reason
+    from prefix_referee.verify.gpu import cuda_unavailable_reason
 
     reason = cuda_unavailable_reason()
     if reason is None:

@@ -16,9 +16,9 @@ import math
 import torch
 from torch import Tensor
 
-from verify.capabilities import Capabilities
-from verify.materialize import MaterializedCase
-from verify.targets import prefix_kernel
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.targets import prefix_kernel
 
 TAKES_FP8 = Capabilities(kv_dtypes=frozenset({None, "float8_e4m3fn", "float8_e5m2"}))
 

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from verify.materialize import MaterializedCase
-from verify.targets import get_target
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.targets import get_target
 
 _exact = get_target("reference")
 

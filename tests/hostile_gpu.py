@@ -12,8 +12,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from verify.capabilities import Capabilities
-from verify.materialize import MaterializedCase
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.materialize import MaterializedCase
 
 _GPU = Capabilities(devices=frozenset({"cuda"}))
 

@@ -12,8 +12,8 @@ import math
 import torch
 from torch import Tensor
 
-from verify.mask import block_mask
-from verify.materialize import MaterializedCase
+from prefix_referee.verify.mask import block_mask
+from prefix_referee.verify.materialize import MaterializedCase
 
 TILE = 16
 LOG2E = math.log2(math.e)

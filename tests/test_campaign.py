@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_INTERRUPTED, EXIT_USAGE, main
-from fuzz.loop.campaign import Campaign
-from fuzz.loop.shrink import shrink
-from fuzz.loop.triage import run_sync
-from fuzz.report.summary import RunStatus
-from verify import parse_case
+from prefix_referee.fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_INTERRUPTED, EXIT_USAGE, main
+from prefix_referee.fuzz.loop.campaign import Campaign
+from prefix_referee.fuzz.loop.shrink import shrink
+from prefix_referee.fuzz.loop.triage import run_sync
+from prefix_referee.fuzz.report.summary import RunStatus
+from prefix_referee.verify import parse_case
 
 GQA = "fault:gqa_ratio_4"
 THREE_BUGS = "fault:gqa_ratio_4+lse_base2+window_inclusive_under_clamp"

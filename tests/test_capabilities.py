@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fuzz.cases.spaces import space_for
-from fuzz.cases.strategies import CPU_SPACE, cases
-from fuzz.cli import EXIT_CLEAN, main
-from verify import materialize, parse_case
-from verify.capabilities import LAYOUT_PREDICATES, Capabilities
-from verify.targets import get_target, prefix_kernel
-from verify.targets.external import ExternalTarget
+from prefix_referee.fuzz.cases.spaces import space_for
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE, cases
+from prefix_referee.fuzz.cli import EXIT_CLEAN, main
+from prefix_referee.verify import materialize, parse_case
+from prefix_referee.verify.capabilities import LAYOUT_PREDICATES, Capabilities
+from prefix_referee.verify.targets import get_target, prefix_kernel
+from prefix_referee.verify.targets.external import ExternalTarget
 
 
 @pytest.mark.parametrize("predicate", list(LAYOUT_PREDICATES))

@@ -8,11 +8,11 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, case_dicts, cases
-from verify import CaseError, load_case, parse_case, read_case
-from verify.case import KV_DTYPES
-from verify.limits import Limits
-from verify.materialize import FINITE_POISON, materialize
+from prefix_referee.fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, case_dicts, cases
+from prefix_referee.verify import CaseError, load_case, parse_case, read_case
+from prefix_referee.verify.case import KV_DTYPES
+from prefix_referee.verify.limits import Limits
+from prefix_referee.verify.materialize import FINITE_POISON, materialize
 
 VALID = {"format": 3, "requests": [{"context_len": 0, "query_len": 37, "ranges": [[3, 20]]}],
          "num_heads": 4, "num_kv_heads": 2, "head_dim": 128, "dtype": "bfloat16",

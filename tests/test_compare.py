@@ -8,9 +8,9 @@ from dataclasses import replace
 import pytest
 import torch
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES
-from verify import materialize, parse_case
-from verify.compare import (
+from prefix_referee.fuzz.cases.strategies import ADVERSARIAL_CASES
+from prefix_referee.verify import materialize, parse_case
+from prefix_referee.verify.compare import (
     ATOL_ULPS,
     BASELINE_MULTIPLE,
     check,

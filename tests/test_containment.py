@@ -10,14 +10,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from fuzz.loop.containment import format_size, parse_size
-from fuzz.loop.jobs import Job
-from fuzz.loop.workers import WorkerPool
-from verify.case import parse_case
-from verify.materialize import materialize
-from verify.process_state import capture
-from verify.runner import Outcome, Status, run_and_judge
-from verify.targets import get_target
+from prefix_referee.fuzz.loop.containment import format_size, parse_size
+from prefix_referee.fuzz.loop.jobs import Job
+from prefix_referee.fuzz.loop.workers import WorkerPool
+from prefix_referee.verify.case import parse_case
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.process_state import capture
+from prefix_referee.verify.runner import Outcome, Status, run_and_judge
+from prefix_referee.verify.targets import get_target
 
 CASE = {"requests": [{"query_len": 4, "ranges": [[1, 2]]}], "num_heads": 2, "head_dim": 16,
         "dtype": "float32", "seed": 1}

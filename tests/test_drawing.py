@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.cases.drawing import DrawnAhead
-from fuzz.cases.strategies import CPU_SPACE
-from fuzz.cases.stream import CaseStream
-from fuzz.cli import main as fuzz
-from fuzz.loop import campaign
+from prefix_referee.fuzz.cases.drawing import DrawnAhead
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE
+from prefix_referee.fuzz.cases.stream import CaseStream
+from prefix_referee.fuzz.cli import main as fuzz
+from prefix_referee.fuzz.loop import campaign
 from tests import compiling
 
 

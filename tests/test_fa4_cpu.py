@@ -15,16 +15,22 @@ import pytest
 import torch
 from hypothesis import given
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
-from golden import FINDINGS_DIR
-from verify.case import CaseSpec, parse_case, read_case
-from verify.gpu import fa4_unavailable_reason
-from verify.mask import request_mask
-from verify.materialize import MaterializedCase, materialize
-from verify.runner import Status, evaluate
-from verify.targets import fa4 as fa4_module
-from verify.targets import get_target, target_names
-from verify.targets.fa4 import NO_WINDOW, FA4Target, mask_params, sm90_tile_n, tma_tail_nan_reason
+from prefix_referee.fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
+from prefix_referee.golden import FINDINGS_DIR
+from prefix_referee.verify.case import CaseSpec, parse_case, read_case
+from prefix_referee.verify.gpu import fa4_unavailable_reason
+from prefix_referee.verify.mask import request_mask
+from prefix_referee.verify.materialize import MaterializedCase, materialize
+from prefix_referee.verify.runner import Status, evaluate
+from prefix_referee.verify.targets import fa4 as fa4_module
+from prefix_referee.verify.targets import get_target, target_names
+from prefix_referee.verify.targets.fa4 import (
+    NO_WINDOW,
+    FA4Target,
+    mask_params,
+    sm90_tile_n,
+    tma_tail_nan_reason,
+)
 
 FINDINGS = FINDINGS_DIR
 WIDE = CPU_SPACE.narrowed(overlapping_ranges=True)

@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.golden.cases import FAULT_CASES
-from fuzz.loop.attribution import attribute, made_visible
-from fuzz.loop.triage import Diagnosis, run_sync, triage
-from fuzz.records.findings import Cause, Finding, Identity
-from verify import materialize, parse_case
-from verify.compare import Location, Verdict
-from verify.runner import Outcome, Status, evaluate
-from verify.targets import get_target
-from verify.targets.faults import SINGLE_CAUSE
+from prefix_referee.fuzz.golden.cases import FAULT_CASES
+from prefix_referee.fuzz.loop.attribution import attribute, made_visible
+from prefix_referee.fuzz.loop.triage import Diagnosis, run_sync, triage
+from prefix_referee.fuzz.records.findings import Cause, Finding, Identity
+from prefix_referee.verify import materialize, parse_case
+from prefix_referee.verify.compare import Location, Verdict
+from prefix_referee.verify.runner import Outcome, Status, evaluate
+from prefix_referee.verify.targets import get_target
+from prefix_referee.verify.targets.faults import SINGLE_CAUSE
 
 CAUSES = {
     "last_range_end_exclusive": ("values: image", "an image range"),

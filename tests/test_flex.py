@@ -15,14 +15,19 @@ import torch
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from fuzz.cases.strategies import CPU_SPACE, GPU_SPACE, cases, with_adversarial_examples
-from verify import CaseSpec, materialize
-from verify.case import parse_case
-from verify.mask import request_mask
-from verify.materialize import MaterializedCase
-from verify.runner import Status, evaluate
-from verify.targets import flex
-from verify.targets.flex import BLOCK, FlexTarget
+from prefix_referee.fuzz.cases.strategies import (
+    CPU_SPACE,
+    GPU_SPACE,
+    cases,
+    with_adversarial_examples,
+)
+from prefix_referee.verify import CaseSpec, materialize
+from prefix_referee.verify.case import parse_case
+from prefix_referee.verify.mask import request_mask
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.runner import Status, evaluate
+from prefix_referee.verify.targets import flex
+from prefix_referee.verify.targets.flex import BLOCK, FlexTarget
 
 # Requests long enough for full blocks; at most 1024 folded rows: one CPU graph per dtype.
 LONG_SPACE = CPU_SPACE.narrowed(max_requests=1, max_seq_len=512)

@@ -6,18 +6,18 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fuzz.cases.models import MODELS
-from fuzz.cases.spaces import space_for
-from fuzz.cases.strategies import CPU_SPACE, FP8_ADVERSARIAL_CASES
-from fuzz.loop.triage import BY_NAME
-from fuzz.plugin import hooks
-from verify import CaseSpec, materialize, parse_case
-from verify.case import KV_DTYPES
-from verify.materialize import FP8_SATURATED, kv_descales
-from verify.pack import with_explicit_seeds
-from verify.runner import Status, TruthCache, evaluate
-from verify.targets import get_target
-from verify.values import round_to_fp8
+from prefix_referee.fuzz.cases.models import MODELS
+from prefix_referee.fuzz.cases.spaces import space_for
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE, FP8_ADVERSARIAL_CASES
+from prefix_referee.fuzz.loop.triage import BY_NAME
+from prefix_referee.fuzz.plugin import hooks
+from prefix_referee.verify import CaseSpec, materialize, parse_case
+from prefix_referee.verify.case import KV_DTYPES
+from prefix_referee.verify.materialize import FP8_SATURATED, kv_descales
+from prefix_referee.verify.pack import with_explicit_seeds
+from prefix_referee.verify.runner import Status, TruthCache, evaluate
+from prefix_referee.verify.targets import get_target
+from prefix_referee.verify.values import round_to_fp8
 
 BASE = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 32, "dtype": "bfloat16", "seed": 5,
         "kv_dtype": "float8_e4m3fn", "kv_scale": "head"}

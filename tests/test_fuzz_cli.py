@@ -17,13 +17,20 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from fuzz.cases.spaces import space_for
-from fuzz.cases.strategies import CPU_SPACE, cases
-from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, EXIT_USAGE, build_parser, main, select_targets
-from fuzz.report.summary import RunStatus
-from verify.case import CaseSpec, read_case
-from verify.runner import Status
-from verify.targets import Capabilities, available_targets
+from prefix_referee.fuzz.cases.spaces import space_for
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE, cases
+from prefix_referee.fuzz.cli import (
+    EXIT_CLEAN,
+    EXIT_FOUND,
+    EXIT_USAGE,
+    build_parser,
+    main,
+    select_targets,
+)
+from prefix_referee.fuzz.report.summary import RunStatus
+from prefix_referee.verify.case import CaseSpec, read_case
+from prefix_referee.verify.runner import Status
+from prefix_referee.verify.targets import Capabilities, available_targets
 
 REPO = Path(__file__).resolve().parents[1]
 FAULTS_FOUND = {"fault:chunk_local_position": 1, "fault:gqa_head_modulo": 6}
@@ -197,8 +204,8 @@ def test_python_dash_m_fuzz_and_its_version(tmp_path: Path,
 
 
 def test_case_description_names_every_option_that_changes_the_computation() -> None:
-    from fuzz.records.casefiles import describe_case
-    from verify import parse_case
+    from prefix_referee.fuzz.records.casefiles import describe_case
+    from prefix_referee.verify import parse_case
 
     spec = parse_case({"requests": [{"context_len": 3, "query_len": 5, "ranges": [[1, 6]]}],
                        "num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "head_dim_v": 32,

@@ -12,13 +12,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from fuzz.golden.cases import FAULT_CASES, edge_cases
-from fuzz.golden.replay import GOLDEN_DIR, check_expectation, expectations, golden_files
-from fuzz.plugin.stats import record_outcome
-from verify.case import read_case
-from verify.materialize import MaterializedCase, materialize
-from verify.runner import Status, TruthCache
-from verify.targets.faults import FAULTS
+from prefix_referee.fuzz.golden.cases import FAULT_CASES, edge_cases
+from prefix_referee.fuzz.golden.replay import (
+    GOLDEN_DIR,
+    check_expectation,
+    expectations,
+    golden_files,
+)
+from prefix_referee.fuzz.plugin.stats import record_outcome
+from prefix_referee.verify.case import read_case
+from prefix_referee.verify.materialize import MaterializedCase, materialize
+from prefix_referee.verify.runner import Status, TruthCache
+from prefix_referee.verify.targets.faults import FAULTS
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FILES = golden_files()

@@ -21,18 +21,18 @@ from typing import Any
 import pytest
 import torch
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES
-from fuzz.cli import main as fuzz
-from fuzz.plugin.stats import record, record_outcome
-from fuzz.report.summary import RunStatus
-from golden import FINDINGS_DIR
-from references import reference_attention
-from verify.case import CaseSpec, parse_case, read_case
-from verify.compare import check, expected
-from verify.mask import overlap_weight
-from verify.materialize import MaterializedCase, materialize
-from verify.runner import Outcome, Status, evaluate
-from verify.targets import Target, get_target, target_names
+from prefix_referee.fuzz.cases.strategies import ADVERSARIAL_CASES
+from prefix_referee.fuzz.cli import main as fuzz
+from prefix_referee.fuzz.plugin.stats import record, record_outcome
+from prefix_referee.fuzz.report.summary import RunStatus
+from prefix_referee.golden import FINDINGS_DIR
+from prefix_referee.references import reference_attention
+from prefix_referee.verify.case import CaseSpec, parse_case, read_case
+from prefix_referee.verify.compare import check, expected
+from prefix_referee.verify.mask import overlap_weight
+from prefix_referee.verify.materialize import MaterializedCase, materialize
+from prefix_referee.verify.runner import Outcome, Status, evaluate
+from prefix_referee.verify.targets import Target, get_target, target_names
 
 pytestmark = pytest.mark.gpu
 
@@ -161,7 +161,7 @@ def planted_masks() -> dict[str, Any]:
 def test_policy_catches_a_planted_fa4_mask(fault: str) -> None:
     """The checks that guard FA4 can fail: the same kernel with a wrong mask_mod fails them."""
     fa4 = available("fa4")
-    from verify.targets.fa4 import FA4Target
+    from prefix_referee.verify.targets.fa4 import FA4Target
 
     class Planted(FA4Target):
         def mask_mod(self) -> Any:
@@ -194,7 +194,7 @@ def test_tile_table_matches_fa4() -> None:
         pytest.skip("the table is FA4's SM90 one")
     from flash_attn.cute.interface import _tile_size_fwd_sm90
 
-    from verify.targets.fa4 import sm90_tile_n
+    from prefix_referee.verify.targets.fa4 import sm90_tile_n
 
     for d in (64, 96, 128, 192, 256):
         assert sm90_tile_n(d, d) == _tile_size_fwd_sm90(d, d, False, False).n_block_size
@@ -204,7 +204,7 @@ class EngineTarget(Target):
     """A two-call engine (``fa4_causal`` / ``fa4_dense``) over a whole case."""
 
     def __init__(self, engine: Any) -> None:
-        from verify.targets.fa4 import FA4Target
+        from prefix_referee.verify.targets.fa4 import FA4Target
 
         super().__init__(engine.__name__, capabilities=FA4Target().capabilities)
         self.engine = engine
@@ -227,7 +227,7 @@ def test_fa4_engines_match_their_masks(page_size: int | None) -> None:
     A window clamped onto such a range is exactly the dense call's left window.
     """
     available("fa4")
-    from verify.targets.fa4 import fa4_causal, fa4_dense
+    from prefix_referee.verify.targets.fa4 import fa4_causal, fa4_dense
 
     lengths = [(0, 300), (120, 77), (5, 1)]
     causal = parse_case({"requests": [{"context_len": c, "query_len": n} for c, n in lengths],

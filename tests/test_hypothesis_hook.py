@@ -13,7 +13,7 @@ import pytest
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture.providers import HypothesisProvider
 
-from fuzz.cases import stream
+from prefix_referee.fuzz.cases import stream
 
 WHAT_TO_CHECK = (
     f"Hypothesis {hypothesis.__version__} changed HypothesisProvider._maybe_draw_constant, "

@@ -17,7 +17,7 @@ import torch
 triton = pytest.importorskip("triton", reason="triton is not installed")
 import triton.language as tl  # noqa: E402
 
-from verify.kernels.interpreter import (  # noqa: E402
+from prefix_referee.verify.kernels.interpreter import (  # noqa: E402
     CAST_PATCH,
     DOT_PATCH,
     FP8_CAST_PATCH,

@@ -11,21 +11,21 @@ from pathlib import Path
 import pytest
 import torch
 
-from fuzz.cases.spaces import space_for
-from fuzz.cases.strategies import CPU_SPACE
-from fuzz.cases.stream import CaseStream
-from fuzz.cli import EXIT_CLEAN, EXIT_FOUND, main
-from fuzz.loop.invariance import Checker
-from verify import parse_case
-from verify.capabilities import CLAIMS, Capabilities
-from verify.compare import Segment
-from verify.digest import segment_digests
-from verify.invariance import compare_variants
-from verify.materialize import materialize
-from verify.pack import pack
-from verify.runner import Status, TruthCache, evaluate, run_and_judge
-from verify.targets import get_target
-from verify.targets.faults import INVARIANCE_FAULT_PROPERTIES, INVARIANCE_FAULTS
+from prefix_referee.fuzz.cases.spaces import space_for
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE
+from prefix_referee.fuzz.cases.stream import CaseStream
+from prefix_referee.fuzz.cli import EXIT_CLEAN, EXIT_FOUND, main
+from prefix_referee.fuzz.loop.invariance import Checker
+from prefix_referee.verify import parse_case
+from prefix_referee.verify.capabilities import CLAIMS, Capabilities
+from prefix_referee.verify.compare import Segment
+from prefix_referee.verify.digest import segment_digests
+from prefix_referee.verify.invariance import compare_variants
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.pack import pack
+from prefix_referee.verify.runner import Status, TruthCache, evaluate, run_and_judge
+from prefix_referee.verify.targets import get_target
+from prefix_referee.verify.targets.faults import INVARIANCE_FAULT_PROPERTIES, INVARIANCE_FAULTS
 
 BASE = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 32, "dtype": "bfloat16",
         "page_size": 4}

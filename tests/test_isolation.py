@@ -18,11 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from fuzz.cli import EXIT_FOUND, EXIT_INCONCLUSIVE, EXIT_INTERRUPTED, EXIT_USAGE, main
-from fuzz.records import journal
-from fuzz.report.summary import RunStatus
+from prefix_referee.fuzz.cli import (
+    EXIT_FOUND,
+    EXIT_INCONCLUSIVE,
+    EXIT_INTERRUPTED,
+    EXIT_USAGE,
+    main,
+)
+from prefix_referee.fuzz.records import journal
+from prefix_referee.fuzz.report.summary import RunStatus
+from prefix_referee.verify.runner import Status
 from tests.hostile import HOSTILE
-from verify.runner import Status
 
 REPO = Path(__file__).resolve().parents[1]
 RUN = ["--seed", "0", "--device", "cpu", "--min-cases", "1", "--shrink-budget", "2",

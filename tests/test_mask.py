@@ -6,9 +6,9 @@ import pytest
 import torch
 from hypothesis import given
 
-from fuzz.cases.strategies import CPU_SPACE, cases
-from verify import CaseSpec, parse_case
-from verify.mask import mask_differs_from_causal, request_mask, visible_intervals
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE, cases
+from prefix_referee.verify import CaseSpec, parse_case
+from prefix_referee.verify.mask import mask_differs_from_causal, request_mask, visible_intervals
 
 SPACE = CPU_SPACE.narrowed(overlapping_ranges=True)
 

@@ -18,7 +18,10 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 # Importing verify (first, before triton) runs Triton under the interpreter without CUDA.
-from verify.kernels.merge_states import merge_attn_states_torch, merge_attn_states_triton
+from prefix_referee.verify.kernels.merge_states import (
+    merge_attn_states_torch,
+    merge_attn_states_triton,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 INF = math.inf

@@ -8,11 +8,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz.cases.strategies import CPU_SPACE, config_dicts, layout_dicts, option_dicts
-from verify import materialize, parse_case
-from verify.pack import pack, pack_key
-from verify.runner import Status, TruthCache, evaluate, run_and_judge
-from verify.targets import get_target
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE, config_dicts, layout_dicts, option_dicts
+from prefix_referee.verify import materialize, parse_case
+from prefix_referee.verify.pack import pack, pack_key
+from prefix_referee.verify.runner import Status, TruthCache, evaluate, run_and_judge
+from prefix_referee.verify.targets import get_target
 
 
 @st.composite

@@ -14,11 +14,14 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("references", "verify", "fuzz", "golden")
+NAMESPACE = "prefix_referee"
+GROUND_TRUTH = f"{NAMESPACE}.references"
 
 
 def _module_name(path: Path) -> str:
+    """The installed name: each top-level folder is a package of the namespace."""
     parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+    return ".".join((NAMESPACE, *(parts[:-1] if parts[-1] == "__init__" else parts)))
 
 
 def _modules() -> dict[str, Path]:
@@ -97,10 +100,10 @@ def test_modules_import_without_cycles() -> None:
 def test_references_import_nothing_of_the_suite() -> None:
     """The ground truth stands alone: it can be audited without the code it judges."""
     modules = _modules()
-    ground_truth = {m: p for m, p in modules.items() if m.startswith("references")}
-    assert {"references", "references.reference", "references.mask"} <= set(ground_truth)
+    ground_truth = {m: p for m, p in modules.items() if m.startswith(GROUND_TRUTH)}
+    assert {GROUND_TRUTH, f"{GROUND_TRUTH}.reference", f"{GROUND_TRUTH}.mask"} <= set(ground_truth)
     for module, path in ground_truth.items():
-        outside = {m for m in _imports(path, modules) if not m.startswith("references")}
+        outside = {m for m in _imports(path, modules) if not m.startswith(GROUND_TRUTH)}
         assert not outside, f"{module} imports {sorted(outside)}"
 
 
@@ -112,7 +115,8 @@ def test_the_graph_check_finds_a_cycle() -> None:
 def test_importing_the_suite_leaves_triton_alone() -> None:
     """Triton reads TRITON_INTERPRET once, at import: the entry points set it first, so
     importing the CLI, the registry or the fuzz loop must not import Triton."""
-    code = ("import sys, fuzz.cli, fuzz.loop.campaign, verify.targets, verify.runner; "
+    code = ("import sys, prefix_referee.fuzz.cli, prefix_referee.fuzz.loop.campaign, "
+            "prefix_referee.verify.targets, prefix_referee.verify.runner; "
             "print('triton' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                             text=True, check=True)

@@ -10,11 +10,16 @@ from __future__ import annotations
 import pytest
 from hypothesis import Phase, find, settings
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, FP8_ADVERSARIAL_CASES, cases
-from verify import CaseSpec, materialize
-from verify.runner import Status, TruthCache, evaluate
-from verify.targets import get_target
-from verify.targets.faults import FAULTS, FP8_FAULTS
+from prefix_referee.fuzz.cases.strategies import (
+    ADVERSARIAL_CASES,
+    CPU_SPACE,
+    FP8_ADVERSARIAL_CASES,
+    cases,
+)
+from prefix_referee.verify import CaseSpec, materialize
+from prefix_referee.verify.runner import Status, TruthCache, evaluate
+from prefix_referee.verify.targets import get_target
+from prefix_referee.verify.targets.faults import FAULTS, FP8_FAULTS
 
 # The gate's budget per fault: the CI profile's example count.
 BUDGET = settings(max_examples=settings().max_examples, derandomize=True, database=None,

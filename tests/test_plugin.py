@@ -11,23 +11,23 @@ from importlib.metadata import entry_points
 import pytest
 from torch import Tensor
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES
-from fuzz.golden.replay import golden_files
-from fuzz.plugin.hooks import SUITE_FILES
-from fuzz.testing import Capabilities, assert_matches_reference, prefix_kernel
-from verify.case import parse_case
-from verify.mask import causal_only
-from verify.materialize import MaterializedCase, materialize
-from verify.runner import Status
-from verify.targets import get_target
+from prefix_referee.fuzz.cases.strategies import ADVERSARIAL_CASES
+from prefix_referee.fuzz.golden.replay import golden_files
+from prefix_referee.fuzz.plugin.hooks import SUITE_FILES
+from prefix_referee.fuzz.testing import Capabilities, assert_matches_reference, prefix_kernel
+from prefix_referee.verify.case import parse_case
+from prefix_referee.verify.mask import causal_only
+from prefix_referee.verify.materialize import MaterializedCase, materialize
+from prefix_referee.verify.runner import Status
+from prefix_referee.verify.targets import get_target
 
 pytest_plugins = ["pytester"]
 
 # The plugin loads through its entry point once the package is installed from this
 # checkout; an older install of the package lacks it, so it is named explicitly then (not
 # both: pytest refuses to register one module under two names).
-PLUGIN = ([] if any(ep.value == "fuzz.plugin.hooks" for ep in entry_points(group="pytest11"))
-          else ["-p", "fuzz.plugin.hooks"])
+HOOKS = "prefix_referee.fuzz.plugin.hooks"
+PLUGIN = [] if any(ep.value == HOOKS for ep in entry_points(group="pytest11")) else ["-p", HOOKS]
 # Few random cases: the adversarial layouts run as well, and the golden replay is cheap.
 FAST = ["-p", "no:cacheprovider", "--prefix-profile", "ci", "--prefix-examples", "3",
         "--prefix-min-cases", "1"]
@@ -204,16 +204,16 @@ def test_an_unexpected_finding_fails_naming_it(pytester: pytest.Pytester) -> Non
     result.stdout.fnmatch_lines(["*finding: lse: everywhere: * (not expected)*"])
 
 
-# fuzz.testing.assert_matches_reference: what an engine's own tests call.
+# prefix_referee.fuzz.testing.assert_matches_reference: what an engine's own tests call.
 
 
 def test_fuzz_testing_keeps_the_old_names_of_the_spaces() -> None:
-    import fuzz.testing
+    from prefix_referee.fuzz import testing
 
-    assert fuzz.testing.PROFILES is fuzz.testing.SPACES
-    assert fuzz.testing.default_profile is fuzz.testing.default_space
-    assert {"SPACES", "default_space"} <= set(fuzz.testing.__all__)
-    assert not {"PROFILES", "default_profile"} & set(fuzz.testing.__all__)
+    assert testing.PROFILES is testing.SPACES
+    assert testing.default_profile is testing.default_space
+    assert {"SPACES", "default_space"} <= set(testing.__all__)
+    assert not {"PROFILES", "default_profile"} & set(testing.__all__)
 
 SMALL_CASE = {"requests": [{"query_len": 16, "ranges": [[2, 5], [9, 14]]}], "num_heads": 2,
               "num_kv_heads": 1, "head_dim": 32, "dtype": "bfloat16", "page_size": None,

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from hypothesis import Phase, find, given, settings
 
-from fuzz.cases.strategies import CPU_SPACE, cases
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE, cases
+from prefix_referee.verify import CaseSpec, materialize
+from prefix_referee.verify.compare import BASELINE_MULTIPLE, check, expected
+from prefix_referee.verify.runner import Status, evaluate
+from prefix_referee.verify.targets import get_target
+from prefix_referee.verify.targets.faults import FAULTS
 from tests.online_softmax import online_softmax
-from verify import CaseSpec, materialize
-from verify.compare import BASELINE_MULTIPLE, check, expected
-from verify.runner import Status, evaluate
-from verify.targets import get_target
-from verify.targets.faults import FAULTS
 
 FLOAT32 = CPU_SPACE.narrowed(dtypes=("float32",), head_dims=(32, 64, 128))
 PEAKY = FLOAT32.narrowed(value_distributions=("peaky", "outliers"))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.records.stats import StatsBook
+from prefix_referee.fuzz.records.stats import StatsBook
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 INNER_TESTS = '''
 from types import SimpleNamespace as Outcome
 
-from fuzz.plugin.stats import record, record_outcome
+from prefix_referee.fuzz.plugin.stats import record, record_outcome
 
 
 def test_pass():
@@ -46,7 +46,7 @@ def _run_inner(tmp_path: Path, *options: str) -> subprocess.CompletedProcess[str
         "PYTHONPATH", "")])}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
-         "fuzz.plugin.stats", "--rootdir", str(tmp_path), *options, "test_inner.py"],
+         "prefix_referee.fuzz.plugin.stats", "--rootdir", str(tmp_path), *options, "test_inner.py"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -92,7 +92,7 @@ def test_book_round_trips_and_merges() -> None:
 
 def test_statuses_are_counted_by_their_value() -> None:
     """A Status and its string are one key, and the JSON keeps the plain string."""
-    from verify.runner import Status
+    from prefix_referee.verify.runner import Status
 
     book = StatsBook()
     book.record("t", Status.PASS, 0.5)

@@ -14,12 +14,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
-from references import Batch, LogWeight, lowprec_attention, reference_attention
-from references.batch import plan_blocks
-from references.reference import _fast
+from prefix_referee.fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases
+from prefix_referee.references import Batch, LogWeight, lowprec_attention, reference_attention
+from prefix_referee.references.batch import plan_blocks
+from prefix_referee.references.reference import _fast
+from prefix_referee.verify import CaseSpec, materialize, parse_case
 from tests.test_mask import literal_visible
-from verify import CaseSpec, materialize, parse_case
 
 TINY = CPU_SPACE.narrowed(max_requests=2, max_seq_len=6, head_dims=(4,), max_kv_heads=2)
 TINY_DTYPES = TINY.narrowed(dtypes=("float32",))

@@ -13,10 +13,16 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 
-from fuzz.cases.models import MODELS
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, GPU_SPACE, case_dicts, cases
-from golden import FINDINGS_DIR, GOLDEN_DIR
-from verify.case import (
+from prefix_referee.fuzz.cases.models import MODELS
+from prefix_referee.fuzz.cases.strategies import (
+    ADVERSARIAL_CASES,
+    CPU_SPACE,
+    GPU_SPACE,
+    case_dicts,
+    cases,
+)
+from prefix_referee.golden import FINDINGS_DIR, GOLDEN_DIR
+from prefix_referee.verify.case import (
     ANNOTATION_KEYS,
     DTYPES,
     FORMAT_VERSION,
@@ -31,7 +37,7 @@ from verify.case import (
     Request,
     parse_case,
 )
-from verify.limits import DEFAULT_LIMITS, MAX_INT32, MAX_MAGNITUDE, MAX_SEED
+from prefix_referee.verify.limits import DEFAULT_LIMITS, MAX_INT32, MAX_MAGNITUDE, MAX_SEED
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from fuzz.cases.coverage import FEATURES, features
-from fuzz.cases.models import MODELS
-from fuzz.cases.spaces import space_for
-from fuzz.cases.strategies import CPU_SPACE, GPU_SPACE
-from fuzz.cases.stream import MIN_QUOTA, CaseStream
-from fuzz.cli import main as fuzz
-from verify.capabilities import Capabilities
-from verify.pack import pack_key
+from prefix_referee.fuzz.cases.coverage import FEATURES, features
+from prefix_referee.fuzz.cases.models import MODELS
+from prefix_referee.fuzz.cases.spaces import space_for
+from prefix_referee.fuzz.cases.strategies import CPU_SPACE, GPU_SPACE
+from prefix_referee.fuzz.cases.stream import MIN_QUOTA, CaseStream
+from prefix_referee.fuzz.cli import main as fuzz
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.pack import pack_key
 
 CONFIG = ("dtype", "num_heads", "num_kv_heads", "head_dim", "value_dim", "page_size",
           "softcap")

@@ -6,13 +6,18 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
-from references import reference_attention
-from verify import CaseSpec, materialize
-from verify.case import KV_DTYPES
-from verify.mask import causal_only, mask_differs_from_causal
-from verify.runner import Status, TruthCache, evaluate
-from verify.targets import available_targets, get_target
+from prefix_referee.fuzz.cases.strategies import (
+    ADVERSARIAL_CASES,
+    CPU_SPACE,
+    cases,
+    with_adversarial_examples,
+)
+from prefix_referee.references import reference_attention
+from prefix_referee.verify import CaseSpec, materialize
+from prefix_referee.verify.case import KV_DTYPES
+from prefix_referee.verify.mask import causal_only, mask_differs_from_causal
+from prefix_referee.verify.runner import Status, TruthCache, evaluate
+from prefix_referee.verify.targets import available_targets, get_target
 
 CPU_TARGETS = ["reference", "sdpa", "flex"]
 

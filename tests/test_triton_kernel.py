@@ -18,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from verify import MaterializedCase, materialize, parse_case
-from verify.compare import check, expected
+from prefix_referee.verify import MaterializedCase, materialize, parse_case
+from prefix_referee.verify.compare import check, expected
 
 pytest.importorskip("triton", reason="triton is not installed: the Triton kernel cannot run")
 
-from verify.kernels import prefix_attention
-from verify.kernels.prefix_attention import (
+from prefix_referee.verify.kernels import prefix_attention
+from prefix_referee.verify.kernels.prefix_attention import (
     SHORT_QUERY_LEN,
     KernelConfig,
     TileCounts,

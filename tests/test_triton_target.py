@@ -8,19 +8,24 @@ import pytest
 import torch
 from hypothesis import given, settings
 
-from fuzz.cases.spaces import space_for
-from fuzz.cases.strategies import ADVERSARIAL_CASES, GPU_SPACE, INTERPRETER_SPACE, cases
-from verify import CaseSpec, materialize, parse_case
-from verify.case import KV_DTYPES
-from verify.mask import mask_differs_from_causal
-from verify.runner import Status, evaluate
-from verify.targets import get_target
-from verify.targets import triton as triton_target
-from verify.targets.triton import TritonTarget
+from prefix_referee.fuzz.cases.spaces import space_for
+from prefix_referee.fuzz.cases.strategies import (
+    ADVERSARIAL_CASES,
+    GPU_SPACE,
+    INTERPRETER_SPACE,
+    cases,
+)
+from prefix_referee.verify import CaseSpec, materialize, parse_case
+from prefix_referee.verify.case import KV_DTYPES
+from prefix_referee.verify.mask import mask_differs_from_causal
+from prefix_referee.verify.runner import Status, evaluate
+from prefix_referee.verify.targets import get_target
+from prefix_referee.verify.targets import triton as triton_target
+from prefix_referee.verify.targets.triton import TritonTarget
 
 pytest.importorskip("triton", reason="triton not installed")
 
-from verify.kernels import prefix_attention
+from prefix_referee.verify.kernels import prefix_attention
 
 TARGET = get_target("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -18,25 +18,40 @@ import pytest
 import torch
 from hypothesis import Phase, find, given, settings
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, CPU_SPACE, cases, with_adversarial_examples
-from golden import TWO_CALL_SUMMARY
-from references import reference_attention
-from verify import CaseSpec, materialize, parse_case
-from verify.compare import ulp
-from verify.gpu import fa4_unavailable_reason
-from verify.mask import overlap_weight
-from verify.materialize import MaterializedCase
-from verify.runner import Status, TruthCache, evaluate
-from verify.targets import Target, get_target, target_names
-from verify.targets.engines import REFERENCE_ENGINE, SDPA_ENGINE, Engine, reference_call, sdpa_call
-from verify.targets.two_call import (
+from prefix_referee.fuzz.cases.strategies import (
+    ADVERSARIAL_CASES,
+    CPU_SPACE,
+    cases,
+    with_adversarial_examples,
+)
+from prefix_referee.golden import TWO_CALL_SUMMARY
+from prefix_referee.references import reference_attention
+from prefix_referee.verify import CaseSpec, materialize, parse_case
+from prefix_referee.verify.compare import ulp
+from prefix_referee.verify.gpu import fa4_unavailable_reason
+from prefix_referee.verify.mask import overlap_weight
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.runner import Status, TruthCache, evaluate
+from prefix_referee.verify.targets import Target, get_target, target_names
+from prefix_referee.verify.targets.engines import (
+    REFERENCE_ENGINE,
+    SDPA_ENGINE,
+    Engine,
+    reference_call,
+    sdpa_call,
+)
+from prefix_referee.verify.targets.two_call import (
     RangeSpan,
     ReplaceTarget,
     TwoCallTarget,
     range_spans,
 )
-from verify.two_call_analysis.error import TV_BOUND, matches_two_call_approximation, measure
-from verify.two_call_analysis.report import main
+from prefix_referee.verify.two_call_analysis.error import (
+    TV_BOUND,
+    matches_two_call_approximation,
+    measure,
+)
+from prefix_referee.verify.two_call_analysis.report import main
 
 ENGINES = ("reference", "sdpa", "fa4")
 CPU_DECOMPOSITIONS = ("two_call_reference", "two_call_sdpa", "replace_reference", "replace_sdpa")

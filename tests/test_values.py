@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from verify import materialize, parse_case
-from verify.values import (
+from prefix_referee.verify import materialize, parse_case
+from prefix_referee.verify.values import (
     _hash32,
     hashed_bits,
     normal_from_bits,

@@ -1,7 +1,7 @@
 """The gate for the suite as a library: the wheel built from this checkout, installed alone,
-works from an empty directory. ``python -m fuzz golden`` passes on the golden cases it ships,
-and pytest, through the plugin's entry point, passes a user's correct kernel (under xdist,
-with a JUnit report) and fails one that ignores the image ranges.
+works from an empty directory. ``python -m prefix_referee.fuzz golden`` passes on the golden
+cases it ships, and pytest, through the plugin's entry point, passes a user's correct kernel
+(under xdist, with a JUnit report) and fails one that ignores the image ranges.
 
 torch, hypothesis, pytest and xdist come from the running environment; only the package
 comes from the wheel, and each subprocess checks that it imports that copy, not this
@@ -29,9 +29,9 @@ TIMEOUT = 300
 
 USER_KERNELS = '''"""A user's kernels, in a directory that knows nothing of the suite's checkout."""
 
-from verify import mask
-from verify.materialize import materialize
-from verify.targets import get_target
+from prefix_referee.verify import mask
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.targets import get_target
 
 REFERENCE = get_target("reference")
 
@@ -48,8 +48,10 @@ def causal_only(case):
 
 # Prints where the package's modules and the plugin's entry point come from.
 WHERE_FROM = '''from importlib.metadata import entry_points
-import fuzz, fuzz.plugin.hooks, golden, references, verify
-for module in (fuzz, fuzz.plugin.hooks, golden, references, verify):
+import prefix_referee as ns
+import prefix_referee.fuzz.plugin.hooks as hooks
+from prefix_referee import fuzz, golden, references, verify
+for module in (ns, fuzz, hooks, golden, references, verify):
     print(module.__file__)
 (plugin,) = entry_points(group="pytest11", name="prefix_referee")
 print(plugin.dist.locate_file(""))
@@ -122,30 +124,39 @@ def test_the_subprocesses_import_the_wheel(site: Path, user_dir: Path,
         assert Path(path).resolve().is_relative_to(site.resolve()), where.stdout
 
 
-def test_the_wheel_installs_the_suite_packages_only(site: Path) -> None:
-    """``examples`` is run from a checkout; installed, it would shadow any other top-level
-    ``examples`` (PyPI has a distribution of that name)."""
-    packages = {p.name for p in site.iterdir() if (p / "__init__.py").is_file()}
-    assert "examples" not in packages, sorted(packages)
-    assert packages == {"fuzz", "golden", "references", "verify"}, sorted(packages)
+def _packages(root: Path) -> set[str]:
+    """The folders under ``root`` that are Python packages, as paths relative to it."""
+    return {p.parent.relative_to(root).as_posix() for p in root.rglob("__init__.py")}
+
+
+def test_the_wheel_installs_one_namespace_with_every_package(site: Path) -> None:
+    """Installed, a top-level ``verify``, ``fuzz``, ``golden`` or ``examples`` would shadow
+    another distribution's (PyPI has each): everything lives under ``prefix_referee``, and
+    ``examples`` is run from a checkout. Every package of the checkout is in the wheel."""
+    top = {p.name for p in site.iterdir() if (p / "__init__.py").is_file()}
+    assert top == {"prefix_referee"}, sorted(top)
+    checkout = {p for folder in ("references", "verify", "fuzz", "golden")
+                for p in _packages(REPO) if p.split("/")[0] == folder}
+    assert _packages(site / "prefix_referee") == checkout | {"."}
 
 
 def test_the_wheel_ships_the_golden_cases(site: Path) -> None:
     def shipped(root: Path) -> list[str]:
         return sorted(p.relative_to(root).as_posix() for p in root.rglob("*.json"))
 
-    assert shipped(site / "golden") == shipped(REPO / "golden")
+    assert shipped(site / "prefix_referee" / "golden") == shipped(REPO / "golden")
 
 
 def test_fuzz_golden_and_version_run_from_the_wheel(user_dir: Path, env: dict[str, str]
                                                     ) -> None:
     # The files ship with the wheel; one target replays them all (tests/test_golden.py does
     # every target).
-    golden = _run(sys.executable, "-m", "fuzz", "golden", "--target", "sdpa", cwd=user_dir,
-                  env=env)
+    golden = _run(sys.executable, "-m", "prefix_referee.fuzz", "golden", "--target", "sdpa",
+                  cwd=user_dir, env=env)
     assert golden.returncode == 0, golden.stdout + golden.stderr
     assert "0 mismatches" in golden.stdout
-    shown = _run(sys.executable, "-m", "fuzz", "--version", cwd=user_dir, env=env)
+    shown = _run(sys.executable, "-m", "prefix_referee.fuzz", "--version", cwd=user_dir,
+                 env=env)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert shown.stdout.startswith("prefix-attention-referee ")
 
@@ -164,7 +175,7 @@ def test_the_plugin_passes_a_correct_kernel_under_xdist_with_junit(
     assert result.returncode == 0, result.stdout + result.stderr
     suite = ET.parse(report).getroot().find("testsuite")
     counts = {key: int(suite.get(key)) for key in ("tests", "failures", "errors", "skipped")}
-    golden = list((site / "golden").glob("*.json"))
+    golden = list((site / "prefix_referee" / "golden").glob("*.json"))
     # A kernel that does not declare an FP8 cache skips the golden cases that have one.
     fp8 = sum(json.loads(path.read_text()).get("kv_dtype") is not None for path in golden)
     assert fp8 and counts == {"tests": 1 + len(golden), "failures": 0, "errors": 0,

@@ -5,8 +5,8 @@ Public entry points: :func:`load_case` (read, validate and materialize a JSON ca
 (the one tolerance policy).
 """
 
-from verify.case import CaseError, CaseSpec, Request, parse_case, read_case
-from verify.materialize import MaterializedCase, RequestView, load_case, materialize
+from prefix_referee.verify.case import CaseError, CaseSpec, Request, parse_case, read_case
+from prefix_referee.verify.materialize import MaterializedCase, RequestView, load_case, materialize
 
 __all__ = [
     "CaseError",

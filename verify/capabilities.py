@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from verify.case import DTYPES, KV_DTYPES, CaseSpec, Request
+from prefix_referee.verify.case import DTYPES, KV_DTYPES, CaseSpec, Request
 
 # Layout predicates a target may declare: name -> (what it requires, the check).
 LayoutCheck = Callable[[CaseSpec, Request], bool]

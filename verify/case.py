@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from verify.limits import (
+from prefix_referee.verify.limits import (
     DEFAULT_LIMITS,
     MAX_INT32,
     MAX_MAGNITUDE,

@@ -31,9 +31,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from references import LogWeight, lowprec_attention, reference_attention
-from verify.mask import request_mask
-from verify.materialize import MaterializedCase, RequestView
+from prefix_referee.references import LogWeight, lowprec_attention, reference_attention
+from prefix_referee.verify.mask import request_mask
+from prefix_referee.verify.materialize import MaterializedCase, RequestView
 
 # FlashAttention's tests allow a kernel twice the error of the low-precision baseline.
 BASELINE_MULTIPLE = 2.0

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from verify.compare import Segment
+from prefix_referee.verify.compare import Segment
 
 # Elements hashed at once (bounds the digest's working memory on a large GPU pack).
 DIGEST_CHUNK = 1 << 22

@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from verify.case import CaseError, CaseSpec, parse_case, without_annotations
-from verify.compare import DIGITS, Segment, ulp, whole
-from verify.digest import bits, segment_digests
-from verify.materialize import MaterializedCase, materialize, value_key
-from verify.pack import pack
-from verify.runner import Status, contained_call, copy_case, run_and_judge
-from verify.target import Target
+from prefix_referee.verify.case import CaseError, CaseSpec, parse_case, without_annotations
+from prefix_referee.verify.compare import DIGITS, Segment, ulp, whole
+from prefix_referee.verify.digest import bits, segment_digests
+from prefix_referee.verify.materialize import MaterializedCase, materialize, value_key
+from prefix_referee.verify.pack import pack
+from prefix_referee.verify.runner import Status, contained_call, copy_case, run_and_judge
+from prefix_referee.verify.target import Target
 
 # The properties a comparison checks: the claims of verify.capabilities.CLAIMS, and
 # "stateless" (a call's bits do not depend on the calls before it), which every target owes.

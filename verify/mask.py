@@ -13,10 +13,15 @@ import math
 import torch
 from torch import Tensor
 
-from references import LogWeight
-from references.mask import key_intervals, overlap_intervals, range_bounds, visible_keys
-from verify.case import CaseSpec, Request
-from verify.materialize import MaterializedCase, RequestView
+from prefix_referee.references import LogWeight
+from prefix_referee.references.mask import (
+    key_intervals,
+    overlap_intervals,
+    range_bounds,
+    visible_keys,
+)
+from prefix_referee.verify.case import CaseSpec, Request
+from prefix_referee.verify.materialize import MaterializedCase, RequestView
 
 
 def query_range_bounds(q_pos: Tensor, ranges: tuple[tuple[int, int], ...]) -> tuple[Tensor, Tensor]:

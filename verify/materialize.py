@@ -24,10 +24,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from references import Batch, LogWeight
-from references.mask import key_intervals, range_bounds
-from verify.case import CaseSpec, read_case
-from verify.values import (
+from prefix_referee.references import Batch, LogWeight
+from prefix_referee.references.mask import key_intervals, range_bounds
+from prefix_referee.verify.case import CaseSpec, read_case
+from prefix_referee.verify.values import (
     below,
     hashed_bits,
     normal_from_bits,

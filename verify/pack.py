@@ -13,9 +13,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import replace
 
-from verify.case import CaseSpec, Request
-from verify.compare import Segment
-from verify.values import request_stream
+from prefix_referee.verify.case import CaseSpec, Request
+from prefix_referee.verify.compare import Segment
+from prefix_referee.verify.values import request_stream
 
 _PER_CASE = ("requests", "seed", "format")
 

@@ -31,11 +31,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from verify.compare import Expected, Segment, Verdict, expected, judge, whole
-from verify.digest import bits, segment_digests
-from verify.materialize import MaterializedCase
-from verify.process_state import RestoreError, capture
-from verify.target import Target
+from prefix_referee.verify.compare import Expected, Segment, Verdict, expected, judge, whole
+from prefix_referee.verify.digest import bits, segment_digests
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.process_state import RestoreError, capture
+from prefix_referee.verify.target import Target
 
 
 class Status(str, enum.Enum):

@@ -6,10 +6,10 @@ from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from references import LogWeight
-from verify.capabilities import Capabilities
-from verify.case import CaseSpec
-from verify.materialize import MaterializedCase
+from prefix_referee.references import LogWeight
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import CaseSpec
+from prefix_referee.verify.materialize import MaterializedCase
 
 
 @dataclass

@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
-from verify.case import CaseSpec
+from prefix_referee.verify.case import CaseSpec
 
 FEATURES = (
     "packed_kv", "paged_kv", "page_table_slack", "zero_range_padding", "decode", "prefill",

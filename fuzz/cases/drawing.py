@@ -12,8 +12,8 @@ import queue
 import threading
 from collections import Counter, deque
 
-from fuzz.cases.stream import CaseStream
-from verify.case import CaseSpec
+from prefix_referee.fuzz.cases.stream import CaseStream
+from prefix_referee.verify.case import CaseSpec
 
 # Packs drawn ahead of the worker: its own queue holds two, and a burst (a configuration's
 # refill) takes about as long as a GPU worker needs for two more.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fuzz.cases.strategies import Space
+from prefix_referee.fuzz.cases.strategies import Space
 
 TRANSFORMERS = "github.com/huggingface/transformers/blob/main/src/transformers/models"
 

@@ -9,8 +9,14 @@ sizes that are multiples of 16, no range cut by the chunk end, no FP8 cache).
 
 from __future__ import annotations
 
-from fuzz.cases.strategies import CPU_SPACE, EDGE_REACH, GPU_SPACE, INTERPRETER_SPACE, Space
-from verify.capabilities import Capabilities
+from prefix_referee.fuzz.cases.strategies import (
+    CPU_SPACE,
+    EDGE_REACH,
+    GPU_SPACE,
+    INTERPRETER_SPACE,
+    Space,
+)
+from prefix_referee.verify.capabilities import Capabilities
 
 # The spaces ``--space`` names.
 SPACES: dict[str, Space] = {"cpu": CPU_SPACE, "interpreter": INTERPRETER_SPACE,

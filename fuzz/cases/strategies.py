@@ -26,7 +26,14 @@ from typing import Any, TypeVar
 from hypothesis import example
 from hypothesis import strategies as st
 
-from verify.case import DTYPES, KV_SCALES, POISONS, VALUE_DISTRIBUTIONS, CaseSpec, parse_case
+from prefix_referee.verify.case import (
+    DTYPES,
+    KV_SCALES,
+    POISONS,
+    VALUE_DISTRIBUTIONS,
+    CaseSpec,
+    parse_case,
+)
 
 PAGE_SIZES = (None, 1, 3, 7, 16, 64, 128)
 HEAD_DIMS = (64, 128, 256)

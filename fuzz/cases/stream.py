@@ -28,8 +28,8 @@ from hypothesis import HealthCheck, Phase, Verbosity, given, seed, settings
 from hypothesis import strategies as st
 from hypothesis.internal.conjecture.providers import AVAILABLE_PROVIDERS, HypothesisProvider
 
-from fuzz.cases.strategies import Space, config_dicts, fresh_pack_dicts, pack_dicts
-from verify.case import CaseError, CaseSpec, parse_case
+from prefix_referee.fuzz.cases.strategies import Space, config_dicts, fresh_pack_dicts, pack_dicts
+from prefix_referee.verify.case import CaseError, CaseSpec, parse_case
 
 # Configurations in the pool at once, and the cases each serves by default and at most.
 POOL = 3

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuzz.cases.strategies import ADVERSARIAL_CASES, FP8_ADVERSARIAL_CASES
-from fuzz.records.casefiles import case_json, describe_case
-from verify.case import CaseSpec, parse_case
-from verify.materialize import materialize
-from verify.runner import Status, TruthCache, evaluate
-from verify.targets import Target, get_target, target_names
-from verify.targets.faults import FAULTS
+from prefix_referee.fuzz.cases.strategies import ADVERSARIAL_CASES, FP8_ADVERSARIAL_CASES
+from prefix_referee.fuzz.records.casefiles import case_json, describe_case
+from prefix_referee.verify.case import CaseSpec, parse_case
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.runner import Status, TruthCache, evaluate
+from prefix_referee.verify.targets import Target, get_target, target_names
+from prefix_referee.verify.targets.faults import FAULTS
 
 _BASE = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 64, "dtype": "bfloat16",
          "page_size": None, "seed": 0}

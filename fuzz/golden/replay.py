@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from golden import GOLDEN_DIR
-from verify.case import CaseError, CaseSpec
-from verify.materialize import MaterializedCase
-from verify.runner import Outcome, Status, TruthCache, evaluate
-from verify.targets import get_target
+from prefix_referee.golden import GOLDEN_DIR
+from prefix_referee.verify.case import CaseError, CaseSpec
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.runner import Outcome, Status, TruthCache, evaluate
+from prefix_referee.verify.targets import get_target
 
 # The verdicts a golden file may expect of a target.
 VERDICTS = (Status.PASS, Status.FAIL)

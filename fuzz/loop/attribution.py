@@ -17,8 +17,8 @@ import math
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 
-from fuzz.loop.shrink import Predicate, shrink
-from fuzz.loop.triage import (
+from prefix_referee.fuzz.loop.shrink import Predicate, shrink
+from prefix_referee.fuzz.loop.triage import (
     BY_NAME,
     PRECISION_RELATIVE,
     Accepts,
@@ -33,9 +33,9 @@ from fuzz.loop.triage import (
     triage,
     without,
 )
-from fuzz.records.findings import Cause, Finding
-from verify.case import CaseSpec
-from verify.runner import Outcome
+from prefix_referee.fuzz.records.findings import Cause, Finding
+from prefix_referee.verify.case import CaseSpec
+from prefix_referee.verify.runner import Outcome
 
 # Sightings of a finding triaged in full: the first few, then one in every few.
 TRIAGED_FIRST = 3

@@ -19,27 +19,27 @@ from enum import Enum
 from itertools import count
 from typing import Any, NamedTuple
 
-from fuzz.cases.coverage import configuration, features
-from fuzz.cases.drawing import DrawnAhead
-from fuzz.cases.strategies import Space
-from fuzz.cases.stream import CaseStream
-from fuzz.loop.attribution import attribute, cause_kept
-from fuzz.loop.invariance import Check, Checker, Measure, Violation
-from fuzz.loop.jobs import Job, JobResult
-from fuzz.loop.settings import RunSettings
-from fuzz.loop.shrink import shrink
-from fuzz.loop.triage import symptom, triage
-from fuzz.loop.workers import WorkerPool
-from fuzz.records.casefiles import write_reproducer
-from fuzz.records.findings import Cause, ExpectedFinding, Finding, Identity
-from fuzz.records.journal import RunDirectory
-from fuzz.records.stats import TargetStats
-from verify.case import CaseSpec
-from verify.compare import Verdict
-from verify.invariance import SYMPTOMS, Comparison, Variant, variants_from_json
-from verify.pack import pack
-from verify.runner import Outcome, Status
-from verify.target import Target
+from prefix_referee.fuzz.cases.coverage import configuration, features
+from prefix_referee.fuzz.cases.drawing import DrawnAhead
+from prefix_referee.fuzz.cases.strategies import Space
+from prefix_referee.fuzz.cases.stream import CaseStream
+from prefix_referee.fuzz.loop.attribution import attribute, cause_kept
+from prefix_referee.fuzz.loop.invariance import Check, Checker, Measure, Violation
+from prefix_referee.fuzz.loop.jobs import Job, JobResult
+from prefix_referee.fuzz.loop.settings import RunSettings
+from prefix_referee.fuzz.loop.shrink import shrink
+from prefix_referee.fuzz.loop.triage import symptom, triage
+from prefix_referee.fuzz.loop.workers import WorkerPool
+from prefix_referee.fuzz.records.casefiles import write_reproducer
+from prefix_referee.fuzz.records.findings import Cause, ExpectedFinding, Finding, Identity
+from prefix_referee.fuzz.records.journal import RunDirectory
+from prefix_referee.fuzz.records.stats import TargetStats
+from prefix_referee.verify.case import CaseSpec
+from prefix_referee.verify.compare import Verdict
+from prefix_referee.verify.invariance import SYMPTOMS, Comparison, Variant, variants_from_json
+from prefix_referee.verify.pack import pack
+from prefix_referee.verify.runner import Outcome, Status
+from prefix_referee.verify.target import Target
 
 # How long main waits for results before checking its clocks again.
 POLL_SECONDS = 0.5

@@ -27,11 +27,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fuzz.cases.coverage import configuration
-from verify.case import DTYPES, CaseError, CaseSpec, Request, parse_case, without_annotations
-from verify.invariance import PROPERTIES, SYMPTOMS, Comparison, Difference, Variant
-from verify.pack import pack, with_explicit_seeds
-from verify.values import request_stream
+from prefix_referee.fuzz.cases.coverage import configuration
+from prefix_referee.verify.case import (
+    DTYPES,
+    CaseError,
+    CaseSpec,
+    Request,
+    parse_case,
+    without_annotations,
+)
+from prefix_referee.verify.invariance import PROPERTIES, SYMPTOMS, Comparison, Difference, Variant
+from prefix_referee.verify.pack import pack, with_explicit_seeds
+from prefix_referee.verify.values import request_stream
 
 # Passing packs per check job: by default (claimed properties and stale state), and with
 # --invariance (every property measured). A check that is due waits while the checks have

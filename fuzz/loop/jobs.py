@@ -19,13 +19,13 @@ from typing import Any
 
 import torch
 
-from verify.case import CaseSpec, parse_case
-from verify.compare import Segment
-from verify.invariance import Comparison, Variant, compare_variants
-from verify.materialize import materialize
-from verify.pack import pack
-from verify.runner import Outcome, run_and_judge
-from verify.target import Target
+from prefix_referee.verify.case import CaseSpec, parse_case
+from prefix_referee.verify.compare import Segment
+from prefix_referee.verify.invariance import Comparison, Variant, compare_variants
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.pack import pack
+from prefix_referee.verify.runner import Outcome, run_and_judge
+from prefix_referee.verify.target import Target
 
 
 @dataclass(frozen=True)

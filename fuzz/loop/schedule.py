@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from fuzz.loop.campaign import Campaign
+from prefix_referee.fuzz.loop.campaign import Campaign
 
 # Round one may give a target up to this multiple of its even share of the budget.
 ROUND_ONE_CAP = 2.0

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from fuzz.records.findings import ExpectedFinding
+from prefix_referee.fuzz.records.findings import ExpectedFinding
 
 
 @dataclass(frozen=True)

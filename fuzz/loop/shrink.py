@@ -19,9 +19,9 @@ from copy import deepcopy
 from dataclasses import replace
 from typing import Any
 
-from verify.case import CaseError, CaseSpec, parse_case, without_annotations
-from verify.pack import with_explicit_seeds
-from verify.runner import Outcome
+from prefix_referee.verify.case import CaseError, CaseSpec, parse_case, without_annotations
+from prefix_referee.verify.pack import with_explicit_seeds
+from prefix_referee.verify.runner import Outcome
 
 Data = dict[str, Any]
 # Whether a candidate still fails: runs what it needs as yielded batches, returns the answer.

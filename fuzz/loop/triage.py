@@ -23,11 +23,11 @@ from typing import Any
 
 import torch
 
-from fuzz.records.findings import Cause, Identity
-from verify.case import DTYPES, CaseError, CaseSpec, parse_case, without_annotations
-from verify.limits import MAX_SEED
-from verify.pack import with_explicit_seeds
-from verify.runner import Outcome
+from prefix_referee.fuzz.records.findings import Cause, Identity
+from prefix_referee.verify.case import DTYPES, CaseError, CaseSpec, parse_case, without_annotations
+from prefix_referee.verify.limits import MAX_SEED
+from prefix_referee.verify.pack import with_explicit_seeds
+from prefix_referee.verify.runner import Outcome
 
 Accepts = Callable[[CaseSpec], bool]
 Runs = Generator[list[CaseSpec], list[Outcome], Any]

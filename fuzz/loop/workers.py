@@ -36,19 +36,26 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
-from fuzz.loop.containment import (
+from prefix_referee.fuzz.loop.containment import (
     enter_worker,
     format_size,
     kill_children,
     kill_session,
     resident_memory,
 )
-from fuzz.loop.jobs import Job, JobResult, WorkerState, execute, quiet_progress_monitor
-from verify.runner import Outcome, Status, out_of_memory
-from verify.targets import get_target
+from prefix_referee.fuzz.loop.jobs import (
+    Job,
+    JobResult,
+    WorkerState,
+    execute,
+    quiet_progress_monitor,
+)
+from prefix_referee.verify.runner import Outcome, Status, out_of_memory
+from prefix_referee.verify.targets import get_target
 
 # Modules the fork server imports once, so each worker starts warm.
-PRELOAD = ["torch", "fuzz.loop.jobs", "verify.targets", "fuzz.loop.workers"]
+PRELOAD = ["torch", "prefix_referee.fuzz.loop.jobs", "prefix_referee.verify.targets",
+           "prefix_referee.fuzz.loop.workers"]
 # How long the referee's own work on one job may take before the worker counts as stuck:
 # materializing and the float64 reference of the largest packs take seconds, not minutes.
 REFEREE_TIMEOUT = 600.0

@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING
 import pytest
 from hypothesis import settings
 
-from fuzz.plugin.profiles import HYPOTHESIS_PROFILES, default_hypothesis_profile
+from prefix_referee.fuzz.plugin.profiles import HYPOTHESIS_PROFILES, default_hypothesis_profile
 
 if TYPE_CHECKING:
-    from fuzz.records.findings import ExpectedFinding
+    from prefix_referee.fuzz.records.findings import ExpectedFinding
 
 # A target judging fewer random cases fails: the plugin's runs are short, so fewer than the
 # fuzzer's default (python -m fuzz --min-cases).
@@ -76,8 +76,8 @@ def _check_target(name: str) -> None:
     """The target must load and run here: a gate that tested nothing must not pass. (pytest
     has put ``pythonpath`` and, under ``python -m pytest``, the working directory on
     sys.path by now, so a ``module:callable`` imports as its tests would.)"""
-    from fuzz.testing import default_device
-    from verify.targets import UnknownTargetError, get_target
+    from prefix_referee.fuzz.testing import default_device
+    from prefix_referee.verify.targets import UnknownTargetError, get_target
 
     try:
         target = get_target(name)
@@ -92,7 +92,7 @@ def _check_target(name: str) -> None:
 
 
 def _expected(config: pytest.Config, names: list[str]) -> list[ExpectedFinding]:
-    from fuzz.records.findings import ExpectationError, expected_findings
+    from prefix_referee.fuzz.records.findings import ExpectationError, expected_findings
 
     try:
         found = expected_findings(config.getoption("prefix_expect"))
@@ -111,7 +111,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not names:
         return
     # Before anything imports triton: without CUDA, Triton kernels run under the interpreter.
-    from verify.kernels.interpreter import use_interpreter_without_cuda
+    from prefix_referee.verify.kernels.interpreter import use_interpreter_without_cuda
 
     use_interpreter_without_cuda()
     for name in names:

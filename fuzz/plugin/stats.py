@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from fuzz.records.stats import StatsBook
+from prefix_referee.fuzz.records.stats import StatsBook
 
 if TYPE_CHECKING:
-    from verify.runner import Outcome
+    from prefix_referee.verify.runner import Outcome
 
 _WORKER_KEY = "fuzz_stats"
 # The book of this process while a session with --stats-file runs, else None.

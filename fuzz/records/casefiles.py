@@ -13,10 +13,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fuzz.records.findings import Finding
-from fuzz.records.journal import write_atomically
-from verify.case import CaseSpec, without_annotations
-from verify.targets.faults import ALL_FAULTS
+from prefix_referee.fuzz.records.findings import Finding
+from prefix_referee.fuzz.records.journal import write_atomically
+from prefix_referee.verify.case import CaseSpec, without_annotations
+from prefix_referee.verify.targets.faults import ALL_FAULTS
 
 
 def _value_json(value: Any) -> str:

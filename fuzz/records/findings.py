@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fuzz.records.journal import write_atomically
-from verify.case import CaseError, CaseSpec, parse_case
-from verify.runner import Outcome
+from prefix_referee.fuzz.records.journal import write_atomically
+from prefix_referee.verify.case import CaseError, CaseSpec, parse_case
+from prefix_referee.verify.runner import Outcome
 
 FORMAT = 1
 

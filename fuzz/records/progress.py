@@ -13,7 +13,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from verify.runner import Outcome
+from prefix_referee.verify.runner import Outcome
 
 
 class FuzzProgress:

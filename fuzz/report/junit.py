@@ -5,7 +5,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from fuzz.report.summary import COLUMNS, RunReport, RunStatus, row
+from prefix_referee.fuzz.report.summary import COLUMNS, RunReport, RunStatus, row
 
 
 def write_junit(report: RunReport, path: Path) -> None:

@@ -11,9 +11,9 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from fuzz.records.stats import TargetStats
-from verify.compare import BASELINE_MULTIPLE
-from verify.plotting import pyplot
+from prefix_referee.fuzz.records.stats import TargetStats
+from prefix_referee.verify.compare import BASELINE_MULTIPLE
+from prefix_referee.verify.plotting import pyplot
 
 # Ratios below this land in the first bin (a log axis has no zero).
 SMALLEST_RATIO = 1e-3

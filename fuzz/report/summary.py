@@ -20,14 +20,14 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from fuzz.cases.coverage import FEATURES
-from fuzz.loop.campaign import TargetRun
-from fuzz.loop.settings import RunSettings
-from fuzz.records.casefiles import describe_case, relative
-from fuzz.records.findings import Finding
-from verify.compare import POLICY
-from verify.invariance import PROPERTIES
-from verify.runner import Status
+from prefix_referee.fuzz.cases.coverage import FEATURES
+from prefix_referee.fuzz.loop.campaign import TargetRun
+from prefix_referee.fuzz.loop.settings import RunSettings
+from prefix_referee.fuzz.records.casefiles import describe_case, relative
+from prefix_referee.fuzz.records.findings import Finding
+from prefix_referee.verify.compare import POLICY
+from prefix_referee.verify.invariance import PROPERTIES
+from prefix_referee.verify.runner import Status
 
 COLUMNS = ("target", "status", "judged", "passed", "failed", "configs", "declined",
            "compiles", "worst ratio", "from exact", "findings", "worst case")

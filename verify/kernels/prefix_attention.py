@@ -33,8 +33,8 @@ import torch
 import triton
 import triton.language as tl
 
-from verify.kernels.interpreter import interpreter_enabled, patch_interpreter_dot
-from verify.mask import visible_intervals
+from prefix_referee.verify.kernels.interpreter import interpreter_enabled, patch_interpreter_dot
+from prefix_referee.verify.mask import visible_intervals
 
 _LOG2E = tl.constexpr(1.4426950408889634)
 _LN2 = tl.constexpr(0.6931471805599453)

@@ -11,24 +11,24 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 
-from verify.capabilities import Capabilities
-from verify.target import Target
-from verify.targets.external import ExternalTarget, prefix_kernel
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.target import Target
+from prefix_referee.verify.targets.external import ExternalTarget, prefix_kernel
 
 # name -> "module:factory"; imported on first use so that a missing optional package
 # (triton, flash-attn-4) only makes its own target unavailable.
 _REGISTRY: dict[str, str] = {
-    "reference": "verify.targets.reference:ReferenceTarget",
-    "sdpa": "verify.targets.sdpa:SdpaTarget",
-    "flex": "verify.targets.flex:FlexTarget",
-    "triton": "verify.targets.triton:TritonTarget",
-    "fa4": "verify.targets.fa4:FA4Target",
-    "two_call_reference": "verify.targets.two_call:two_call_reference",
-    "two_call_sdpa": "verify.targets.two_call:two_call_sdpa",
-    "two_call_fa4": "verify.targets.two_call:two_call_fa4",
-    "replace_reference": "verify.targets.two_call:replace_reference",
-    "replace_sdpa": "verify.targets.two_call:replace_sdpa",
-    "replace_fa4": "verify.targets.two_call:replace_fa4",
+    "reference": "prefix_referee.verify.targets.reference:ReferenceTarget",
+    "sdpa": "prefix_referee.verify.targets.sdpa:SdpaTarget",
+    "flex": "prefix_referee.verify.targets.flex:FlexTarget",
+    "triton": "prefix_referee.verify.targets.triton:TritonTarget",
+    "fa4": "prefix_referee.verify.targets.fa4:FA4Target",
+    "two_call_reference": "prefix_referee.verify.targets.two_call:two_call_reference",
+    "two_call_sdpa": "prefix_referee.verify.targets.two_call:two_call_sdpa",
+    "two_call_fa4": "prefix_referee.verify.targets.two_call:two_call_fa4",
+    "replace_reference": "prefix_referee.verify.targets.two_call:replace_reference",
+    "replace_sdpa": "prefix_referee.verify.targets.two_call:replace_sdpa",
+    "replace_fa4": "prefix_referee.verify.targets.two_call:replace_fa4",
 }
 _INSTANCES: dict[str, Target] = {}
 
@@ -79,7 +79,7 @@ def get_target(name: str) -> Target:
     if name in _REGISTRY:
         target = _build(name)
     elif name.startswith("fault:"):
-        from verify.targets.faults import FAULTS, fault_target
+        from prefix_referee.verify.targets.faults import FAULTS, fault_target
 
         try:
             target = fault_target(name.removeprefix("fault:"))

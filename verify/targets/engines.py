@@ -33,10 +33,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from references import expand_kv_heads
-from verify.capabilities import Capabilities
-from verify.case import DTYPES, CaseSpec
-from verify.gpu import fa4_unavailable_reason
+from prefix_referee.references import expand_kv_heads
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import DTYPES, CaseSpec
+from prefix_referee.verify.gpu import fa4_unavailable_reason
 
 
 class AttentionCall(Protocol):
@@ -148,11 +148,11 @@ SDPA_ENGINE = Engine(
     "sdpa", partial(sdpa_call, causal=True), partial(sdpa_call, causal=False),
     Capabilities(devices=frozenset({"cpu"}), softcap=False, value_dims="equal"))
 FA4_ENGINE = Engine(
-    "fa4", _imported("verify.targets.fa4", "fa4_causal"),
-    _imported("verify.targets.fa4", "fa4_dense"),
+    "fa4", _imported("prefix_referee.verify.targets.fa4", "fa4_causal"),
+    _imported("prefix_referee.verify.targets.fa4", "fa4_dense"),
     Capabilities(devices=frozenset({"cuda"}), dtypes=frozenset(DTYPES) - {"float32"},
                  value_dims="equal"),
     fa4_unavailable_reason, compiles=True,
-    head_dim_reason=lambda spec: importlib.import_module("verify.targets.fa4")
+    head_dim_reason=lambda spec: importlib.import_module("prefix_referee.verify.targets.fa4")
     .spec_head_dim_reason(spec))
 ENGINES: dict[str, Engine] = {e.name: e for e in (REFERENCE_ENGINE, SDPA_ENGINE, FA4_ENGINE)}

@@ -19,12 +19,12 @@ from typing import TypeVar
 
 from torch import Tensor
 
-from references import LogWeight
-from verify.capabilities import Capabilities
-from verify.case import CaseSpec
-from verify.mask import overlap_weight
-from verify.materialize import MaterializedCase
-from verify.target import Target
+from prefix_referee.references import LogWeight
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import CaseSpec
+from prefix_referee.verify.mask import overlap_weight
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.target import Target
 
 Kernel = TypeVar("Kernel", bound=Callable[..., tuple[Tensor, Tensor | None]])
 

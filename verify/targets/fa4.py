@@ -25,11 +25,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from verify.capabilities import Capabilities
-from verify.case import CaseSpec
-from verify.gpu import fa4_unavailable_reason
-from verify.materialize import TORCH_DTYPES, MaterializedCase
-from verify.target import Target
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import CaseSpec
+from prefix_referee.verify.gpu import fa4_unavailable_reason
+from prefix_referee.verify.materialize import TORCH_DTYPES, MaterializedCase
+from prefix_referee.verify.target import Target
 
 # Stands in for "no window" in the runtime window slot: wider than any sequence, and
 # p - j stays far from int32 overflow.

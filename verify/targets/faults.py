@@ -23,12 +23,12 @@ from dataclasses import dataclass, fields, replace
 import torch
 from torch import Tensor
 
-from references.mask import visible_keys
-from verify.capabilities import Capabilities
-from verify.case import KV_DTYPES
-from verify.mask import block_mask, query_range_bounds
-from verify.materialize import MaterializedCase, RequestView
-from verify.target import Target
+from prefix_referee.references.mask import visible_keys
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import KV_DTYPES
+from prefix_referee.verify.mask import block_mask, query_range_bounds
+from prefix_referee.verify.materialize import MaterializedCase, RequestView
+from prefix_referee.verify.target import Target
 
 # Query-tile heights of the "key loop stops at the causal tile" faults: a small one the
 # gate's short sequences reach, and one real kernels use.

@@ -43,11 +43,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from verify.capabilities import Capabilities
-from verify.case import KV_DTYPES, CaseSpec
-from verify.mask import visible_intervals
-from verify.materialize import MaterializedCase
-from verify.target import Target
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import KV_DTYPES, CaseSpec
+from prefix_referee.verify.mask import visible_intervals
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.target import Target
 
 if TYPE_CHECKING:  # flex_attention is imported on first use, as every optional engine is
     from torch.nn.attention.flex_attention import BlockMask

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from references import reference_attention
-from verify.capabilities import Capabilities
-from verify.case import KV_DTYPES
-from verify.materialize import MaterializedCase
-from verify.target import Target
+from prefix_referee.references import reference_attention
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import KV_DTYPES
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.target import Target
 
 
 class ReferenceTarget(Target):

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from verify.capabilities import Capabilities
-from verify.case import KV_DTYPES
-from verify.mask import block_mask
-from verify.materialize import MaterializedCase
-from verify.target import Target
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import KV_DTYPES
+from prefix_referee.verify.mask import block_mask
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.target import Target
 
 # Query rows per SDPA call; bounds the dense (rows, seq_len) mask.
 QUERY_BLOCK = 1024

@@ -18,11 +18,11 @@ import importlib.util
 import torch
 from torch import Tensor
 
-from verify.capabilities import Capabilities
-from verify.case import KV_DTYPES, CaseSpec
-from verify.kernels.interpreter import interpreter_enabled, patch_interpreter_dot
-from verify.materialize import MaterializedCase
-from verify.target import Target
+from prefix_referee.verify.capabilities import Capabilities
+from prefix_referee.verify.case import KV_DTYPES, CaseSpec
+from prefix_referee.verify.kernels.interpreter import interpreter_enabled, patch_interpreter_dot
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.target import Target
 
 # The interpreter runs about a thousand times slower than the GPU: cap the keys per case.
 INTERPRETER_MAX_TOKENS = 128
@@ -91,7 +91,7 @@ class TritonTarget(Target):
                 any(n > SHORT_QUERY_LEN for n in lengths))
 
     def run(self, case: MaterializedCase) -> tuple[Tensor, Tensor | None]:
-        from verify.kernels.prefix_attention import prefix_attention_paged
+        from prefix_referee.verify.kernels.prefix_attention import prefix_attention_paged
 
         if case.k_cache is None:
             k_cache, v_cache, page_table = _packed_as_pages(case)

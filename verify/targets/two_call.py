@@ -28,13 +28,16 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from references import LogWeight
-from verify.case import CaseSpec
-from verify.kernels.merge_states import merge_attn_states_torch, merge_attn_states_triton
-from verify.mask import overlap_weight
-from verify.materialize import MaterializedCase, cumulative_lengths
-from verify.target import Target
-from verify.targets.engines import ENGINES, Engine
+from prefix_referee.references import LogWeight
+from prefix_referee.verify.case import CaseSpec
+from prefix_referee.verify.kernels.merge_states import (
+    merge_attn_states_torch,
+    merge_attn_states_triton,
+)
+from prefix_referee.verify.mask import overlap_weight
+from prefix_referee.verify.materialize import MaterializedCase, cumulative_lengths
+from prefix_referee.verify.target import Target
+from prefix_referee.verify.targets.engines import ENGINES, Engine
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """``python -m verify.two_call_analysis``: see :mod:`verify.two_call_analysis.report`."""
 
-from verify.two_call_analysis.report import main
+from prefix_referee.verify.two_call_analysis.report import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from references import reference_attention
-from references.batch import interval_mask, plan_blocks
-from references.reference import scores
-from verify.compare import check, expected
-from verify.mask import overlap_weight
-from verify.materialize import MaterializedCase
-from verify.targets.engines import REFERENCE_ENGINE
-from verify.targets.two_call import TwoCallTarget
+from prefix_referee.references import reference_attention
+from prefix_referee.references.batch import interval_mask, plan_blocks
+from prefix_referee.references.reference import scores
+from prefix_referee.verify.compare import check, expected
+from prefix_referee.verify.mask import overlap_weight
+from prefix_referee.verify.materialize import MaterializedCase
+from prefix_referee.verify.targets.engines import REFERENCE_ENGINE
+from prefix_referee.verify.targets.two_call import TwoCallTarget
 
 # Query rows per block of explicit (H, rows, seq_len) probabilities.
 QUERY_BLOCK = 256

@@ -20,9 +20,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from verify.plotting import PlotsUnavailable, pyplot
-from verify.two_call_analysis.error import TV_BOUND
-from verify.two_call_analysis.sweeps import SWEEPS, PointResult, run_sweeps, summary
+from prefix_referee.verify.plotting import PlotsUnavailable, pyplot
+from prefix_referee.verify.two_call_analysis.error import TV_BOUND
+from prefix_referee.verify.two_call_analysis.sweeps import SWEEPS, PointResult, run_sweeps, summary
 
 DEFAULT_OUT = Path("reports") / "two_call"
 DEFAULT_SUMMARY = DEFAULT_OUT / "summary.json"

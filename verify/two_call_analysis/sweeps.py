@@ -23,10 +23,10 @@ from typing import Any
 
 import torch
 
-from verify.case import CaseSpec, parse_case
-from verify.compare import ulp
-from verify.materialize import materialize
-from verify.two_call_analysis.error import TV_BOUND, OverlapError, measure
+from prefix_referee.verify.case import CaseSpec, parse_case
+from prefix_referee.verify.compare import ulp
+from prefix_referee.verify.materialize import materialize
+from prefix_referee.verify.two_call_analysis.error import TV_BOUND, OverlapError, measure
 
 BASE = {"num_heads": 4, "num_kv_heads": 2, "head_dim": 128, "dtype": "bfloat16",
         "page_size": None, "seed": 0}

@@ -17,16 +17,21 @@ from pathlib import Path
 import pytest
 from hypothesis import given
 
-from fuzz.cases.spaces import SPACES, default_space, space_for
-from fuzz.cases.strategies import ADVERSARIAL_CASES, cases, with_adversarial_examples
-from fuzz.golden.replay import expectations, golden_files
-from fuzz.plugin.hooks import expected_for, hypothesis_settings, min_cases, requested_targets
-from fuzz.records.findings import ExpectedFinding
-from fuzz.testing import assert_matches_reference, default_device
-from verify.case import CaseSpec, read_case
-from verify.runner import Status
-from verify.target import Target
-from verify.targets import get_target
+from prefix_referee.fuzz.cases.spaces import SPACES, default_space, space_for
+from prefix_referee.fuzz.cases.strategies import ADVERSARIAL_CASES, cases, with_adversarial_examples
+from prefix_referee.fuzz.golden.replay import expectations, golden_files
+from prefix_referee.fuzz.plugin.hooks import (
+    expected_for,
+    hypothesis_settings,
+    min_cases,
+    requested_targets,
+)
+from prefix_referee.fuzz.records.findings import ExpectedFinding
+from prefix_referee.fuzz.testing import assert_matches_reference, default_device
+from prefix_referee.verify.case import CaseSpec, read_case
+from prefix_referee.verify.runner import Status
+from prefix_referee.verify.target import Target
+from prefix_referee.verify.targets import get_target
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
