@@ -1,4 +1,4 @@
-"""``python -m fuzz``: see :mod:`fuzz.cli`."""
+"""``python -m prefix_referee.fuzz`` (``python -m fuzz`` in a checkout): see :mod:`fuzz.cli`."""
 
 from prefix_referee.fuzz.cli import main
 

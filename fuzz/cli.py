@@ -1,4 +1,6 @@
-"""``python -m fuzz``: fuzz targets, replay reproducers, check or regenerate golden/.
+"""``prefix-fuzz``: fuzz targets, replay reproducers, check or regenerate golden/.
+
+``python -m prefix_referee.fuzz`` is the same command (``python -m fuzz`` in a checkout).
 
 Exit codes: 0 clean, 1 a failure (or a golden mismatch) was found, 2 a usage or input
 error (reported in one line), 3 inconclusive (no failure, but a target judged fewer
@@ -89,7 +91,7 @@ DEFAULT_MAX_FINDINGS = 8
 # a GPU (one kernel call, one reference for many cases).
 PACK_SIZES = {"cpu": (8, 1024), "cuda": (32, 32768)}
 COMMANDS = ("run", "replay", "golden")
-PROG = "python -m fuzz"
+PROG = "prefix-fuzz"  # installed; a checkout also has python -m fuzz
 
 
 class UsageError(Exception):
@@ -677,6 +679,14 @@ def golden_command(args: argparse.Namespace) -> int:
     print(f"{len(files)} golden files, {checked} expected verdicts: {mismatches} mismatches, "
           f"{skipped} skipped (target not runnable here)")
     return EXIT_FOUND if mismatches else EXIT_CLEAN
+
+
+def script(argv: Sequence[str] | None = None) -> int:
+    """``prefix-fuzz``: like ``python -m``, it imports ``module:callable`` targets from the
+    working directory (a console script's path starts at its own bin/ instead)."""
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    return main(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,9 +1,11 @@
 """The top-level names the packages had before they moved under ``prefix_referee``
 (``verify``, ``fuzz``, ``references``, ``golden``): importing one gives the module under
-its new name, with a DeprecationWarning, so code and target names written for them
-(``from fuzz.testing import ...``, ``--target verify.targets.faults:...``) keep working
-for a release. A package of that name that another distribution installs wins: the old
-name is only taken where it would find the referee's own folder, or nothing.
+its new name, so code and target names written for them (``from fuzz.testing import ...``,
+``--target verify.targets.faults:...``) keep working for a release, with a
+DeprecationWarning. That takes ``prefix_referee`` imported first (the pytest plugin, the
+command line and the workers import it); in a checkout, the old folders import it
+themselves (:func:`adopt`). A module of that name that anything else provides wins: the
+old name is only taken where it would find the referee's own folder, or nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,15 @@ from types import ModuleType
 
 NAMESPACE = "prefix_referee"
 OLD_NAMES = ("verify", "fuzz", "references", "golden")
+_warned: set[str] = set()
+
+
+def adopt(name: str) -> None:
+    """Called first by each package's ``__init__``: loaded under its old name (a checkout's
+    folder found on the path), it makes the old name the new module, so no second copy
+    of anything exists."""
+    if name in OLD_NAMES:
+        sys.modules[name] = importlib.import_module(f"{NAMESPACE}.{name}")
 
 
 def _folder(name: str) -> Path | None:
@@ -29,11 +40,25 @@ def _folder(name: str) -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))).resolve()
 
 
-def _is_ours(module: ModuleType, folder: Path | None) -> bool:
-    """Whether ``module`` (imported under an old name) is the referee's package, possibly
-    imported a second time from a checkout's folder."""
-    file = getattr(module, "__file__", None)
-    return file is not None and folder is not None and Path(file).resolve().parent == folder
+def _is_ours(spec: importlib.machinery.ModuleSpec | None, folder: Path | None) -> bool:
+    """Whether ``spec`` (an old top-level name, found by another finder) is the referee's
+    own folder."""
+    locations = spec.submodule_search_locations if spec is not None else None
+    return bool(locations) and Path(next(iter(locations))).resolve() == folder
+
+
+def _warn(old: str, new: str) -> None:
+    """Once per old package, pointing at the first frame outside the import system."""
+    top = old.partition(".")[0]
+    if top in _warned:
+        return
+    _warned.add(top)
+    level, frame = 1, sys._getframe(1)
+    while frame is not None and (frame.f_code.co_filename.startswith("<frozen")
+                                 or "importlib" in frame.f_code.co_filename
+                                 or frame.f_code.co_filename == __file__):
+        level, frame = level + 1, frame.f_back
+    warnings.warn(f"'{old}' is now '{new}'", DeprecationWarning, stacklevel=level)
 
 
 class _Alias(importlib.abc.Loader):
@@ -44,7 +69,7 @@ class _Alias(importlib.abc.Loader):
         self.spec: importlib.machinery.ModuleSpec | None = None
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
-        warnings.warn(f"'{spec.name}' is now '{self.new}'", DeprecationWarning, stacklevel=2)
+        _warn(spec.name, self.new)
         module = importlib.import_module(self.new)
         self.spec = module.__spec__
         return module
@@ -61,15 +86,18 @@ class OldNames(importlib.abc.MetaPathFinder):
         top, _, rest = fullname.partition(".")
         if top not in OLD_NAMES or fullname.endswith(".__main__"):
             return None  # python -m runs a __main__ from its file, which its folder finds
-        folder = _folder(top)
         if rest:  # a module of an old package: ours only if that package is
-            if not _is_ours(sys.modules.get(top), folder):
+            module = sys.modules.get(top)
+            if module is None or module is not sys.modules.get(f"{NAMESPACE}.{top}"):
                 return None
         else:
-            found = importlib.machinery.PathFinder.find_spec(top)
-            if found is not None and not (found.submodule_search_locations and Path(
-                    next(iter(found.submodule_search_locations))).resolve() == folder):
-                return None  # another distribution's module or package of that name
+            for finder in sys.meta_path:  # anything else that would find that name
+                find = None if finder is self else getattr(finder, "find_spec", None)
+                found = None if find is None else find(top, None)
+                if found is not None:
+                    if not _is_ours(found, _folder(top)):
+                        return None
+                    break
         new = f"{NAMESPACE}.{fullname}"
         found = importlib.util.find_spec(new)
         if found is None:

@@ -5,8 +5,11 @@ row sees one interval of packed keys (:mod:`references.batch`), the mask semanti
 produce those intervals (:mod:`references.mask`), the float64 reference and the baseline.
 """
 
+from prefix_referee._old_names import adopt
 from prefix_referee.references.batch import Batch, LogWeight, expand_kv_heads
 from prefix_referee.references.lowprec import lowprec_attention
 from prefix_referee.references.reference import reference_attention
 
 __all__ = ["Batch", "LogWeight", "expand_kv_heads", "lowprec_attention", "reference_attention"]
+
+adopt(__name__)  # loaded as 'references' from a checkout: be prefix_referee.references

@@ -7,9 +7,11 @@ budget), so they are deterministic; subprocess runs prove the entry point.
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
+import warnings
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -25,8 +27,10 @@ from prefix_referee.fuzz.cli import (
     EXIT_USAGE,
     build_parser,
     main,
+    script,
     select_targets,
 )
+from prefix_referee.fuzz.records.casefiles import replay_command
 from prefix_referee.fuzz.report.summary import RunStatus
 from prefix_referee.verify.case import CaseSpec, read_case
 from prefix_referee.verify.runner import Status
@@ -68,7 +72,7 @@ def test_planted_faults_are_found_shrunk_saved_replayed_and_reported(
             assert spec.extra["target"] == target and spec.extra["bug_class"] == bug_class
             assert spec.extra["finding"] == finding["identity"]
             assert spec.extra["versions"]["suite"] and spec.extra["versions"]["torch"]
-            assert spec.extra["replay"].startswith("python -m fuzz replay ")
+            assert spec.extra["replay"].startswith("prefix-fuzz replay ")
             assert main(["replay", str(spec.extra["replay"].split()[-1]), "--device",
                          "cpu"]) == EXIT_FOUND
     assert report["sdpa"]["status"] == RunStatus.CLEAN
@@ -141,7 +145,7 @@ def test_usage_errors_exit_2_with_one_line(argv: list[str],
                                            capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.startswith("python -m fuzz: error: ") and err.count("\n") == 1, err
+    assert err.startswith("prefix-fuzz: error: ") and err.count("\n") == 1, err
 
 
 INVALID_CASES: dict[str, str | bytes] = {
@@ -169,7 +173,7 @@ def test_invalid_case_files_exit_2_with_one_line(content: str | bytes, tmp_path:
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert main(["replay", str(path), "--device", "cpu"]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.startswith("python -m fuzz: error: ") and err.count("\n") == 1, err
+    assert err.startswith("prefix-fuzz: error: ") and err.count("\n") == 1, err
 
 
 def test_utf16_case_files_are_read(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -240,3 +244,31 @@ def test_a_bug_at_one_gqa_ratio_is_found_on_every_seed(seed: int, tmp_path: Path
     assert main(["--target", "fault:gqa_ratio_4", "--examples", "150", "--seed", str(seed),
                  "--device", "cpu", "--max-findings", "1", "--shrink-budget", "1",
                  "--no-plots", "--report-dir", str(tmp_path)]) == EXIT_FOUND
+
+
+def test_prefix_fuzz_imports_targets_from_the_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As ``python -m`` does, though a console script's path starts at its bin/."""
+    (tmp_path / "mykernel.py").write_text(
+        "from prefix_referee.verify.targets import get_target\n\n"
+        "def correct(case):\n    return get_target('reference').run(case)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    assert script(["--target", "mykernel:correct", "--examples", "3", "--min-cases", "3",
+                   "--device", "cpu", "--isolation", "none", "--no-plots", "--seed", "0",
+                   "--report-dir", str(tmp_path / "out")]) == EXIT_CLEAN
+
+
+@pytest.mark.parametrize(("target", "pythonpath"), [
+    ("tests.hostile:adds_one", "PYTHONPATH=. "),
+    ("verify.targets.faults:lse_base2", "PYTHONPATH=. "),  # imported by its old name
+    ("prefix_referee.verify.targets.faults:lse_base2", ""),
+])
+def test_a_replay_command_says_the_pythonpath_its_target_needs(target: str, pythonpath: str,
+                                                               monkeypatch: pytest.MonkeyPatch
+                                                               ) -> None:
+    monkeypatch.chdir(REPO)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        importlib.import_module(target.partition(":")[0])
+    assert replay_command(target, REPO / "r.json") == f"{pythonpath}prefix-fuzz replay r.json"

@@ -168,7 +168,7 @@ def test_unusable_outputs_fail_before_the_run(what: str, tmp_path: Path,
     start = time.monotonic()
     assert main(["--target", "sdpa", "--examples", "2", *RUN, *argv]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.startswith("python -m fuzz: error: ") and err.count("\n") == 1, err
+    assert err.startswith("prefix-fuzz: error: ") and err.count("\n") == 1, err
     assert time.monotonic() - start < 5  # before any case ran
 
 
@@ -344,7 +344,7 @@ def test_a_bad_file_is_one_line_naming_it_and_exit_2(what: str, tmp_path: Path,
     start = time.monotonic()
     assert main(command(str(path), str(tmp_path / "out"))) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err.startswith(f"python -m fuzz: error: {path}") and err.count("\n") == 1, err
+    assert err.startswith(f"prefix-fuzz: error: {path}") and err.count("\n") == 1, err
     assert says in err, err
     assert not (tmp_path / "out").exists()  # nothing run, nothing written
     assert time.monotonic() - start < 10
@@ -356,7 +356,7 @@ def test_a_report_dir_that_cannot_be_created_is_one_line(tmp_path: Path,
     assert main(["--target", "sdpa", "--examples", "2", *RUN,
                  "--report-dir", "/dev/null/fuzz-out"]) == EXIT_USAGE
     err = capsys.readouterr().err
-    assert err == "python -m fuzz: error: --report-dir /dev/null/fuzz-out cannot be created: " \
+    assert err == "prefix-fuzz: error: --report-dir /dev/null/fuzz-out cannot be created: " \
                   "Not a directory\n"
 
 
@@ -389,10 +389,10 @@ def test_a_full_disk_stops_the_run_in_one_line_and_leaves_no_half_file(
     code = main(["--target", "sdpa", "--examples", "20", *RUN, "--report-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == EXIT_USAGE and "Traceback" not in err
-    problem = [line for line in err.splitlines() if line.startswith("python -m fuzz: error:")]
+    problem = [line for line in err.splitlines() if line.startswith("prefix-fuzz: error:")]
     run = next(tmp_path.glob("run-*"))
     wrote = "report.json" if fills == "at once" else "cases.jsonl"
-    assert problem == [f"python -m fuzz: error: cannot write {run / wrote}: "
+    assert problem == [f"prefix-fuzz: error: cannot write {run / wrote}: "
                        "No space left on device"], err
     assert not list(run.rglob(".*partial*"))
     if fills == "at once":

@@ -28,10 +28,32 @@ assert prefix_referee.fuzz.testing.__spec__.name == "prefix_referee.fuzz.testing
 print("same")
 """
 
+# An old package's module first, with nothing imported before it: still one module.
+MODULE_FIRST = """
+from fuzz.testing import assert_matches_reference
+import fuzz, prefix_referee.fuzz.testing
+assert assert_matches_reference is prefix_referee.fuzz.testing.assert_matches_reference
+assert fuzz is prefix_referee.fuzz
+print("same")
+"""
+
+# A 'fuzz' on the path and a 'references' an import hook provides are someone else's.
 OTHERS_WIN = """
-import prefix_referee, fuzz, golden
+import importlib.abc, importlib.util, sys
+
+class Hook(importlib.abc.Loader):
+    def find_spec(self, name, path=None, target=None):
+        if name == "references":
+            return importlib.util.spec_from_loader(name, self)
+
+    def exec_module(self, module):
+        module.provider = "hook"
+
+sys.meta_path.append(Hook())
+import prefix_referee, fuzz, golden, references
 print(fuzz.__file__)
 print(golden.__name__)
+print(references.provider)
 """
 
 
@@ -47,16 +69,15 @@ def test_old_names_are_the_same_modules_with_a_warning() -> None:
     assert said == ["'verify.runner' is now 'prefix_referee.verify.runner'", "same"], said
 
 
+def test_an_old_module_imported_first_is_no_second_copy() -> None:
+    assert _python(MODULE_FIRST, REPO).splitlines() == ["same"]
+
+
 def test_a_package_of_an_old_name_that_another_distribution_installs_wins(
         tmp_path: Path) -> None:
     others = tmp_path / "others"
     (others / "fuzz").mkdir(parents=True)
     (others / "fuzz" / "__init__.py").write_text("")
     said = _python(OTHERS_WIN, tmp_path, PYTHONPATH=str(others)).splitlines()
-    assert said == [str(others / "fuzz" / "__init__.py"), "prefix_referee.golden"], said
+    assert said == [str(others / "fuzz" / "__init__.py"), "prefix_referee.golden", "hook"], said
 
-
-def test_python_m_runs_a_main_under_its_old_name() -> None:
-    said = _python("import runpy, sys; sys.argv = ['x', '--help']; "
-                   "runpy.run_module('verify.two_call_analysis', run_name='__main__')", REPO)
-    assert "--summary" in said

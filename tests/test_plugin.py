@@ -101,6 +101,15 @@ def test_targets_are_deduplicated_and_the_suite_file_collected_once(
     assert ids[0] == "fuzz/plugin/suite/test_target.py::test_matches_reference[sdpa]"
 
 
+def test_the_packaged_tests_import_by_their_package_name(pytester: pytest.Pytester) -> None:
+    """From a checkout too: not under the folder's old name, whose DeprecationWarning an
+    engine that turns warnings into errors would see as a collection error."""
+    result = pytester.runpytest_subprocess(*PLUGIN, "-p", "no:cacheprovider", "-W",
+                                           "error:'fuzz:DeprecationWarning", "--collect-only",
+                                           "-q", "--prefix-target", "sdpa")
+    assert result.ret == pytest.ExitCode.OK, result.stdout.str()
+
+
 @pytest.mark.parametrize(("options", "ci", "profile", "examples"), [
     ((), None, "dev", 40),
     ((), "1", "ci", 25),

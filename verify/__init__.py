@@ -5,6 +5,7 @@ Public entry points: :func:`load_case` (read, validate and materialize a JSON ca
 (the one tolerance policy).
 """
 
+from prefix_referee._old_names import adopt
 from prefix_referee.verify.case import CaseError, CaseSpec, Request, parse_case, read_case
 from prefix_referee.verify.materialize import MaterializedCase, RequestView, load_case, materialize
 
@@ -19,3 +20,5 @@ __all__ = [
     "parse_case",
     "read_case",
 ]
+
+adopt(__name__)  # loaded as 'verify' from a checkout: be prefix_referee.verify

@@ -21,7 +21,9 @@ left alone. The suite is imported only once ``--prefix-target`` is given.
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING
 
 import pytest
@@ -33,10 +35,11 @@ if TYPE_CHECKING:
     from prefix_referee.fuzz.records.findings import ExpectedFinding
 
 # A target judging fewer random cases fails: the plugin's runs are short, so fewer than the
-# fuzzer's default (python -m fuzz --min-cases).
+# fuzzer's default (prefix-fuzz --min-cases).
 DEFAULT_MIN_CASES = 10
 
 SUITE_FILES = (Path(__file__).resolve().parent / "suite" / "test_target.py",)
+SUITE_MODULE = "prefix_referee.fuzz.plugin.suite.test_target"
 # What the packaged tests' node ids are relative to: the directory holding the package.
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +67,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "(default: %(default)s)")
     group.addoption("--prefix-expect", action="append", default=[], type=Path, metavar="FILE",
                     dest="prefix_expect",
-                    help="expected findings (the findings/<target>.json python -m fuzz "
+                    help="expected findings (the findings/<target>.json prefix-fuzz "
                          "writes): accepted while they reproduce, stale when they no longer "
                          "do; repeatable")
     group.addoption("--prefix-kv-dtype", choices=("float8_e4m3fn", "float8_e5m2"),
@@ -133,6 +136,14 @@ def pytest_configure(config: pytest.Config) -> None:
     config.args.extend(str(path) for path in SUITE_FILES if path not in named)
 
 
+class _SuiteModule(pytest.Module):
+    """The packaged tests, imported by their package's name: from a checkout, pytest would
+    import the file under its folder's old top-level name (``fuzz.plugin...``)."""
+
+    def _getobj(self) -> ModuleType:
+        return importlib.import_module(SUITE_MODULE)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector
                                 ) -> pytest.Module | None:
@@ -142,7 +153,7 @@ def pytest_pycollect_makemodule(module_path: Path, parent: pytest.Collector
     if module_path not in SUITE_FILES or not requested_targets(parent.config):
         return None
     nodeid = module_path.relative_to(_PACKAGE_ROOT).as_posix()
-    return pytest.Module.from_parent(parent, path=module_path, nodeid=nodeid)
+    return _SuiteModule.from_parent(parent, path=module_path, nodeid=nodeid)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

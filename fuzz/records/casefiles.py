@@ -83,11 +83,13 @@ def import_root(target: str) -> Path | None:
     """For a ``module:callable`` target, the directory its module was imported from."""
     if target.startswith("fault:") or ":" not in target:
         return None
-    module = sys.modules.get(target.partition(":")[0])
-    if module is None or not getattr(module, "__file__", None):
-        return None
+    name = target.partition(":")[0]
+    module = sys.modules.get(name)
+    if (module is None or not getattr(module, "__file__", None)
+            or name.partition(".")[0] == __name__.partition(".")[0]):
+        return None  # the referee's own modules import wherever it does
     path = Path(module.__file__).resolve()
-    depth = module.__name__.count(".") + (path.name == "__init__.py")
+    depth = name.count(".") + (path.name == "__init__.py")  # the name it was imported by
     return path.parents[depth]
 
 
@@ -103,7 +105,7 @@ def replay_command(target: str, path: Path) -> str:
     """The command that reruns a reproducer, with the PYTHONPATH its target needs."""
     root = import_root(target)
     prefix = f"PYTHONPATH={relative(root)} " if root is not None else ""
-    return f"{prefix}python -m fuzz replay {relative(path)}"
+    return f"{prefix}prefix-fuzz replay {relative(path)}"
 
 
 def write_reproducer(finding: Finding, target: str, versions: dict[str, str | None]) -> Path:

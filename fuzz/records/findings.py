@@ -140,7 +140,7 @@ def _from_file(path: Path) -> list[ExpectedFinding]:
         if not isinstance(target, str) or identity is None:
             raise ExpectationError(f"{path}: a reproducer names an expected finding only with "
                                    "its 'target' and 'finding' annotations (written by "
-                                   "python -m fuzz)")
+                                   "prefix-fuzz)")
         try:
             spec = parse_case(data)
         except CaseError as exc:

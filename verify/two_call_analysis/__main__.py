@@ -1,4 +1,4 @@
-"""``python -m verify.two_call_analysis``: see :mod:`verify.two_call_analysis.report`."""
+"""``python -m prefix_referee.verify.two_call_analysis``: see :mod:`.report`."""
 
 from prefix_referee.verify.two_call_analysis.report import main
 

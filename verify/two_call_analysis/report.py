@@ -1,4 +1,7 @@
-"""``python -m verify.two_call_analysis``: how big the two-call overlap error is, and where.
+"""How big the two-call overlap error is, and where.
+
+``python -m prefix_referee.verify.two_call_analysis`` (``python -m verify.two_call_analysis``
+in a checkout).
 
 Runs the default sweeps of :mod:`verify.two_call_analysis.sweeps` (CPU, float64, deterministic),
 prints one table per sweep and the worst case in bf16 ULPs at the output's scale,
@@ -85,7 +88,7 @@ def plot_sweep(name: str, rows: list[PointResult], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m verify.two_call_analysis",
+    parser = argparse.ArgumentParser(prog="python -m prefix_referee.verify.two_call_analysis",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help=f"directory for the PNG plots (default {DEFAULT_OUT})")

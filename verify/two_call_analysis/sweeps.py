@@ -156,7 +156,7 @@ def summary(results: list[PointResult]) -> dict[str, Any]:
 
     worst = max(results, key=lambda r: r.bf16_ulps)
     return {
-        "command": "python -m verify.two_call_analysis",
+        "command": "python -m prefix_referee.verify.two_call_analysis",
         "layout": {**BASE, "text_before": TEXT_BEFORE, "image": IMAGE,
                    "text_after": TEXT_AFTER},
         "worst": {"sweep": worst.sweep, **rounded(worst.as_dict()),
