@@ -48,17 +48,13 @@ def _is_ours(spec: importlib.machinery.ModuleSpec | None, folder: Path | None) -
 
 
 def _warn(old: str, new: str) -> None:
-    """Once per old package, pointing at the first frame outside the import system."""
+    """Once per old package, pointing at the import statement: ``warnings`` skips the
+    import system's own frames, so past this and ``create_module`` comes the importer."""
     top = old.partition(".")[0]
     if top in _warned:
         return
     _warned.add(top)
-    level, frame = 1, sys._getframe(1)
-    while frame is not None and (frame.f_code.co_filename.startswith("<frozen")
-                                 or "importlib" in frame.f_code.co_filename
-                                 or frame.f_code.co_filename == __file__):
-        level, frame = level + 1, frame.f_back
-    warnings.warn(f"'{old}' is now '{new}'", DeprecationWarning, stacklevel=level)
+    warnings.warn(f"'{old}' is now '{new}'", DeprecationWarning, stacklevel=3)
 
 
 class _Alias(importlib.abc.Loader):
