@@ -223,12 +223,12 @@ def test_case_description_names_every_option_that_changes_the_computation() -> N
         "seed 9")
 
 
-@pytest.mark.parametrize(("space", "seed"), [("cpu", 0), ("interpreter", 0),
-                                             ("interpreter", 1), ("interpreter", 2)])
-def test_a_key_loop_stopping_at_the_128_row_tile_is_found(space: str, seed: int,
-                                                          tmp_path: Path) -> None:
+@pytest.mark.parametrize("space", ["cpu", "interpreter"])
+def test_a_key_loop_stopping_at_the_128_row_tile_is_found(space: str, tmp_path: Path) -> None:
     """Kernels tile by 64 or 128 rows: every space draws images across those edges, the
-    Triton interpreter's (short cases) too, rarely."""
+    Triton interpreter's (short cases) too, rarely (seeds 0-4: ``python -m
+    benchmarks.finding_identity --faults causal_tile_key_loop_128 --space interpreter``)."""
+    seed = 0
     assert main(["--target", "fault:causal_tile_key_loop_128", "--examples", "150",
                  "--space", space, "--seed", str(seed), "--device", "cpu",
                  "--max-findings", "1", "--shrink-budget", "1", "--no-plots",
