@@ -57,11 +57,13 @@ def test_a_failure_the_run_stops_before_attributing_fails_the_target(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Campaign, "_attribute", interrupted)
-    assert main(["--target", GQA, "--examples", "25", *RUN,
+    junit = tmp_path / "junit.xml"
+    assert main(["--target", GQA, "--examples", "25", *RUN, "--junit", str(junit),
                  "--report-dir", str(tmp_path)]) == EXIT_INTERRUPTED
     target = _target(tmp_path)
     assert target["findings"] == [] and target["untriaged_failures"] >= 1
     assert target["status"] == RunStatus.FAILED
+    assert "not yet attributed" in junit.read_text()
 
 
 def _accepted(report_dir: Path, target: str, into: Path) -> Path:

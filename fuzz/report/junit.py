@@ -5,7 +5,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from prefix_referee.fuzz.report.summary import COLUMNS, RunReport, RunStatus, row
+from prefix_referee.fuzz.report.summary import (
+    COLUMNS,
+    RunReport,
+    RunStatus,
+    row,
+    untriaged_text,
+)
 
 
 def write_junit(report: RunReport, path: Path) -> None:
@@ -22,6 +28,7 @@ def write_junit(report: RunReport, path: Path) -> None:
                      for f in run.new_findings]
             lines += [f"stale: {s.expected.identity} in {s.expected.path}: its case {s.now}"
                       for s in run.stale]
+            lines += [untriaged_text(run)] if run.untriaged else []
             failure = ET.SubElement(case, "failure", message=lines[0].splitlines()[0])
             failure.text = "\n\n".join(lines)
         elif status == RunStatus.BROKEN:

@@ -129,6 +129,11 @@ def findings_text(run: TargetRun) -> str:
     return ", ".join(parts) or "0"
 
 
+def untriaged_text(run: TargetRun) -> str:
+    return (f"{run.untriaged} failing case{'s' * (run.untriaged > 1)} not yet attributed to a "
+            "finding when the run stopped")
+
+
 def worst_case(run: TargetRun) -> str:
     """The first new finding and its reproducer, else the highest-ratio case described."""
     for finding in run.new_findings:
@@ -139,8 +144,7 @@ def worst_case(run: TargetRun) -> str:
     if run.broken is not None:
         return run.broken
     if run.untriaged:
-        return (f"{run.untriaged} failing case{'s' * (run.untriaged > 1)} not yet attributed "
-                "to a finding when the run stopped")
+        return untriaged_text(run)
     return describe_case(run.worst_spec) if run.worst_spec is not None else "-"
 
 
