@@ -61,6 +61,7 @@ from prefix_referee.fuzz.report.summary import (
     render_table,
     report_json,
     report_markdown,
+    restart_counts,
 )
 from prefix_referee.golden import GOLDEN_DIR
 from prefix_referee.verify.case import KV_DTYPES, CaseError, CaseSpec, read_case
@@ -397,6 +398,9 @@ def _publish(report: RunReport, run_dir: RunDirectory, junit: Path | None,
         for stale in run.stale:
             console.print(f"{run.target} [{stale.expected.identity}] is expected in "
                           f"{stale.expected.path} but its case {stale.now}: fixed? remove it",
+                          soft_wrap=True, markup=False)
+        if run.restarts:  # a fresh worker compiles again: say why each went
+            console.print(f"{run.target}: workers replaced: {'; '.join(restart_counts(run))}",
                           soft_wrap=True, markup=False)
         if run.findings:
             path = _write_findings(run, run_dir)

@@ -129,6 +129,11 @@ def findings_text(run: TargetRun) -> str:
     return ", ".join(parts) or "0"
 
 
+def restart_counts(run: TargetRun) -> list[str]:
+    """'N x reason' for each reason a worker of ``run`` was replaced, most frequent first."""
+    return [f"{count} x {reason}" for reason, count in run.restarts.most_common()]
+
+
 def untriaged_text(run: TargetRun) -> str:
     return (f"{run.untriaged} failing case{'s' * (run.untriaged > 1)} not yet attributed to a "
             "finding when the run stopped")
@@ -284,6 +289,5 @@ def report_markdown(report: RunReport) -> str:
                       "remove it from the file."]
         if run.restarts:
             lines += ["", f"## {run.target}: workers replaced", ""]
-            lines += [f"- {count} x {reason}"
-                      for reason, count in run.restarts.most_common()]
+            lines += [f"- {line}" for line in restart_counts(run)]
     return "\n".join(lines) + "\n"
