@@ -7,8 +7,10 @@
 #               reference's throughput, compiled Flex; GPU 1: BUDGET s of triton, then the
 #               GPU tier and the golden replay (one GPU, timed)
 #   scale       two GPUs: 1 worker against 2 GPUs (triton, fa4); the Gemma-4 kernel table
-#   checks      one GPU: Triton at head dim 512, kernels that hang or fill the GPU, FP8 KV
-#               caches (500 cases per target, the Gemma-4 FP8 table)
+#   checks      one GPU: Triton at head dim 512, kernels that hang or fill the GPU, FP8 bits,
+#               the Gemma-4 FP8 table
+#   fp8         one GPU: 500 FP8-cache cases for each of FP8_TARGETS (default flex, sdpa,
+#               triton, reference), one run each, each within FP8_LIMIT s (default 280)
 #   throughput  one GPU: the fuzz throughput of each of THROUGHPUT_TARGETS (default fa4,
 #               triton, two_call_fa4), BUDGET s each
 #   invariance  one GPU: which properties beyond tolerance fa4, triton, flex and
@@ -19,7 +21,7 @@
 # does not hold up the others. For convenience, every log and JSON file of a part is packed
 # into OUT/<part>.tgz, and the key lines are printed.
 set -uo pipefail
-usage="usage: gpu_session.sh OUT main|scale|checks|throughput|invariance ..."
+usage="usage: gpu_session.sh OUT main|scale|checks|fp8|throughput|invariance ..."
 out=${1:?$usage}
 shift
 [ $# -gt 0 ] || { echo "$usage" >&2; exit 2; }
@@ -86,12 +88,16 @@ case "$part" in
     gpu_tests d512 100 tests/test_triton_target.py -k "head_dims_to_512 or compiled_on_gpu"
     gpu_tests containment 90 tests/test_isolation.py -k hangs_or_fills
     gpu_tests fp8-bits 45 tests/test_fp8_kv.py
-    timeout 150 python3 -m fuzz --target triton --target flex --target sdpa \
-      --target reference --kv-dtype float8_e4m3fn --device cuda --examples 500 --seed 1 \
-      --report-dir "$work/fp8" > "$work/fp8-fuzz.log" 2>&1
-    echo "fp8 fuzz exit $?" >> "$work/fp8-fuzz.log"
     timeout 90 python3 -m benchmarks.prefix_kernels --layout gemma4 \
       --kv-dtype float8_e4m3fn --json "$work/gemma4-fp8.json" > "$work/gemma4-fp8.log" 2>&1
+    ;;
+  fp8)
+    for target in ${FP8_TARGETS:-flex sdpa triton reference}; do
+      timeout "${FP8_LIMIT:-280}" python3 -m fuzz --target "$target" --kv-dtype float8_e4m3fn \
+        --device cuda --examples 500 --seed 1 --no-plots --report-dir "$work/fp8-$target" \
+        > "$work/fp8-$target.log" 2>&1
+      echo "fp8 $target exit $?" >> "$work/fp8-$target.log"
+    done
     ;;
   throughput)
     for target in ${THROUGHPUT_TARGETS:-fa4 triton two_call_fa4}; do
@@ -112,6 +118,6 @@ case "$part" in
 esac
 tar czf "$out/$part.tgz" -C "$work" --exclude='*/run-*' .
 echo "== $part"
-grep -h -E "judged |x on|exit|passed|failed|fraction|fastest|peak|PASS|FAIL|Error|claimed|holds" \
+grep -h -E "judged |x on|exit|passed|failed|fraction|fastest|peak|PASS|FAIL|Error|claimed|holds|^│ [a-z]|replaced" \
   "$work"/*.log | grep -v "━" | cut -c1-220 | tail -40
 done
