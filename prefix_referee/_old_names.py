@@ -25,9 +25,9 @@ _warned: set[str] = set()
 
 
 def adopt(name: str) -> None:
-    """Called first by each package's ``__init__``: loaded under its old name (a checkout's
-    folder found on the path), it makes the old name the new module, so no second copy
-    of anything exists."""
+    """Called at the end of each package's ``__init__``: loaded under its old name (a
+    checkout's folder found on the path), it makes the old name the new module, and the
+    finder then serves its modules, so no second copy of anything exists."""
     if name in OLD_NAMES:
         sys.modules[name] = importlib.import_module(f"{NAMESPACE}.{name}")
 
