@@ -39,7 +39,7 @@ from prefix_referee.fuzz.loop.jobs import Job
 from prefix_referee.fuzz.loop.schedule import run_campaigns
 from prefix_referee.fuzz.loop.settings import RunSettings
 from prefix_referee.fuzz.loop.workers import WorkerPool
-from prefix_referee.fuzz.records.casefiles import relative
+from prefix_referee.fuzz.records.casefiles import COMMAND, relative
 from prefix_referee.fuzz.records.findings import (
     ExpectationError,
     expected_findings,
@@ -92,7 +92,7 @@ DEFAULT_MAX_FINDINGS = 8
 # a GPU (one kernel call, one reference for many cases).
 PACK_SIZES = {"cpu": (8, 1024), "cuda": (32, 32768)}
 COMMANDS = ("run", "replay", "golden")
-PROG = "prefix-fuzz"  # installed; a checkout also has python -m fuzz
+PROG = COMMAND
 
 
 class UsageError(Exception):

@@ -34,7 +34,7 @@ def _outcomes(kernel: str, jobs: int, memory: int = LIMIT) -> tuple[list[Outcome
             while not results:
                 results = pool.wait(1.0)
             found.append(results[0].outcomes[0])
-        return found, pool.restarts
+        return found, pool.restart_reasons.total()
 
 
 @pytest.mark.parametrize(("kernel", "says"), [

@@ -35,6 +35,8 @@ PROPERTIES = ("deterministic", "batch_invariant", "placement_invariant", "statel
 # The symptom of a violation: what a finding of it is called.
 SYMPTOMS = {"deterministic": "nondeterministic", "batch_invariant": "batch-variant",
             "placement_invariant": "placement-variant", "stateless": "stale-state"}
+
+
 @dataclass(frozen=True)
 class Change:
     """How one tensor differs between two runs: elements whose bits differ, of how many, and
@@ -43,10 +45,6 @@ class Change:
     changed: int = 0
     total: int = 0
     ulps: float = 0.0
-
-    @property
-    def share(self) -> float:
-        return self.changed / self.total if self.total else 0.0
 
 
 def _change(a: Tensor, b: Tensor) -> tuple[Change, int | None]:
@@ -148,20 +146,19 @@ class Difference:
         parts = []
         for name, change in (("out", self.out), ("lse", self.lse)):
             if change.changed:
-                parts.append(f"{_percent(change.share)} of {name} elements by up to "
-                             f"{_ulps(change.ulps)}")
+                parts.append(change_text(name, change.changed, change.total, change.ulps))
             elif change.total:
                 parts.append(f"{name} unchanged")
         text = "; ".join(parts) or "nothing to compare"
         return text + (f" (worst: {self.where})" if self.where else "")
 
 
-def _percent(share: float) -> str:
-    return f"{100 * share:.2g}%" if share < 0.1 else f"{100 * share:.0f}%"
-
-
-def _ulps(ulps: float) -> str:
-    return "inf ULP (NaN)" if math.isinf(ulps) else f"{ulps:.0f} ULP"
+def change_text(name: str, changed: int, total: int, ulps: float) -> str:
+    """'3.1% of out elements by up to 2 ULP' (inf ULP: a NaN on one side only)."""
+    share = changed / total if total else 0.0
+    percent = f"{100 * share:.2g}%" if share < 0.1 else f"{100 * share:.0f}%"
+    distance = "inf ULP (NaN)" if math.isinf(ulps) else f"{ulps:.0f} ULP"
+    return f"{percent} of {name} elements by up to {distance}"
 
 
 @dataclass

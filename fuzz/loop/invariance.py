@@ -21,13 +21,13 @@ finding of the broken property, with what differs, by how many ULPs, and where.
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from prefix_referee.fuzz.cases.coverage import configuration
+from prefix_referee.fuzz.records.journal import json_number
 from prefix_referee.verify.case import (
     DTYPES,
     CaseError,
@@ -36,7 +36,14 @@ from prefix_referee.verify.case import (
     parse_case,
     without_annotations,
 )
-from prefix_referee.verify.invariance import PROPERTIES, SYMPTOMS, Comparison, Difference, Variant
+from prefix_referee.verify.invariance import (
+    PROPERTIES,
+    SYMPTOMS,
+    Comparison,
+    Difference,
+    Variant,
+    change_text,
+)
 from prefix_referee.verify.pack import pack, with_explicit_seeds
 from prefix_referee.verify.values import request_stream
 
@@ -118,8 +125,7 @@ class Measure:
                                            ("lse", self.lse_changed, self.lse_total,
                                             self.lse_ulps)):
             if changed:
-                share = changed / total if total else 0.0
-                parts.append(f"{_percent(share)} of {name} elements by up to {_ulps(ulps)}")
+                parts.append(change_text(name, changed, total, ulps))
         what = " and ".join(parts) or "the bits"
         return (f"{CHANGED_BY[prop]} {what} ({self.differing} of {self.comparisons} "
                 "comparisons)")
@@ -128,22 +134,10 @@ class Measure:
         return {"claimed": self.claimed, "holds": self.holds, "comparisons": self.comparisons,
                 "differing": self.differing, "confounded": self.confounded,
                 "out_changed_share": self.out_changed / self.out_total if self.out_total else 0.0,
-                "out_max_ulps": _number(self.out_ulps),
+                "out_max_ulps": json_number(self.out_ulps),
                 "lse_changed_share": self.lse_changed / self.lse_total if self.lse_total else 0.0,
-                "lse_max_ulps": _number(self.lse_ulps), "example": self.example,
+                "lse_max_ulps": json_number(self.lse_ulps), "example": self.example,
                 "text": self.text(prop)}
-
-
-def _percent(share: float) -> str:
-    return f"{100 * share:.2g}%" if share < 0.1 else f"{100 * share:.0f}%"
-
-
-def _ulps(ulps: float) -> str:
-    return "inf ULP (NaN)" if math.isinf(ulps) else f"{ulps:.0f} ULP"
-
-
-def _number(value: float) -> float | str:
-    return str(value) if math.isinf(value) else value
 
 
 @dataclass

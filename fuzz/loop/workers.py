@@ -244,10 +244,6 @@ class WorkerPool:
         else:
             self._workers = [self._start(device) for device in self.devices]
 
-    @property
-    def restarts(self) -> int:
-        return self.restart_reasons.total()
-
     def _start(self, device: str) -> _Worker:
         parent, child = _context().Pipe()
         threads = worker_threads(device, len(self.devices))

@@ -18,6 +18,9 @@ from prefix_referee.fuzz.records.journal import write_atomically
 from prefix_referee.verify.case import CaseSpec, without_annotations
 from prefix_referee.verify.targets.faults import ALL_FAULTS
 
+# The installed command (python -m fuzz in a checkout); the CLI's usage lines say it too.
+COMMAND = "prefix-fuzz"
+
 
 def _value_json(value: Any) -> str:
     """Lists of objects and objects one item per line; everything else on one line."""
@@ -105,7 +108,7 @@ def replay_command(target: str, path: Path) -> str:
     """The command that reruns a reproducer, with the PYTHONPATH its target needs."""
     root = import_root(target)
     prefix = f"PYTHONPATH={relative(root)} " if root is not None else ""
-    return f"{prefix}prefix-fuzz replay {relative(path)}"
+    return f"{prefix}{COMMAND} replay {relative(path)}"
 
 
 def write_reproducer(finding: Finding, target: str, versions: dict[str, str | None]) -> Path:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -29,6 +30,11 @@ SNAPSHOT_INTERVAL = 2.0
 
 class JournalError(Exception):
     """The report directory cannot be used; the message is one line."""
+
+
+def json_number(value: float | None) -> float | str | None:
+    """JSON has no infinity: a non-finite number is written as a string."""
+    return str(value) if value is not None and not math.isfinite(value) else value
 
 
 def check_writable_dir(path: Path, what: str) -> None:

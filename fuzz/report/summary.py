@@ -11,7 +11,6 @@ was still going on (``partial``: a snapshot; a run killed outright leaves its la
 from __future__ import annotations
 
 import enum
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from prefix_referee.fuzz.loop.campaign import TargetRun
 from prefix_referee.fuzz.loop.settings import RunSettings
 from prefix_referee.fuzz.records.casefiles import describe_case, relative
 from prefix_referee.fuzz.records.findings import Finding
+from prefix_referee.fuzz.records.journal import json_number
 from prefix_referee.verify.compare import POLICY
 from prefix_referee.verify.invariance import PROPERTIES
 from prefix_referee.verify.runner import Status
@@ -53,9 +53,8 @@ STATUS_STYLES = {RunStatus.FAILED: "bold red", RunStatus.BROKEN: "bold red",
 
 def status(run: TargetRun, min_cases: int) -> RunStatus:
     """failed (a new finding, a stale expected one, or a failure the run stopped before
-    attributing), broken (the exploration itself
-    broke), expected (only expected findings), inconclusive (fewer than ``min_cases``
-    judged) or clean."""
+    attributing), broken (the exploration itself broke), expected (only expected
+    findings), inconclusive (fewer than ``min_cases`` judged) or clean."""
     if run.broken is not None:
         return RunStatus.BROKEN
     if run.new_findings or run.stale or run.untriaged:
@@ -81,11 +80,6 @@ def declined_text(run: TargetRun) -> str:
 
 def _ratio_text(ratio: float | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}"
-
-
-def _json_number(value: float | None) -> float | str | None:
-    """JSON has no infinity: a non-finite number is written as a string."""
-    return str(value) if value is not None and not math.isfinite(value) else value
 
 
 @dataclass(frozen=True)
@@ -226,10 +220,10 @@ def _target_json(report: RunReport, run: TargetRun) -> dict[str, Any]:
         "target": run.target, "status": report.status(run).value, "exact": run.exact,
         "judged": run.judged, "stats": run.stats.to_dict(),
         "cases_per_second": round(run.judged / explore, 3) if explore else None,
-        "worst_ratio": _json_number(run.worst_ratio),
+        "worst_ratio": json_number(run.worst_ratio),
         "worst_case": run.worst_spec.to_dict() if run.worst_spec is not None else None,
         "distance_from_exact": None if run.exact else {
-            "max_ulps": _json_number(run.distance.max_ulps),
+            "max_ulps": json_number(run.distance.max_ulps),
             "beyond_exact_policy": run.distance.beyond_exact, "judged": run.distance.judged,
             "worst_case": None if run.distance.worst is None else run.distance.worst.to_dict()},
         "findings": [_finding_json(f) for f in run.findings],
