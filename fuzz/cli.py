@@ -584,9 +584,10 @@ def replay_command(args: argparse.Namespace) -> int:
                 continue
             work.setdefault(name, []).append((path, spec))
     failed = False
+    worker_device = _devices(device, None)[0]
     for name, cases in work.items():
         unsupported = [(p, get_target(name).unsupported_reason(s, device)) for p, s in cases]
-        with WorkerPool(name, [device], case_timeout=args.case_timeout,
+        with WorkerPool(name, [worker_device], case_timeout=args.case_timeout,
                         isolation=args.isolation,
                         memory=args.worker_memory or default_worker_memory(1)) as pool:
             for job_id, (path, spec) in enumerate(cases):

@@ -25,8 +25,10 @@ from prefix_referee.fuzz.cli import (
     EXIT_USAGE,
     main,
 )
+from prefix_referee.fuzz.loop.workers import WorkerPool
 from prefix_referee.fuzz.records import journal
 from prefix_referee.fuzz.report.summary import RunStatus
+from prefix_referee.verify.limits import memory_limit
 from prefix_referee.verify.runner import Status
 from tests.hostile import HOSTILE
 
@@ -430,3 +432,29 @@ def test_a_kernel_that_hangs_or_fills_the_gpu_is_blamed_and_the_gpu_judges_on(
     assert hostile["worker_restarts"] >= 1
     assert targets["sdpa"]["status"] == RunStatus.CLEAN
     assert targets["sdpa"]["stats"]["counts"] == {Status.PASS: 2}
+
+
+class _RecordedPool(Exception):
+    """Raised by a stand-in pool, carrying the devices it was given."""
+
+
+def test_replay_on_cuda_gives_its_worker_one_gpu(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A worker pins its GPU with ``torch.cuda.set_device``, which takes no bare 'cuda'."""
+    import prefix_referee.fuzz.cli as cli
+
+    def pool(name: str, devices: list[str], **_: object) -> None:
+        raise _RecordedPool(devices)
+
+    monkeypatch.setattr(cli, "_resolve_device", lambda requested: "cuda")
+    monkeypatch.setattr(cli, "memory_limit", lambda device: memory_limit("cpu"))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(cli, "WorkerPool", pool)
+    with pytest.raises(_RecordedPool) as recorded:
+        main(["replay", str(_reproducer(tmp_path, "reference")), "--device", "cuda"])
+    assert recorded.value.args == (["cuda:0"],)
+
+
+def test_a_worker_pool_takes_only_cpu_or_one_indexed_gpu() -> None:
+    with pytest.raises(ValueError, match="not 'cuda'"):
+        WorkerPool("reference", ["cuda"], case_timeout=30)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import re
 import signal
 import sys
 import time
@@ -232,6 +233,9 @@ class WorkerPool:
         self.log = None if log is None else str(log)
         self.memory = memory
         self.devices = list(devices)
+        for device in self.devices:
+            if device != "cpu" and not re.fullmatch(r"cuda:\d+", device):
+                raise ValueError(f"a worker runs on 'cpu' or one GPU ('cuda:N'), not {device!r}")
         self.restart_reasons: Counter[str] = Counter()
         self._startup_deaths = 0
         self._done: list[JobResult] = []
