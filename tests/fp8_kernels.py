@@ -6,7 +6,9 @@ It takes the contract at its word and nothing else of the suite's: key ``j`` of 
 packed row ``cu_seqlens_k[r] + j``; query ``i`` of request ``r`` sits at position
 ``context_lens[r] + i`` and sees key ``j <= p`` (within the window), or any key of the
 ranges holding ``p`` (``query_ranges``, windowed too under clamp), below ``seq_len``.
-:func:`forgets_v_descale` is the same kernel with one bug: V's descale is never applied.
+:func:`dequantize_into_query_dtype` holds the dequantized K and V in the query dtype, as
+engines that feed their dots in that dtype do; :func:`forgets_v_descale` is the same kernel
+with one bug: V's descale is never applied.
 """
 
 from __future__ import annotations
@@ -23,8 +25,10 @@ from prefix_referee.verify.targets import prefix_kernel
 TAKES_FP8 = Capabilities(kv_dtypes=frozenset({None, "float8_e4m3fn", "float8_e5m2"}))
 
 
-def _values(case: MaterializedCase, apply_v_descale: bool) -> tuple[Tensor, Tensor]:
-    """Packed K and V as float32 values (an FP8 cache's codes times their descales)."""
+def _values(case: MaterializedCase, apply_v_descale: bool, held: torch.dtype
+            ) -> tuple[Tensor, Tensor]:
+    """Packed K and V as float32 values (an FP8 cache's codes times their descales), as
+    held in ``held``."""
     k, v = case.k.float(), case.v.float()
     if case.k_descale is None:
         return k, v
@@ -34,11 +38,12 @@ def _values(case: MaterializedCase, apply_v_descale: bool) -> tuple[Tensor, Tens
     k = k * case.k_descale[request][:, :, None]
     if apply_v_descale:
         v = v * case.v_descale[request][:, :, None]
-    return k, v
+    return k.to(held).float(), v.to(held).float()
 
 
-def _attend(case: MaterializedCase, apply_v_descale: bool = True) -> tuple[Tensor, Tensor]:
-    k_all, v_all = _values(case, apply_v_descale)
+def _attend(case: MaterializedCase, apply_v_descale: bool = True,
+            held: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
+    k_all, v_all = _values(case, apply_v_descale, held)
     total_q, heads = case.q.shape[0], case.q.shape[1]
     group = heads // k_all.shape[1]
     out = torch.zeros(total_q, heads, v_all.shape[2], dtype=case.dtype, device=case.device)
@@ -75,6 +80,12 @@ def _attend(case: MaterializedCase, apply_v_descale: bool = True) -> tuple[Tenso
 def dequantize_then_attend(case: MaterializedCase) -> tuple[Tensor, Tensor]:
     """Dequantize K and V with their descales, then exact attention in float32."""
     return _attend(case)
+
+
+@prefix_kernel(TAKES_FP8)
+def dequantize_into_query_dtype(case: MaterializedCase) -> tuple[Tensor, Tensor]:
+    """Dequantize K and V into the query dtype, then exact attention in float32."""
+    return _attend(case, held=case.dtype)
 
 
 @prefix_kernel(TAKES_FP8)

@@ -13,6 +13,7 @@ from prefix_referee.fuzz.loop.triage import BY_NAME
 from prefix_referee.fuzz.plugin import hooks
 from prefix_referee.verify import CaseSpec, materialize, parse_case
 from prefix_referee.verify.case import KV_DTYPES
+from prefix_referee.verify.compare import expected
 from prefix_referee.verify.materialize import FP8_SATURATED, kv_descales
 from prefix_referee.verify.pack import with_explicit_seeds
 from prefix_referee.verify.runner import Status, TruthCache, evaluate
@@ -95,10 +96,31 @@ OUTSIDE_CASES = {
 def test_a_kernel_written_from_the_contract_passes_and_forgetting_v_descale_fails(
         spec: CaseSpec) -> None:
     case, truths = materialize(spec), TruthCache()
-    good = evaluate(get_target("tests.fp8_kernels:dequantize_then_attend"), case, truths)
-    assert good.status == Status.PASS, good.summary()
+    for good in ("dequantize_then_attend", "dequantize_into_query_dtype"):
+        outcome = evaluate(get_target(f"tests.fp8_kernels:{good}"), case, truths)
+        assert outcome.status == Status.PASS, outcome.summary()
     bad = evaluate(get_target("tests.fp8_kernels:forgets_v_descale"), case, truths)
     assert bad.status == Status.FAIL and bad.kind == "out", bad.summary()
+
+
+# A decode row whose largest score is about 21: keys held in float16 move its LSE by
+# 0.0034, while the baseline, holding the same keys, happens to land within 0.0009 (found
+# by compiled flex on a GPU; the float64 kernel below computes the same LSE).
+HELD_KEYS = parse_case({
+    "requests": [{"context_len": 557, "query_len": 1, "ranges": [[550, 556]]}],
+    "num_heads": 1, "head_dim": 128, "dtype": "float16", "page_size": 16,
+    "sliding_window": 1108, "seed": 223, "value_distribution": "peaky", "poison": "nan",
+    "kv_dtype": "float8_e4m3fn"})
+
+
+def test_keys_held_in_the_query_dtype_pass_and_a_wrong_lse_still_fails() -> None:
+    case, truths = materialize(HELD_KEYS), TruthCache()
+    held = evaluate(get_target("tests.fp8_kernels:dequantize_into_query_dtype"), case, truths)
+    assert held.status == Status.PASS, held.summary()
+    # Twice the baseline's error alone would have failed it.
+    assert held.verdict.lse_error > 2 * float(expected(case).row_base_lse_error.max())
+    wrong = evaluate(get_target("fault:lse_base2"), case, truths)
+    assert wrong.status == Status.FAIL and wrong.kind == "lse", wrong.summary()
 
 
 @pytest.mark.gpu
