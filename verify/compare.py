@@ -33,7 +33,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from prefix_referee.references import LogWeight, lowprec_attention, reference_attention
+from prefix_referee.references import Batch, LogWeight, lowprec_attention, reference_attention
 from prefix_referee.verify.mask import request_mask
 from prefix_referee.verify.materialize import MaterializedCase, RequestView
 
@@ -47,10 +47,9 @@ DIGITS = {torch.float32: 9, torch.float16: 5, torch.bfloat16: 4, torch.float64: 
 POLICY = {"baseline_multiple": BASELINE_MULTIPLE, "atol_ulps": ATOL_ULPS,
           "rounding_floor": "2 x sum_j p_j |v_j| x (u_dtype + eps32 x (sqrt(visible keys) "
                             "+ 2 max|score|)) per element",
-          "lse_slack": "sqrt(D) eps32 S (float32 score rounding), plus with "
-                       "an FP8 cache min(u_dtype S, u_dtype scale sum_j p_j |q|.|k_j| "
-                       "+ (u_dtype S)^2 / 2), S = scale max|q| max|k| (keys held in the "
-                       "query dtype)"}
+          "lse_slack": "sqrt(D) eps32 scale max|q| max|k| (float32 score rounding), plus "
+                       "with an FP8 cache max|LSE(keys in the query dtype) - LSE| (keys "
+                       "held in the query dtype)"}
 
 
 @dataclass(frozen=True)
@@ -102,7 +101,7 @@ class Expected:
     row_base_lse_error: Tensor
     row_lse_scale: Tensor  # |reference lse| per row (finite rows)
     row_q_norm: Tensor  # max over heads of |q| per query row
-    row_abs_score: Tensor  # FP8 caches: max over heads of scale sum_j p_j |q| . |k_j| (else 0)
+    row_held_keys: Tensor  # FP8 caches: what keys held in the query dtype move the LSE
     row_width: Tensor  # visible keys per row
     key_norm: Tensor  # max over heads of |k| per key row
     row_nonfinite: Tensor  # the reference or baseline is not finite in this row
@@ -121,14 +120,9 @@ def _row_any(bad: Tensor) -> Tensor:
 def expected(case: MaterializedCase, bias: LogWeight | None = None) -> Expected:
     """Reference and baseline for ``case`` (with an optional approximation's log-weight)."""
     batch = case.batch(bias)
-    # One reference pass over [V, |V|] (and |K| for an FP8 cache): the output, what its
-    # weights' rounding can cost, and what rounding the keys can cost the LSE.
-    columns = [batch.v, batch.v.abs(), *([batch.k.abs()] if case.fp8_kv else [])]
-    both, lse = reference_attention(replace(batch, v=torch.cat(columns, -1)))
-    out, abs_out, *abs_keys = both.split([c.shape[-1] for c in columns], dim=-1)
-    abs_score = (_row_max(case.softmax_scale * (case.q.double().abs() * abs_keys[0]).sum(-1))
-                 if abs_keys else torch.zeros(case.q.shape[0], dtype=torch.float64,
-                                              device=case.device))
+    # One reference pass over [V, |V|]: the output and what its weights' rounding can cost.
+    both, lse = reference_attention(replace(batch, v=torch.cat([batch.v, batch.v.abs()], -1)))
+    out, abs_out = both.split(case.head_dim_v, dim=-1)
     base_out, base_lse = lowprec_attention(batch)
     unjudgeable = (_row_any(~torch.isfinite(out)) | _row_any(~torch.isfinite(base_out))
                    | _row_any((torch.isnan(lse) | torch.isposinf(lse)).T)
@@ -140,11 +134,21 @@ def expected(case: MaterializedCase, bias: LogWeight | None = None) -> Expected:
         row_base_lse_error=_row_max(_finite_diff(base_lse.double(), lse).T),
         row_lse_scale=_row_max(torch.where(torch.isfinite(lse), lse.abs(), 0.0).T),
         row_q_norm=_row_max(torch.linalg.vector_norm(case.q.double(), dim=-1)),
-        row_abs_score=abs_score,
+        row_held_keys=_held_keys(case, batch, lse),
         row_width=(case.layout.rows_hi - case.layout.rows_lo + 1).clamp_min(0).to(case.device),
         key_norm=_row_max(torch.linalg.vector_norm(batch.k.double(), dim=-1)),
         row_nonfinite=unjudgeable,
     )
+
+
+def _held_keys(case: MaterializedCase, batch: Batch, lse: Tensor) -> Tensor:
+    """Per query row, how far the LSE over an FP8 cache's dequantized keys rounded to the
+    query dtype (as a kernel that feeds its dots in that dtype holds them) lies from the
+    reference's over the exact keys; 0 without an FP8 cache."""
+    if not case.fp8_kv:
+        return torch.zeros(case.q.shape[0], dtype=torch.float64, device=case.device)
+    held = replace(batch, k=batch.k.to(case.dtype).double(), v=batch.v[..., :1])
+    return _row_max(_finite_diff(reference_attention(held)[1], lse).T)
 
 
 def ulp(x: Tensor, dtype: torch.dtype) -> Tensor:
@@ -286,7 +290,7 @@ class SegmentNumbers(NamedTuple):
     base_lse_error: float
     lse_scale: float  # max |reference lse| (finite rows)
     q_norm: float  # max |q|
-    abs_score: float  # max scale sum_j p_j |q| . |k_j| (FP8 caches; else 0)
+    held_keys: float  # max LSE move of keys held in the query dtype (FP8 caches; else 0)
     truth_nonfinite: float  # the reference or baseline is not finite
     key_norm: float  # max |k| over the segment's keys
     lse_error: float | None = None
@@ -360,7 +364,7 @@ def judge(case: MaterializedCase, out: object, lse: object, truth: Expected,
         "base_lse_error": truth.row_base_lse_error[rows],
         "lse_scale": truth.row_lse_scale[rows],
         "q_norm": truth.row_q_norm[rows],
-        "abs_score": truth.row_abs_score[rows],
+        "held_keys": truth.row_held_keys[rows],
         "truth_nonfinite": truth.row_nonfinite[rows].double(),
     }
     key_columns = {"key_norm": truth.key_norm[keys]}
@@ -399,19 +403,6 @@ def _rounding_floor(case: MaterializedCase, truth: Expected, rows: slice, key_no
     per_row = (torch.finfo(case.dtype).eps / 2
                + FLOAT32_EPS * (width.sqrt() + 2 * score))
     return BASELINE_MULTIPLE * truth.abs_out[rows] * per_row[:, None, None]
-
-
-def _held_keys_rounding(case: MaterializedCase, score: float, abs_score: float) -> float:
-    """What holding an FP8 cache's dequantized keys in the query dtype (as a kernel that
-    feeds its dots in that dtype does; the reference holds them exactly) can move the LSE;
-    0 without an FP8 cache. Each score moves by at most ``u scale |q| . |k_j|``, at most
-    ``u score``; so the LSE by at most that, and (Taylor: gradient the softmax, curvature
-    its variance) by at most the softmax's mean of it, ``u abs_score``, plus half its
-    square."""
-    if not case.fp8_kv:
-        return 0.0
-    u = torch.finfo(case.dtype).eps / 2
-    return min(u * score, u * abs_score + (u * score) ** 2 / 2)
 
 
 def check(case: MaterializedCase, out: object, lse: object, truth: Expected) -> Verdict:
@@ -454,9 +445,8 @@ def _verdict(case: MaterializedCase, segment: Segment, numbers: SegmentNumbers, 
         kinds.append("out")
     out_kinds = len(kinds)
     if lse is not None and numbers.lse_error is not None:
-        score = case.softmax_scale * numbers.q_norm * numbers.key_norm
-        rounding = (math.sqrt(case.head_dim) * FLOAT32_EPS * score
-                    + _held_keys_rounding(case, score, numbers.abs_score))
+        rounding = (math.sqrt(case.head_dim) * FLOAT32_EPS * case.softmax_scale
+                    * numbers.q_norm * numbers.key_norm + numbers.held_keys)
         lse_atol = max(ATOL_ULPS * float(ulp(torch.tensor(numbers.lse_scale), torch.float32)),
                        rounding)
         verdict.lse_error = numbers.lse_error
