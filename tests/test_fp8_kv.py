@@ -3,6 +3,8 @@ truth on the dequantized values, and a kernel written from the contract alone.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -123,6 +125,13 @@ def test_keys_held_in_the_query_dtype_pass_and_a_wrong_lse_still_fails() -> None
     assert held.verdict.lse_allowed_error < 1.6 * held.verdict.lse_error
     wrong = evaluate(get_target("fault:lse_base2"), case, truths)
     assert wrong.status == Status.FAIL and wrong.kind == "lse", wrong.summary()
+
+
+def test_keys_that_overflow_the_query_dtype_excuse_nothing() -> None:
+    case = materialize(HELD_KEYS)
+    case = dataclasses.replace(case, k_descale=case.k_descale * 2.0**16)  # |k| past 65504
+    assert torch.isinf(case.dequantized(case.dtype)[0]).any()
+    assert torch.equal(expected(case).row_held_keys, torch.zeros(1, dtype=torch.float64))
 
 
 @pytest.mark.gpu
