@@ -107,7 +107,8 @@ def test_a_kernel_written_from_the_contract_passes_and_forgetting_v_descale_fail
 
 # A decode row whose largest score is about 21: keys held in float16 move its LSE by
 # 0.0034, while the baseline, holding the same keys, happens to land within 0.0009 (found
-# by compiled flex on a GPU; the float64 kernel below computes the same LSE).
+# by compiled flex on a GPU; the float32 kernel below, over keys rounded alike, computes
+# the same LSE).
 HELD_KEYS = parse_case({
     "requests": [{"context_len": 557, "query_len": 1, "ranges": [[550, 556]]}],
     "num_heads": 1, "head_dim": 128, "dtype": "float16", "page_size": 16,
